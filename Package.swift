@@ -1,0 +1,73 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
+let package = Package(
+    name: "proxmox-csi",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "proxmox-csi", targets: ["proxmox-csi"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries at the edge: module maps plus small shims.
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .target(name: "CLinux"),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+
+        // Generated from proto/csi.proto by scripts/generate-proto; never edited by hand.
+        .target(
+            name: "CSIProto",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: strict
+        ),
+        // Unary gRPC over HTTP/2 (libnghttp2) on unix or tcp sockets. Knows no CSI.
+        .target(
+            name: "UnaryGRPC",
+            dependencies: [
+                "CNGHTTP2", "CLinux",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The CSI services and everything that translates CSI onto Proxmox and the node.
+        .target(
+            name: "CSIDriver",
+            dependencies: [
+                "CSIProto", "UnaryGRPC",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "proxmox-csi",
+            dependencies: [
+                "CSIDriver", "UnaryGRPC",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
+        .testTarget(
+            name: "UnaryGRPCTests",
+            dependencies: ["UnaryGRPC", "CNGHTTP2", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "CSIDriverTests",
+            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

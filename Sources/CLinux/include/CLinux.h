@@ -1,0 +1,10 @@
+#ifndef CLINUX_H
+#define CLINUX_H
+/* Linux calls that Glibc's Swift module leaves out (GNU extensions).
+   Declared with plain types so this header needs no _GNU_SOURCE. */
+int CLinux_accept4(int fd, int flags);
+int CLinux_eventfd(unsigned int initial, int flags);
+extern const int CLinux_EFD_NONBLOCK;
+extern const int CLinux_EFD_CLOEXEC;
+int CLinux_pthread_setname(unsigned long thread, const char *name);
+#endif

@@ -1,0 +1,13 @@
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include "CLinux.h"
+
+int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
+int CLinux_eventfd(unsigned int initial, int flags) { return eventfd(initial, flags); }
+const int CLinux_EFD_NONBLOCK = EFD_NONBLOCK;
+const int CLinux_EFD_CLOEXEC = EFD_CLOEXEC;
+int CLinux_pthread_setname(unsigned long thread, const char *name) {
+    return pthread_setname_np((pthread_t)thread, name);
+}

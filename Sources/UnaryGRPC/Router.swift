@@ -1,0 +1,129 @@
+import Logging
+import SwiftProtobuf
+
+/// What a handler knows about its call.
+public struct CallContext: Sendable {
+    /// The full method path, e.g. `/csi.v1.Identity/Probe`.
+    public let method: String
+    /// When the client gives up (from `grpc-timeout`), if it said.
+    public let deadline: MonotonicInstant?
+    /// Carries `grpc.method` metadata; handlers add their own keys.
+    public var logger: Logger
+
+    public init(method: String, deadline: MonotonicInstant?, logger: Logger) {
+        self.method = method
+        self.deadline = deadline
+        self.logger = logger
+    }
+
+    public var deadlinePassed: Bool {
+        guard let deadline else { return false }
+        return MonotonicInstant.now() >= deadline
+    }
+}
+
+/// A request type that holds secrets conforms to this so the call log can
+/// print it with every secret value replaced.
+public protocol LogRedactable {
+    func redactedForLog() -> Self
+}
+
+/// Maps method paths to handlers. Handlers are plain async functions, so the
+/// services can be exercised with no socket at all (`Router.handle`).
+public struct Router: Sendable {
+    public typealias RawHandler = @Sendable ([UInt8], CallContext) async -> Result<[UInt8], RPCError>
+
+    private var handlers: [String: RawHandler] = [:]
+
+    public init() {}
+
+    /// Registers a unary method. Decoding, encoding and the per-call log
+    /// line are done here, once for every method.
+    public mutating func register<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        _ path: String,
+        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
+    ) {
+        precondition(handlers[path] == nil, "method \(path) registered twice")
+        handlers[path] = { bytes, context in
+            let request: Request
+            do {
+                request = try Request(serializedBytes: bytes)
+            } catch {
+                return .failure(RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
+            }
+            let started = MonotonicInstant.now()
+            let result: Result<[UInt8], RPCError>
+            do {
+                let response = try await handler(request, context)
+                result = .success(try response.serializedBytes())
+            } catch {
+                result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+            }
+            CallLog.record(context: context, started: started, result: result, request: request)
+            return result
+        }
+    }
+
+    public func handler(for path: String) -> RawHandler? { handlers[path] }
+
+    public var paths: Set<String> { Set(handlers.keys) }
+
+    /// Runs one call the way the server does, minus the transport.
+    public func handle(path: String, message: [UInt8], context: CallContext) async -> Result<[UInt8], RPCError> {
+        guard let handler = handlers[path] else {
+            return .failure(unknownMethodError(path))
+        }
+        return await handler(message, context)
+    }
+
+    /// The UNIMPLEMENTED status grpc-go gives, naming the service or method.
+    func unknownMethodError(_ path: String) -> RPCError {
+        let trimmed = path.hasPrefix("/") ? path.dropFirst() : path[...]
+        guard let slash = trimmed.lastIndex(of: "/") else {
+            return RPCError(.unimplemented, "malformed method name: \"\(path)\"")
+        }
+        let service = trimmed[..<slash]
+        let method = trimmed[trimmed.index(after: slash)...]
+        let serviceKnown = handlers.keys.contains { $0.hasPrefix("/\(service)/") }
+        return serviceKnown
+            ? RPCError(.unimplemented, "unknown method \(method) for service \(service)")
+            : RPCError(.unimplemented, "unknown service \(service)")
+    }
+}
+
+/// The one structured log line each call gets.
+enum CallLog {
+    static func record(
+        context: CallContext, started: MonotonicInstant,
+        result: Result<[UInt8], RPCError>, request: (any SwiftProtobuf.Message)?
+    ) {
+        let elapsed = started.nanoseconds(until: .now())
+        var metadata: Logger.Metadata = [
+            "grpc.method": "\(context.method)",
+            "grpc.duration_ms": "\(Double(elapsed / 1_000) / 1_000)",
+        ]
+        let level: Logger.Level
+        switch result {
+        case .success:
+            metadata["grpc.code"] = "OK"
+            level = .info
+        case let .failure(error):
+            metadata["grpc.code"] = "\(error.code)"
+            metadata["grpc.message"] = "\(error.message)"
+            if let cause = error.cause { metadata["grpc.cause"] = "\(cause)" }
+            level = error.code == .internal || error.code == .unknown ? .error : .info
+        }
+        // Request bodies only at debug level, and never with secret values.
+        if context.logger.logLevel <= .debug, let request {
+            let printable = (request as? any LogRedactable)?.redactedForLog() as? any SwiftProtobuf.Message ?? request
+            metadata["grpc.request"] = "\(printable.textFormatString().replacingNewlines())"
+        }
+        context.logger.log(level: level, "rpc", metadata: metadata)
+    }
+}
+
+extension String {
+    fileprivate func replacingNewlines() -> String {
+        split(separator: "\n", omittingEmptySubsequences: true).joined(separator: " ")
+    }
+}

@@ -1,0 +1,119 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CSIDriver
+import Logging
+import UnaryGRPC
+
+extension DriverMode: ExpressibleByArgument {}
+extension LogFormat: ExpressibleByArgument {}
+extension Logger.Level: @retroactive ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map(\.rawValue) }
+}
+
+/// Serves the CSI services until SIGTERM or SIGINT.
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the CSI services on a socket (the default command).")
+
+    @Option(help: "Services to serve: controller (Identity + Controller), node (Identity + Node), or all.")
+    var mode: DriverMode = .all
+
+    @Option(help: "unix:///path/csi.sock, a bare socket path, or tcp://HOST:PORT. Default: $CSI_ENDPOINT, else unix:///csi/csi.sock.")
+    var endpoint: String?
+
+    @Option(help: "The driver's config file (Proxmox clusters and storage profiles).")
+    var config: String?
+
+    @Option(name: .customLong("node-id"), help: "This node's name as Kubernetes knows it. Default: $NODE_NAME, else the host name.")
+    var nodeID: String?
+
+    @Option(name: .customLong("driver-name"), help: "The CSI driver name (the CSIDriver object's name).")
+    var driverName: String = DriverInfo.defaultName
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    @Option(name: .customLong("log-format"), help: "text or json.")
+    var logFormat: LogFormat = .text
+
+    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight calls get to finish after SIGTERM.")
+    var shutdownGrace: Double = 10
+
+    func validate() throws {
+        _ = try resolvedEndpoint()
+        if let problem = DriverInfo.problem(withName: driverName) {
+            throw ValidationError("invalid --driver-name \"\(driverName)\": \(problem)")
+        }
+        guard shutdownGrace >= 0, shutdownGrace <= 3600 else {
+            throw ValidationError("--shutdown-grace must be between 0 and 3600 seconds")
+        }
+        if let config { try checkConfigFile(config) }
+    }
+
+    func resolvedEndpoint() throws -> Endpoint {
+        let text = endpoint ?? environment("CSI_ENDPOINT") ?? "unix:///csi/csi.sock"
+        do {
+            return try Endpoint(parsing: text)
+        } catch {
+            throw ValidationError("--endpoint: \(error)")
+        }
+    }
+
+    /// The config's content is read by the Proxmox client; here it must at
+    /// least be a readable, non-empty regular file.
+    func checkConfigFile(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw ValidationError("--config \(path): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw ValidationError("--config \(path): not a regular file") }
+        guard access(path, R_OK) == 0 else { throw ValidationError("--config \(path): not readable by this user") }
+        guard info.st_size > 0 else { throw ValidationError("--config \(path): the file is empty") }
+    }
+
+    func run() throws {
+        let format = logFormat
+        let level = logLevel
+        LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level, format: format) }
+        var logger = Logger(label: "proxmox-csi")
+        logger[metadataKey: "csi.mode"] = "\(mode)"
+
+        // Signals are taken synchronously by this thread; every thread started
+        // from here on inherits the mask, so none of them is interrupted.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        let nodeName = nodeID ?? environment("NODE_NAME") ?? hostName()
+        let driver = Driver(name: driverName, mode: mode)
+        let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
+        do {
+            try server.start()
+        } catch {
+            throw RuntimeFailure(description: "\(error)")
+        }
+        logger.info("serving", metadata: [
+            "csi.driver": "\(driverName)", "csi.version": "\(DriverInfo.version)", "csi.node": "\(nodeName)",
+        ])
+
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        logger.info("shutting down", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
+        server.shutdown(gracePeriodNanoseconds: UInt64(shutdownGrace * 1_000_000_000))
+    }
+}
+
+func environment(_ name: String) -> String? {
+    guard let value = getenv(name), value.pointee != 0 else { return nil }
+    return String(cString: value)
+}
+
+func hostName() -> String {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    gethostname(&buffer, buffer.count)
+    return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+}
