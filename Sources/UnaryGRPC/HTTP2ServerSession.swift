@@ -388,7 +388,7 @@ private enum StaticHeaders {
 }
 
 /// Calls `body` with an nghttp2 header list for `fields`, valid only inside.
-private func withHeaderList<R>(_ fields: [(String, String)], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+func withHeaderList<R>(_ fields: [(String, String)], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
     var storage: [UInt8] = []
     var spans: [(name: Int, nameLength: Int, value: Int, valueLength: Int)] = []
     for (name, value) in fields {

@@ -45,13 +45,16 @@ public struct Router: Sendable {
     ) {
         precondition(handlers[path] == nil, "method \(path) registered twice")
         handlers[path] = { bytes, context in
+            let started = MonotonicInstant.now()
             let request: Request
             do {
                 request = try Request(serializedBytes: bytes)
             } catch {
-                return .failure(RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
+                let failure = Result<[UInt8], RPCError>.failure(
+                    RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
+                CallLog.record(context: context, started: started, result: failure, request: nil)
+                return failure
             }
-            let started = MonotonicInstant.now()
             let result: Result<[UInt8], RPCError>
             do {
                 let response = try await handler(request, context)
@@ -116,7 +119,8 @@ enum CallLog {
         // Request bodies only at debug level, and never with secret values.
         if context.logger.logLevel <= .debug, let request {
             let printable = (request as? any LogRedactable)?.redactedForLog() as? any SwiftProtobuf.Message ?? request
-            metadata["grpc.request"] = "\(printable.textFormatString().replacingNewlines())"
+            let text = printable.textFormatString().replacingNewlines()
+            if !text.isEmpty { metadata["grpc.request"] = "\(text)" }
         }
         context.logger.log(level: level, "rpc", metadata: metadata)
     }
