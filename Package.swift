@@ -57,6 +57,7 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        .testTarget(name: "CModulesTests", dependencies: ["CNGHTTP2", "CCurl", "CBlkid"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
         .testTarget(
             name: "UnaryGRPCTests",

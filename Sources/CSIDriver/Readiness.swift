@@ -1,3 +1,6 @@
+import Synchronization
+import UnaryGRPC
+
 /// Something this process depends on, asked by Probe whether it is usable now.
 public protocol ReadinessCheck: Sendable {
     /// Names the dependency in logs, e.g. "proxmox-api".
@@ -21,5 +24,33 @@ public struct Readiness: Sendable {
             if let reason = await check.unreadyReason() { reasons.append("\(check.name): \(reason)") }
         }
         return reasons
+    }
+}
+
+/// Ready while a dependency has answered within `maxAge`: the controller's
+/// view of the Proxmox API, which its client reports after every success.
+public final class RecentSuccess: ReadinessCheck {
+    public let name: String
+    private let maxAgeNanoseconds: UInt64
+    private let now: @Sendable () -> UInt64
+    private let lastSuccess = Atomic<UInt64>(0)
+
+    /// `now` returns monotonic nanoseconds; tests pass their own clock.
+    public init(name: String, maxAgeSeconds: Double, now: @escaping @Sendable () -> UInt64 = { MonotonicInstant.now().nanoseconds }) {
+        self.name = name
+        maxAgeNanoseconds = UInt64(maxAgeSeconds * 1_000_000_000)
+        self.now = now
+    }
+
+    public func recordSuccess() {
+        lastSuccess.store(now(), ordering: .relaxed)
+    }
+
+    public func unreadyReason() async -> String? {
+        let last = lastSuccess.load(ordering: .relaxed)
+        if last == 0 { return "has not answered yet" }
+        let age = now() &- last
+        guard age > maxAgeNanoseconds else { return nil }
+        return "has not answered for \(age / 1_000_000_000) s (limit \(maxAgeNanoseconds / 1_000_000_000) s)"
     }
 }

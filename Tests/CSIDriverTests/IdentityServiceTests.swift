@@ -2,6 +2,7 @@ import CSIDriver
 import CSIProto
 import Logging
 import SwiftProtobuf
+import Synchronization
 import Testing
 import UnaryGRPC
 
@@ -12,7 +13,8 @@ struct FixedCheck: ReadinessCheck {
 }
 
 func call<Response: SwiftProtobuf.Message>(
-    _ router: Router, _ path: String, _ request: some SwiftProtobuf.Message, logger: Logger = Logger(label: "test")
+    _ router: Router, _ path: String, _ request: some SwiftProtobuf.Message,
+    logger: Logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 ) async throws -> Response {
     let context = CallContext(method: path, deadline: nil, logger: logger)
     switch await router.handle(path: path, message: try request.serializedBytes(), context: context) {
@@ -68,5 +70,25 @@ func call<Response: SwiftProtobuf.Message>(
         } else {
             #expect(found == nil)
         }
+    }
+}
+
+final class FakeClock: Sendable {
+    let nanoseconds = Atomic<UInt64>(1_000)
+    func advance(seconds: UInt64) { nanoseconds.add(seconds * 1_000_000_000, ordering: .relaxed) }
+}
+
+@Suite struct RecentSuccessTests {
+    @Test func readyOnlyWithinTheWindowAfterASuccess() async {
+        let clock = FakeClock()
+        let check = RecentSuccess(name: "proxmox-api", maxAgeSeconds: 30) { clock.nanoseconds.load(ordering: .relaxed) }
+        #expect(await check.unreadyReason() == "has not answered yet")
+        check.recordSuccess()
+        clock.advance(seconds: 29)
+        #expect(await check.unreadyReason() == nil)
+        clock.advance(seconds: 2)
+        #expect(await check.unreadyReason()?.contains("has not answered for 31 s") == true)
+        check.recordSuccess()
+        #expect(await check.unreadyReason() == nil)
     }
 }
