@@ -1,0 +1,537 @@
+"""The Proxmox endpoints the simulator serves, one handler each.
+
+A handler gets (cluster, params, caller) with params already checked
+against the schema, runs under the cluster lock, and returns the `data`
+of the response or raises PVEError. Handlers that change a VM's config
+first wait for its config lock (`needs_config_lock`), outside the cluster lock.
+"""
+import re
+import time
+import urllib.parse
+
+from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, format_size,
+                      parse_alloc_size, parse_disk_size)
+from .schema import parse_property_string
+
+VERSION = {"version": "9.1.1", "release": "9.1", "repoid": "pvesim00"}
+SIZE_IN_GIB = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)")
+
+
+class Api:
+    def __init__(self, cluster, schema):
+        self.cluster = cluster
+        self.schema = schema
+
+    # ------------------------------------------------------------ read-only
+
+    def version(self, p, caller):
+        return VERSION
+
+    def cluster_resources(self, p, caller):
+        c = self.cluster
+        kind = p.get("type")
+        out = []
+        if kind in (None, "node"):
+            out += [{"id": f"node/{n}", "type": "node", "node": n, "status": "online"} for n in c.nodes]
+        if kind in (None, "vm"):
+            for vm in sorted(c.vms.values(), key=lambda v: v.vmid):
+                entry = {"id": f"qemu/{vm.vmid}", "type": "qemu", "node": vm.node, "vmid": vm.vmid,
+                         "name": vm.name, "status": vm.status, "template": int(vm.template),
+                         "maxdisk": 0, "disk": 0}
+                if vm.lock:
+                    entry["lock"] = vm.lock
+                out.append(entry)
+        if kind in (None, "storage"):
+            for node in c.nodes:
+                for s in c.storages_on(node):
+                    out.append({"id": f"storage/{node}/{s.id}", "type": "storage", "node": node,
+                                "storage": s.id, "plugintype": s.type, "shared": int(s.shared),
+                                "content": ",".join(s.content), "disk": s.used, "maxdisk": s.total,
+                                "status": "available"})
+        return out
+
+    def next_id(self, p, caller):
+        return str(self.cluster.next_vmid())
+
+    def nodes(self, p, caller):
+        return [{"node": n, "status": "online", "type": "node"} for n in self.cluster.nodes]
+
+    def node_storages(self, p, caller):
+        self._node(p)
+        return [self._storage_status(s) | {"storage": s.id} for s in self.cluster.storages_on(p["node"])]
+
+    def storage_status(self, p, caller):
+        self._node(p)
+        return self._storage_status(self.cluster.storage(p["storage"], p["node"]))
+
+    def _storage_status(self, s):
+        return {"type": s.type, "content": ",".join(s.content), "active": 1, "enabled": 1,
+                "shared": int(s.shared), "total": s.total, "used": s.used, "avail": s.total - s.used}
+
+    def storage_content(self, p, caller):
+        self._node(p)
+        storage = self.cluster.storage(p["storage"], p["node"])
+        if p.get("content") and p["content"] not in storage.content:
+            return []
+        return [{"volid": v.volid, "format": v.format, "size": v.size, "used": v.size, "vmid": v.vmid,
+                 "ctime": v.ctime, "content": "images"}
+                for v in sorted(storage.volumes.values(), key=lambda v: v.name)
+                if "vmid" not in p or v.vmid == p["vmid"]]
+
+    def volume_info(self, p, caller):
+        self._node(p)
+        volume = self._volume(p)
+        return {"path": volume.path or f"/dev/pvesim/{volume.storage.id}/{volume.name}", "size": volume.size,
+                "used": volume.size, "format": volume.format}
+
+    def vm_list(self, p, caller):
+        self._node(p)
+        return [{"vmid": vm.vmid, "name": vm.name, "status": vm.status, "template": int(vm.template)}
+                for vm in self.cluster.vms.values() if vm.node == p["node"]]
+
+    def vm_config(self, p, caller):
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        return dict(vm.config) | {"digest": vm.digest()}
+
+    def vm_status(self, p, caller):
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        out = {"vmid": vm.vmid, "name": vm.name, "status": vm.status, "qmpstatus": vm.status}
+        if vm.lock:
+            out["lock"] = vm.lock
+        return out
+
+    def snapshot_list(self, p, caller):
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        items = [{"name": name, "description": s["description"], "snaptime": s["snaptime"]}
+                 for name, s in vm.snapshots.items()]
+        return items + [{"name": "current", "description": "You are here!", "running": int(vm.status == "running")}]
+
+    def task_status(self, p, caller):
+        task = self.cluster.tasks.get(p["upid"])
+        if task is None:
+            if not p["upid"].startswith("UPID:"):
+                raise PVEError("unable to parse worker upid", 400)
+            raise PVEError(f"no such task '{p['upid']}'", 400)
+        out = {"upid": task.upid, "node": task.node, "pid": task.pid, "pstart": task.pstart,
+               "starttime": int(task.start), "type": task.type, "id": task.id, "user": task.user,
+               "status": task.status}
+        if task.status == "stopped":
+            out["exitstatus"] = task.exitstatus
+        return out
+
+    # ------------------------------------------------------------ volumes
+
+    def allocate(self, p, caller):
+        self._node(p)
+        storage = self.cluster.storage(p["storage"], p["node"])
+        return storage.allocate(p["vmid"], p["filename"], parse_alloc_size(p["size"]), p.get("format")).volid
+
+    def delete_volume(self, p, caller):
+        self._node(p)
+        volume = self._volume(p)
+        if volume.vmid in self.cluster.vms:
+            raise PVEError(f"Cannot remove image, a guest with VMID '{volume.vmid}' exists\n"
+                           f"You can delete the image from the guest's hardware pane")
+        task = self.cluster.start_task(p["node"], "imgdel", volume.volid, caller.id,
+                                       lambda: volume.storage.free(volume))
+        return self._maybe_wait(task, p.get("delay"))
+
+    # ------------------------------------------------------------ VM config
+
+    def update_config_async(self, p, caller):
+        return self._update_config(p, caller, sync=False)
+
+    def update_config_sync(self, p, caller):
+        return self._update_config(p, caller, sync=True)
+
+    def _update_config(self, p, caller, sync):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        if p.get("digest") and p["digest"] != vm.digest():
+            raise PVEError("checksum mismatch (file change by other user?)")
+        reserved = {"node", "vmid", "digest", "delete", "revert", "force", "background_delay", "skiplock"}
+        deletes = [k for k in re.split(r"[,;\s]+", p.get("delete", "")) if k]
+        sets = {k: v for k, v in p.items() if k not in reserved}
+        for key in deletes:
+            if key in sets:
+                raise PVEError(f"you can't modify and delete the same setting '{key}'", 400)
+        # Check now what Proxmox checks before the worker starts.
+        planned = {key: self._plan_disk(vm, key, value) for key, value in sets.items() if DISK_KEY.match(key)}
+
+        def effect():
+            for key in deletes:
+                if key in vm.config:
+                    self._detach(vm, key, force=p.get("force", False))
+            for key, value in sets.items():
+                if key in planned:
+                    self._attach(vm, key, planned[key])
+                else:
+                    vm.config[key] = value
+
+        if sync:
+            effect()
+            return None
+        task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect)
+        return self._maybe_wait(task, p.get("background_delay"))
+
+    def unlink(self, p, caller):
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        for key in [k for k in re.split(r"[,;\s]+", p["idlist"]) if k]:
+            if key in vm.config:
+                volid, _ = vm.disks().get(key, (None, None))
+                del vm.config[key]
+                if volid and p.get("force"):
+                    self._free_volid(volid, vm.node)
+        return None
+
+    def _plan_disk(self, vm, key, value):
+        """Parses a disk value and decides what it refers to; raises what Proxmox would."""
+        fmt = self._disk_format(key)
+        options = parse_property_string(fmt, value)
+        bus, index = re.match(r"([a-z]+)(\d+)", key).groups()
+        if bus in BUS_LIMITS and int(index) >= BUS_LIMITS[bus]:
+            raise PVEError(f"invalid disk key '{key}'", 400)
+        serial = options.get("serial")
+        if serial is not None and len(urllib.parse.unquote(serial).encode()) > 20:
+            raise PVEError(f"{key}: serial '{urllib.parse.unquote(serial)}' is too long (max 20 bytes)", 400)
+        file = options.pop("file")
+        new = SIZE_IN_GIB.fullmatch(file)
+        if new:
+            storage = self.cluster.storage(new.group(1), vm.node)
+            source = None
+            if "import-from" in options:
+                source = self.cluster.volume(options.pop("import-from"), vm.node)
+            elif float(new.group(2)) == 0:
+                raise PVEError(f"{key}: size 0 needs 'import-from'", 400)
+            return {"new": storage, "gib": float(new.group(2)), "source": source, "options": options}
+        return {"volume": self.cluster.volume(file, vm.node), "options": options}
+
+    def _disk_format(self, key):
+        props = self.schema.methods["POST /nodes/{node}/qemu/{vmid}/config"]["parameters"]["properties"]
+        name = re.sub(r"\d+$", "[n]", key) if key not in props else key
+        return props[name]["format"]
+
+    def _attach(self, vm, key, plan):
+        if "new" in plan:
+            storage = plan["new"]
+            fmt = plan["options"].get("format", "raw")
+            size = plan["source"].size if plan["source"] else int(plan["gib"] * GiB)
+            volume = storage.allocate(vm.vmid, storage.next_disk_name(vm.vmid, fmt), size, fmt)
+        else:
+            volume = plan["volume"]
+        options = {k: v for k, v in plan["options"].items() if k != "size"}
+        if key in vm.config:
+            self._detach(vm, key, force=False)
+        parts = [volume.volid] + [f"{k}={_option_text(v)}" for k, v in sorted(options.items())]
+        parts.append(f"size={format_size(volume.size)}")
+        vm.config[key] = ",".join(parts)
+        if vm.hotplug_disks():
+            self.cluster.notify("attach", vm, key, volume)
+
+    def _detach(self, vm, key, force):
+        volid, _ = vm.disks().get(key, (None, None))
+        del vm.config[key]
+        if volid is None:
+            return
+        if UNUSED_KEY.match(key):
+            self._free_volid(volid, vm.node)
+            return
+        try:
+            volume = self.cluster.volume(volid, vm.node)
+        except PVEError:
+            return
+        if vm.hotplug_disks():
+            self.cluster.notify("detach", vm, key, volume)
+        if force:
+            volume.storage.free(volume)
+        elif volume.vmid == vm.vmid:
+            vm.config[_free_unused_key(vm)] = volid
+
+    def _free_volid(self, volid, node):
+        try:
+            volume = self.cluster.volume(volid, node)
+        except PVEError:
+            return
+        volume.storage.free(volume)
+
+    # ------------------------------------------------------------ resize, move
+
+    def resize(self, p, caller):
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        if p.get("digest") and p["digest"] != vm.digest():
+            raise PVEError("checksum mismatch (file change by other user?)")
+
+        def effect():
+            if p["disk"] not in vm.config:
+                raise PVEError(f"disk '{p['disk']}' does not exist")
+            volid, options = vm.disks()[p["disk"]]
+            volume = self.cluster.volume(volid, vm.node)
+            text = p["size"]
+            wanted = volume.size + parse_disk_size(text[1:]) if text.startswith("+") else parse_disk_size(text)
+            if wanted < volume.size:
+                raise PVEError("shrinking disks is not supported")
+            volume.storage.grow(volume, wanted)
+            kept = [o for o in options.split(",") if o and not o.startswith("size=")]
+            vm.config[p["disk"]] = ",".join([volid, *kept, f"size={format_size(volume.size)}"])
+            if vm.status == "running":
+                self.cluster.notify("resize", vm, p["disk"], volume)
+
+        return self.cluster.start_task(vm.node, "resize", vm.vmid, caller.id, effect).upid
+
+    def move_disk(self, p, caller):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        if p.get("digest") and p["digest"] != vm.digest():
+            raise PVEError("checksum mismatch (file change by other user?)")
+        key = p["disk"]
+        if key not in vm.config:
+            raise PVEError(f"disk '{key}' does not exist")
+        volid, options = vm.disks()[key]
+        if "target-vmid" in p:
+            target = c.vm(p["target-vmid"])
+            if target.node != vm.node:
+                raise PVEError("Reassigning disks to a VM on another node is not supported")
+            if vm.status == "running" and not UNUSED_KEY.match(key):
+                raise PVEError(f"cannot move disk '{key}' of running VM {vm.vmid} to another VM")
+            target_key = p.get("target-disk") or key
+            if target_key in target.config:
+                raise PVEError(f"target disk '{target_key}' already exists on VM {target.vmid}")
+
+            def reassign():
+                volume = c.volume(volid, vm.node)
+                storage = volume.storage
+                new_name = storage.next_disk_name(target.vmid, volume.format)
+                del storage.volumes[volume.name]
+                volume.name, volume.vmid = new_name, target.vmid
+                storage.volumes[new_name] = volume
+                del vm.config[key]
+                kept = [o for o in options.split(",") if o]
+                target.config[target_key] = ",".join([volume.volid, *kept]) if not UNUSED_KEY.match(target_key) \
+                    else volume.volid
+
+            return c.start_task(vm.node, "qmmove", vm.vmid, caller.id, reassign).upid
+        if "storage" not in p:
+            raise PVEError("either 'storage' or 'target-vmid' is needed", 400)
+        target_storage = c.storage(p["storage"], vm.node)
+
+        def move():
+            volume = c.volume(volid, vm.node)
+            fmt = p.get("format") or (volume.format if volume.format in target_storage.rules["formats"] else "raw")
+            copy = target_storage.allocate(vm.vmid, target_storage.next_disk_name(vm.vmid, fmt), volume.size, fmt)
+            kept = [o for o in options.split(",") if o]
+            vm.config[key] = ",".join([copy.volid, *kept])
+            if p.get("delete"):
+                volume.storage.free(volume)
+            else:
+                vm.config[_free_unused_key(vm)] = volume.volid
+
+        return c.start_task(vm.node, "qmmove", vm.vmid, caller.id, move).upid
+
+    # ------------------------------------------------------------ VMs
+
+    def create_vm(self, p, caller):
+        c = self.cluster
+        self._node(p)
+        vmid = p["vmid"]
+        if vmid in c.vms:
+            raise PVEError(f"unable to create VM {vmid} - VM {vmid} already exists on node '{c.vms[vmid].node}'")
+        from .cluster import VM
+        vm = VM(vmid, p["node"], p.get("name", f"VM{vmid}"), status="stopped")
+        vm.config["lock"] = "create"
+        c.vms[vmid] = vm
+        settings = {k: v for k, v in p.items() if k not in ("node", "vmid", "start")}
+        planned = {k: self._plan_disk(vm, k, v) for k, v in settings.items() if DISK_KEY.match(k)}
+
+        def effect():
+            vm.config.pop("lock", None)
+            for key, value in settings.items():
+                if key in planned:
+                    self._attach(vm, key, planned[key])
+                elif key != "name":
+                    vm.config[key] = str(value)
+            if p.get("start"):
+                vm.status = "running"
+
+        return c.start_task(p["node"], "qmcreate", vmid, caller.id, effect).upid
+
+    def destroy_vm(self, p, caller):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        if vm.status == "running":
+            raise PVEError(f"VM {vm.vmid} is running - destroy failed")
+
+        def effect():
+            for key, (volid, _) in vm.disks().items():
+                try:
+                    volume = c.volume(volid, vm.node)
+                except PVEError:
+                    continue
+                if volume.vmid == vm.vmid:
+                    volume.storage.free(volume)
+            del c.vms[vm.vmid]
+
+        return c.start_task(vm.node, "qmdestroy", vm.vmid, caller.id, effect).upid
+
+    def create_snapshot(self, p, caller):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        name = p["snapname"]
+        if name in vm.snapshots or name == "current":
+            raise PVEError(f"snapshot name '{name}' already used")
+        vm.config["lock"] = "snapshot"
+
+        def effect():
+            vm.config.pop("lock", None)
+            sizes = {}
+            for key, (volid, _) in vm.disks().items():
+                if UNUSED_KEY.match(key):
+                    continue
+                volume = c.volume(volid, vm.node)
+                if not volume.storage.supports_snapshots(volume):
+                    raise PVEError("snapshot feature is not available")
+                sizes[volid] = volume.size
+            vm.snapshots[name] = {"description": p.get("description", ""), "snaptime": int(time.time()),
+                                  "config": dict(vm.config), "sizes": sizes}
+
+        return c.start_task(vm.node, "qmsnapshot", vm.vmid, caller.id, effect).upid
+
+    def delete_snapshot(self, p, caller):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        self._check_unlocked(vm, p)
+        if p["snapname"] not in vm.snapshots:
+            raise PVEError(f"snapshot '{p['snapname']}' does not exist")
+
+        def effect():
+            vm.snapshots.pop(p["snapname"], None)
+
+        return c.start_task(vm.node, "qmdelsnapshot", vm.vmid, caller.id, effect).upid
+
+    def clone(self, p, caller):
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        newid = p["newid"]
+        if newid in c.vms:
+            raise PVEError(f"unable to create VM {newid}: config file already exists")
+        snapname = p.get("snapname")
+        if snapname and snapname not in vm.snapshots:
+            raise PVEError(f"snapshot '{snapname}' does not exist")
+        if not vm.template and p.get("full") is False:
+            raise PVEError("Linked clone feature is not available")
+        target_node = p.get("target", vm.node)
+        source = vm.snapshots[snapname] if snapname else {"config": vm.config, "sizes": None}
+        from .cluster import VM
+        clone = VM(newid, target_node, p.get("name", f"Copy-of-VM-{vm.name}"))
+        clone.config["lock"] = "clone"
+        c.vms[newid] = clone
+
+        def effect():
+            try:
+                for key, value in source["config"].items():
+                    if UNUSED_KEY.match(key) or key in ("lock", "name", "smbios1"):
+                        continue
+                    if not DISK_KEY.match(key):
+                        clone.config[key] = value
+                        continue
+                    volid, _, options = value.partition(",")
+                    volume = c.volume(volid, vm.node)
+                    if snapname and not volume.storage.can_copy_from_snapshot(volume):
+                        raise PVEError("Full clone feature is not available")
+                    storage = c.storage(p["storage"], target_node) if p.get("storage") else volume.storage
+                    size = (source["sizes"] or {}).get(volid, volume.size)
+                    fmt = volume.format if volume.format in storage.rules["formats"] else "raw"
+                    copy = storage.allocate(newid, storage.next_disk_name(newid, fmt), size, fmt)
+                    kept = [o for o in options.split(",") if o and not o.startswith("size=")]
+                    clone.config[key] = ",".join([copy.volid, *kept, f"size={format_size(size)}"])
+                clone.config.pop("lock", None)
+            except PVEError:
+                for key, (volid, _) in clone.disks().items():
+                    self._free_volid(volid, target_node)
+                c.vms.pop(newid, None)
+                raise
+
+        return c.start_task(vm.node, "qmclone", vm.vmid, caller.id, effect).upid
+
+    # ------------------------------------------------------------ helpers
+
+    def _node(self, p):
+        if p["node"] not in self.cluster.nodes:
+            raise PVEError(f"hostname lookup '{p['node']}' failed - failed to get address info for: "
+                           f"{p['node']}: Name or service not known", 595)
+
+    def _volume(self, p):
+        text = p["volume"]
+        if ":" not in text:
+            text = f"{p['storage']}:{text}"
+        return self.cluster.volume(text, p["node"])
+
+    def _check_unlocked(self, vm, p):
+        if vm.lock and not p.get("skiplock"):
+            raise PVEError(f"VM is locked ({vm.lock})")
+
+    def _maybe_wait(self, task, delay):
+        """`background_delay` / `delay`: answer null when the task ends in time."""
+        if delay:
+            self.cluster.lock.release()
+            try:
+                deadline = time.time() + delay
+                while time.time() < deadline:
+                    with self.cluster.lock:
+                        self.cluster.advance()
+                        if task.status == "stopped":
+                            return None if task.exitstatus == "OK" else task.upid
+                    time.sleep(0.005)
+            finally:
+                self.cluster.lock.acquire()
+        return task.upid
+
+
+def _free_unused_key(vm):
+    index = 0
+    while f"unused{index}" in vm.config:
+        index += 1
+    return f"unused{index}"
+
+
+def _option_text(value):
+    if value is True:
+        return "1"
+    if value is False:
+        return "0"
+    return str(value)
+
+
+# Schema key -> (handler name, needs the VM's config lock).
+ROUTES = {
+    "GET /version": ("version", False),
+    "GET /cluster/resources": ("cluster_resources", False),
+    "GET /cluster/nextid": ("next_id", False),
+    "GET /nodes": ("nodes", False),
+    "GET /nodes/{node}/storage": ("node_storages", False),
+    "GET /nodes/{node}/storage/{storage}/status": ("storage_status", False),
+    "GET /nodes/{node}/storage/{storage}/content": ("storage_content", False),
+    "POST /nodes/{node}/storage/{storage}/content": ("allocate", False),
+    "GET /nodes/{node}/storage/{storage}/content/{volume}": ("volume_info", False),
+    "DELETE /nodes/{node}/storage/{storage}/content/{volume}": ("delete_volume", False),
+    "GET /nodes/{node}/qemu": ("vm_list", False),
+    "POST /nodes/{node}/qemu": ("create_vm", False),
+    "DELETE /nodes/{node}/qemu/{vmid}": ("destroy_vm", True),
+    "GET /nodes/{node}/qemu/{vmid}/config": ("vm_config", False),
+    "POST /nodes/{node}/qemu/{vmid}/config": ("update_config_async", True),
+    "PUT /nodes/{node}/qemu/{vmid}/config": ("update_config_sync", True),
+    "GET /nodes/{node}/qemu/{vmid}/status/current": ("vm_status", False),
+    "PUT /nodes/{node}/qemu/{vmid}/unlink": ("unlink", True),
+    "PUT /nodes/{node}/qemu/{vmid}/resize": ("resize", True),
+    "POST /nodes/{node}/qemu/{vmid}/move_disk": ("move_disk", True),
+    "GET /nodes/{node}/qemu/{vmid}/snapshot": ("snapshot_list", False),
+    "POST /nodes/{node}/qemu/{vmid}/snapshot": ("create_snapshot", True),
+    "DELETE /nodes/{node}/qemu/{vmid}/snapshot/{snapname}": ("delete_snapshot", True),
+    "POST /nodes/{node}/qemu/{vmid}/clone": ("clone", True),
+    "GET /nodes/{node}/tasks/{upid}/status": ("task_status", False),
+}
