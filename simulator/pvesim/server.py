@@ -185,7 +185,8 @@ class Handler(BaseHTTPRequestHandler):
                                    for k, v in json.loads(raw).items()})
                 else:
                     params.update(dict(urllib.parse.parse_qsl(raw.decode(), keep_blank_values=True)))
-        return urllib.parse.unquote(url.path), params
+        # Path parameters are decoded after routing: a volid's '/' arrives as %2F.
+        return url.path, params
 
     def authenticate(self, method):
         """The caller, or a reason for a 401."""
@@ -246,13 +247,13 @@ class Handler(BaseHTTPRequestHandler):
                 return fault["status"], None
 
         key, path_params = sim.schema.match(method, api_path)
+        path_params = {k: urllib.parse.unquote(v) for k, v in (path_params or {}).items()}
+        if key == "POST /access/ticket":
+            return self.ticket(params), None
         if key is None or key not in ROUTES:
             message = f"Method '{method} {api_path}' not implemented"
             self.reply(501, message, {"data": None, "message": message + "\n"})
             return 501, None
-
-        if key == "POST /access/ticket":
-            return self.ticket(params), None
 
         caller, reason = self.authenticate(method)
         if caller is None:
@@ -369,6 +370,6 @@ def serve(simulator, host, port, certfile=None, keyfile=None):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certfile, keyfile)
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return server
