@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C libraries at the edge: module maps plus small shims.
@@ -37,12 +38,19 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The Proxmox VE API client (libcurl). Knows no CSI.
+        .target(
+            name: "ProxmoxAPI",
+            dependencies: ["CCurl"],
+            swiftSettings: strict
+        ),
         // The CSI services and everything that translates CSI onto Proxmox and the node.
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -50,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC",
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -7,23 +7,30 @@ import Logging
 import UnaryGRPC
 
 @main
-struct ProxmoxCSI: ParsableCommand {
+struct ProxmoxCSI: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxmox-csi",
         abstract: "Kubernetes CSI driver for Proxmox VE.",
         version: DriverInfo.version,
-        subcommands: [Serve.self],
+        subcommands: [Serve.self, Check.self],
         defaultSubcommand: Serve.self
     )
 
     /// Usage and configuration errors end with one line on stderr and exit
     /// code 2; help and --version print as usual and exit 0.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             let code = exitCode(for: error)
+            if let exit = error as? ExitCode, exit != .validationFailure {
+                Glibc.exit(exit.rawValue)
+            }
             if code == .success {
                 print(fullMessage(for: error))
                 Glibc.exit(0)

@@ -60,16 +60,12 @@ struct Serve: ParsableCommand {
         }
     }
 
-    /// The config's content is read by the Proxmox client; here it must at
-    /// least be a readable, non-empty regular file.
     func checkConfigFile(_ path: String) throws {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw ValidationError("--config \(path): \(String(cString: strerror(errno)))")
+        do {
+            _ = try DriverConfig.load(path: path)
+        } catch {
+            throw ValidationError("\(error)")
         }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw ValidationError("--config \(path): not a regular file") }
-        guard access(path, R_OK) == 0 else { throw ValidationError("--config \(path): not readable by this user") }
-        guard info.st_size > 0 else { throw ValidationError("--config \(path): the file is empty") }
     }
 
     func run() throws {

@@ -13,6 +13,9 @@ from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, format_si
                       parse_alloc_size, parse_disk_size)
 from .schema import parse_property_string
 
+ALL_PRIVILEGES = ["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit", "VM.Allocate",
+                  "VM.Audit", "VM.Clone", "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Options",
+                  "VM.PowerMgmt", "VM.Snapshot"]
 VERSION = {"version": "9.1.1", "release": "9.1", "repoid": "pvesim00"}
 SIZE_IN_GIB = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)")
 
@@ -48,6 +51,15 @@ class Api:
                                 "storage": s.id, "plugintype": s.type, "shared": int(s.shared),
                                 "content": ",".join(s.content), "disk": s.used, "maxdisk": s.total,
                                 "status": "available"})
+        return out
+
+    def permissions(self, p, caller):
+        """{path: {privilege: 1}} for the caller's ACL entries (root: everything on /)."""
+        if caller.root:
+            return {"/": {priv: 1 for priv in ALL_PRIVILEGES}}
+        out = {}
+        for path, privs in caller.acl:
+            out.setdefault(path, {}).update({priv: 1 for priv in privs})
         return out
 
     def next_id(self, p, caller):
@@ -510,6 +522,7 @@ def _option_text(value):
 # Schema key -> (handler name, needs the VM's config lock).
 ROUTES = {
     "GET /version": ("version", False),
+    "GET /access/permissions": ("permissions", False),
     "GET /cluster/resources": ("cluster_resources", False),
     "GET /cluster/nextid": ("next_id", False),
     "GET /nodes": ("nodes", False),

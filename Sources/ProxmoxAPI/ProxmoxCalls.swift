@@ -1,0 +1,290 @@
+/// The Proxmox calls the driver makes, typed. Paths and parameters follow
+/// the official API schema; calls that start a task wait for it.
+
+public struct ProxmoxVersion: Sendable, Equatable {
+    public var version: String
+    public var release: String
+}
+
+public struct ClusterResource: Sendable, Equatable {
+    public var id: String
+    public var type: String
+    public var node: String
+    public var vmid: Int?
+    public var name: String?
+    public var status: String?
+    public var storage: String?
+    public var pluginType: String?
+    public var shared: Bool
+    public var content: [String]
+    public var disk: Int64
+    public var maxDisk: Int64
+    public var lock: String?
+    public var template: Bool
+
+    init(_ json: JSONValue) {
+        id = json["id"].string ?? ""
+        type = json["type"].string ?? ""
+        node = json["node"].string ?? ""
+        vmid = json["vmid"].int.map { Int($0) }
+        name = json["name"].string
+        status = json["status"].string
+        storage = json["storage"].string
+        pluginType = json["plugintype"].string
+        shared = json["shared"].bool ?? false
+        content = (json["content"].string ?? "").split(separator: ",").map(String.init)
+        disk = json["disk"].int ?? 0
+        maxDisk = json["maxdisk"].int ?? 0
+        lock = json["lock"].string
+        template = json["template"].bool ?? false
+    }
+}
+
+public enum ResourceType: String, Sendable {
+    case vm, storage, node
+}
+
+public struct StorageStatus: Sendable, Equatable {
+    public var storage: String
+    public var type: String
+    public var content: [String]
+    public var active: Bool
+    public var enabled: Bool
+    public var shared: Bool
+    public var total: Int64
+    public var used: Int64
+    public var available: Int64
+
+    init(_ json: JSONValue, storage: String? = nil) {
+        self.storage = storage ?? json["storage"].string ?? ""
+        type = json["type"].string ?? ""
+        content = (json["content"].string ?? "").split(separator: ",").map(String.init)
+        active = json["active"].bool ?? false
+        enabled = json["enabled"].bool ?? true
+        shared = json["shared"].bool ?? false
+        total = json["total"].int ?? 0
+        used = json["used"].int ?? 0
+        available = json["avail"].int ?? 0
+    }
+}
+
+public struct StorageVolume: Sendable, Equatable {
+    public var volid: String
+    public var format: String
+    public var size: Int64
+    public var vmid: Int?
+    public var createdAt: Int64
+
+    init(_ json: JSONValue) {
+        volid = json["volid"].string ?? ""
+        format = json["format"].string ?? ""
+        size = json["size"].int ?? 0
+        vmid = json["vmid"].int.map { Int($0) }
+        createdAt = json["ctime"].int ?? 0
+    }
+}
+
+public struct VolumeInfo: Sendable, Equatable {
+    public var path: String
+    public var size: Int64
+    public var format: String
+}
+
+/// A VM's configuration and the digest that guards changes to it.
+public struct VMConfig: Sendable, Equatable {
+    public var values: [String: String]
+    public var digest: String
+
+    public subscript(key: String) -> String? { values[key] }
+}
+
+public struct VMSnapshot: Sendable, Equatable {
+    public var name: String
+    public var description: String
+    public var time: Int64?
+}
+
+public struct TaskStatus: Sendable, Equatable {
+    public var upid: String
+    public var type: String
+    public var running: Bool
+    public var exitStatus: String?
+}
+
+/// Where move_disk sends a disk.
+public enum DiskDestination: Sendable {
+    case storage(String)
+    case vm(vmid: Int, disk: String)
+}
+
+extension ProxmoxClient {
+    private func segment(_ text: String) -> String { FormEncoding.pathSegment(text) }
+    private func vmPath(_ node: String, _ vmid: Int) -> String { "/nodes/\(segment(node))/qemu/\(vmid)" }
+
+    public func version() async throws -> ProxmoxVersion {
+        let data = try await call("GET", "/version")
+        return ProxmoxVersion(version: data["version"].string ?? "", release: data["release"].string ?? "")
+    }
+
+    public func clusterResources(type: ResourceType? = nil) async throws -> [ClusterResource] {
+        let data = try await call("GET", "/cluster/resources", type.map { [("type", $0.rawValue)] } ?? [])
+        return (data.array ?? []).map(ClusterResource.init)
+    }
+
+    public func nextVMID() async throws -> Int {
+        guard let id = try await call("GET", "/cluster/nextid").int else {
+            throw ProxmoxError.malformedResponse("cluster/nextid did not answer a number")
+        }
+        return Int(id)
+    }
+
+    public func storages(node: String) async throws -> [StorageStatus] {
+        let data = try await call("GET", "/nodes/\(segment(node))/storage")
+        return (data.array ?? []).map { StorageStatus($0) }
+    }
+
+    public func storageStatus(node: String, storage: String) async throws -> StorageStatus {
+        StorageStatus(try await call("GET", "/nodes/\(segment(node))/storage/\(segment(storage))/status"), storage: storage)
+    }
+
+    public func volumes(node: String, storage: String, vmid: Int? = nil) async throws -> [StorageVolume] {
+        var parameters = [("content", "images")]
+        if let vmid { parameters.append(("vmid", String(vmid))) }
+        let data = try await call("GET", "/nodes/\(segment(node))/storage/\(segment(storage))/content", parameters)
+        return (data.array ?? []).map(StorageVolume.init)
+    }
+
+    /// Allocates a volume; `size` in Proxmox's form (`1024`, `512M`, `10G`).
+    /// Never retried blindly: a repeat could allocate twice.
+    public func allocateVolume(node: String, storage: String, vmid: Int, name: String, size: String,
+                               format: String? = nil) async throws -> String {
+        var parameters = [("vmid", String(vmid)), ("filename", name), ("size", size)]
+        if let format { parameters.append(("format", format)) }
+        let data = try await call("POST", "/nodes/\(segment(node))/storage/\(segment(storage))/content", parameters,
+                                  idempotency: .notIdempotent)
+        guard let volid = data.string else { throw ProxmoxError.malformedResponse("allocation answered no volume id") }
+        return volid
+    }
+
+    public func volumeInfo(node: String, storage: String, volid: String) async throws -> VolumeInfo {
+        let data = try await call("GET", "/nodes/\(segment(node))/storage/\(segment(storage))/content/\(segment(volid))")
+        return VolumeInfo(path: data["path"].string ?? "", size: data["size"].int ?? 0, format: data["format"].string ?? "")
+    }
+
+    public func deleteVolume(node: String, storage: String, volid: String) async throws {
+        let data = try await call("DELETE", "/nodes/\(segment(node))/storage/\(segment(storage))/content/\(segment(volid))",
+                                  [("delay", "5")], idempotency: .idempotent)
+        try await finish(data)
+    }
+
+    public func vmConfig(node: String, vmid: Int) async throws -> VMConfig {
+        let data = try await call("GET", vmPath(node, vmid) + "/config")
+        var values = (data.object ?? [:]).compactMapValues { $0.string }
+        let digest = values.removeValue(forKey: "digest") ?? ""
+        return VMConfig(values: values, digest: digest)
+    }
+
+    /// Changes a VM's config (POST, as a task) and waits for it. Pass the
+    /// digest read with the config so a concurrent change is detected.
+    public func updateVMConfig(node: String, vmid: Int, set: [(String, String)] = [], delete: [String] = [],
+                               digest: String? = nil, timeout: Double = 600) async throws {
+        var parameters = set
+        if !delete.isEmpty { parameters.append(("delete", delete.joined(separator: ","))) }
+        if let digest { parameters.append(("digest", digest)) }
+        parameters.append(("background_delay", "5"))
+        let data = try await call("POST", vmPath(node, vmid) + "/config", parameters, idempotency: .idempotent)
+        try await finish(data, timeout: timeout)
+    }
+
+    /// The synchronous variant (PUT), for changes that start no task.
+    public func updateVMConfigSync(node: String, vmid: Int, set: [(String, String)] = [], delete: [String] = [],
+                                   digest: String? = nil) async throws {
+        var parameters = set
+        if !delete.isEmpty { parameters.append(("delete", delete.joined(separator: ","))) }
+        if let digest { parameters.append(("digest", digest)) }
+        _ = try await call("PUT", vmPath(node, vmid) + "/config", parameters, idempotency: .idempotent)
+    }
+
+    /// Reads the config, lets `change` decide, writes with the digest, and
+    /// starts over when someone else changed the config in between.
+    /// `change` returns nil when nothing needs doing.
+    public func modifyVMConfig(node: String, vmid: Int, attempts: Int = 5,
+                               _ change: (VMConfig) throws -> (set: [(String, String)], delete: [String])?) async throws {
+        for attempt in 1...attempts {
+            let config = try await vmConfig(node: node, vmid: vmid)
+            guard let edit = try change(config) else { return }
+            do {
+                try await updateVMConfig(node: node, vmid: vmid, set: edit.set, delete: edit.delete, digest: config.digest)
+                return
+            } catch let error as ProxmoxError {
+                guard case .digestConflict = error, attempt < attempts else { throw error }
+            }
+        }
+    }
+
+    public func unlink(node: String, vmid: Int, keys: [String], force: Bool = false) async throws {
+        var parameters = [("idlist", keys.joined(separator: ","))]
+        if force { parameters.append(("force", "1")) }
+        _ = try await call("PUT", vmPath(node, vmid) + "/unlink", parameters, idempotency: .idempotent)
+    }
+
+    /// Resizes a disk: `+2G` adds, `10G` sets. Only an absolute size is repeated on failure.
+    public func resize(node: String, vmid: Int, disk: String, size: String, digest: String? = nil) async throws {
+        var parameters = [("disk", disk), ("size", size)]
+        if let digest { parameters.append(("digest", digest)) }
+        let data = try await call("PUT", vmPath(node, vmid) + "/resize", parameters,
+                                  idempotency: size.hasPrefix("+") ? .notIdempotent : .idempotent)
+        try await finish(data)
+    }
+
+    public func moveDisk(node: String, vmid: Int, disk: String, to destination: DiskDestination,
+                         deleteSource: Bool = false, digest: String? = nil) async throws {
+        var parameters = [("disk", disk)]
+        switch destination {
+        case let .storage(storage): parameters.append(("storage", storage))
+        case let .vm(target, targetDisk): parameters += [("target-vmid", String(target)), ("target-disk", targetDisk)]
+        }
+        if deleteSource { parameters.append(("delete", "1")) }
+        if let digest { parameters.append(("digest", digest)) }
+        try await finish(try await call("POST", vmPath(node, vmid) + "/move_disk", parameters))
+    }
+
+    public func createVM(node: String, vmid: Int, settings: [(String, String)]) async throws {
+        try await finish(try await call("POST", "/nodes/\(segment(node))/qemu", [("vmid", String(vmid))] + settings))
+    }
+
+    public func snapshots(node: String, vmid: Int) async throws -> [VMSnapshot] {
+        let data = try await call("GET", vmPath(node, vmid) + "/snapshot")
+        return (data.array ?? []).compactMap { item in
+            guard let name = item["name"].string, name != "current" else { return nil }
+            return VMSnapshot(name: name, description: item["description"].string ?? "", time: item["snaptime"].int)
+        }
+    }
+
+    public func createSnapshot(node: String, vmid: Int, name: String, description: String = "") async throws {
+        var parameters = [("snapname", name)]
+        if !description.isEmpty { parameters.append(("description", description)) }
+        try await finish(try await call("POST", vmPath(node, vmid) + "/snapshot", parameters))
+    }
+
+    public func deleteSnapshot(node: String, vmid: Int, name: String) async throws {
+        try await finish(try await call("DELETE", vmPath(node, vmid) + "/snapshot/\(segment(name))", idempotency: .idempotent))
+    }
+
+    public func clone(node: String, vmid: Int, newID: Int, name: String? = nil, snapshot: String? = nil,
+                      full: Bool = true, storage: String? = nil, targetNode: String? = nil) async throws {
+        var parameters = [("newid", String(newID)), ("full", full ? "1" : "0")]
+        if let name { parameters.append(("name", name)) }
+        if let snapshot { parameters.append(("snapname", snapshot)) }
+        if let storage { parameters.append(("storage", storage)) }
+        if let targetNode { parameters.append(("target", targetNode)) }
+        try await finish(try await call("POST", vmPath(node, vmid) + "/clone", parameters))
+    }
+
+    public func taskStatus(upid: String) async throws -> TaskStatus {
+        let node = upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
+        let data = try await call("GET", "/nodes/\(segment(node))/tasks/\(segment(upid))/status")
+        return TaskStatus(upid: upid, type: data["type"].string ?? "", running: data["status"].string == "running",
+                          exitStatus: data["exitstatus"].string)
+    }
+}

@@ -1,0 +1,259 @@
+import Foundation
+import Synchronization
+
+/// Waits; tests pass one that returns at once so polling costs nothing.
+public protocol Sleeper: Sendable {
+    func sleep(seconds: Double) async throws
+}
+
+public struct TaskSleeper: Sleeper {
+    public init() {}
+    public func sleep(seconds: Double) async throws {
+        try await Task.sleep(nanoseconds: UInt64(max(0, seconds) * 1_000_000_000))
+    }
+}
+
+/// How often and how patiently a failed request is sent again.
+public struct RetryPolicy: Sendable {
+    public var maxAttempts = 5
+    public var baseDelay = 0.2
+    public var maxDelay = 5.0
+
+    public init(maxAttempts: Int = 5, baseDelay: Double = 0.2, maxDelay: Double = 5.0) {
+        self.maxAttempts = maxAttempts
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+    }
+
+    /// Exponential backoff with full jitter.
+    func delay(afterAttempt attempt: Int) -> Double {
+        let ceiling = min(maxDelay, baseDelay * pow(2, Double(attempt - 1)))
+        return Double.random(in: ceiling / 2...ceiling)
+    }
+}
+
+/// Whether a request may be repeated after an ambiguous failure.
+public enum Idempotency: Sendable {
+    /// Reads, and writes that converge when repeated (set a key, delete a volume).
+    case idempotent
+    /// Allocations and the like: repeated only when the failure proves the
+    /// first attempt did nothing.
+    case notIdempotent
+}
+
+/// A Proxmox VE API client: authentication, the JSON envelope, one error
+/// taxonomy, retries and task waits. Typed calls live in ProxmoxCalls.swift.
+public final class ProxmoxClient: Sendable {
+    private struct Ticket {
+        var ticket: String
+        var csrf: String
+        var issuedAt: Double
+    }
+
+    public let endpoint: ClusterEndpoint
+    private let transport: any HTTPTransport
+    private let sleeper: any Sleeper
+    private let retry: RetryPolicy
+    private let now: @Sendable () -> Double
+    private let ticket = Mutex<Ticket?>(nil)
+    /// Called after every answered request: the controller's readiness.
+    private let onAnswer: (@Sendable () -> Void)?
+
+    /// Tickets live 2 h; renew well before.
+    static let ticketRenewAfter = 3600.0
+
+    public init(endpoint: ClusterEndpoint, transport: (any HTTPTransport)? = nil, sleeper: any Sleeper = TaskSleeper(),
+                retry: RetryPolicy = RetryPolicy(), now: @escaping @Sendable () -> Double = { ProcessInfo.processInfo.systemUptime },
+                onAnswer: (@Sendable () -> Void)? = nil) {
+        self.endpoint = endpoint
+        self.transport = transport ?? CurlTransport(options: endpoint.transport)
+        self.sleeper = sleeper
+        self.retry = retry
+        self.now = now
+        self.onAnswer = onAnswer
+    }
+
+    // MARK: - Requests
+
+    /// Sends a request and returns the envelope's `data`. Errors are
+    /// `ProxmoxError` (or `CancellationError`).
+    public func call(_ method: String, _ path: String, _ parameters: [(String, String)] = [],
+                     idempotency: Idempotency? = nil) async throws -> JSONValue {
+        let idempotency = idempotency ?? (method == "GET" ? .idempotent : .notIdempotent)
+        var attempt = 0
+        var reauthenticated = false
+        while true {
+            attempt += 1
+            do {
+                return try await send(method, path, parameters)
+            } catch let error as ProxmoxError {
+                if case .authenticationFailed = error, case .password = endpoint.credentials, !reauthenticated {
+                    // The ticket may have expired early (server restart): log in again once.
+                    ticket.withLock { $0 = nil }
+                    reauthenticated = true
+                    attempt -= 1
+                    continue
+                }
+                let retryable = idempotency == .idempotent ? error.isTransient : error.provesNothingHappened
+                guard retryable, attempt < retry.maxAttempts else { throw error }
+                try await sleeper.sleep(seconds: retry.delay(afterAttempt: attempt))
+            }
+        }
+    }
+
+    private func send(_ method: String, _ path: String, _ parameters: [(String, String)]) async throws -> JSONValue {
+        var headers: [(String, String)] = [("Accept", "application/json")]
+        switch endpoint.credentials {
+        case let .apiToken(id, secret):
+            headers.append(("Authorization", "PVEAPIToken=\(id)=\(secret)"))
+        case .password:
+            let session = try await currentTicket()
+            headers.append(("Cookie", "PVEAuthCookie=\(FormEncoding.escape(session.ticket))"))
+            if method != "GET" { headers.append(("CSRFPreventionToken", session.csrf)) }
+        }
+        var url = endpoint.apiBase + path
+        var body: [UInt8]?
+        let encoded = FormEncoding.encode(parameters)
+        if method == "GET" || method == "DELETE" {
+            if !encoded.isEmpty { url += "?" + encoded }
+        } else {
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+            body = Array(encoded.utf8)
+        }
+        let response: HTTPResponse
+        do {
+            response = try await transport.send(HTTPRequest(method: method, url: url, headers: headers, body: body,
+                                                             timeout: endpoint.requestTimeout))
+        } catch let error as TransportError {
+            throw ProxmoxError.transport(error)
+        }
+        onAnswer?()
+        return try Self.interpret(response, path: path)
+    }
+
+    /// The envelope's data, or the error the answer stands for.
+    static func interpret(_ response: HTTPResponse, path: String) throws(ProxmoxError) -> JSONValue {
+        let json = try? JSONValue.parse(response.body)
+        if (200..<300).contains(response.status) {
+            guard let json else { throw .malformedResponse("the body of a \(response.status) is not JSON") }
+            return json["data"]
+        }
+        let bodyMessage = json?["message"].string?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let message = response.reason.isEmpty ? (bodyMessage ?? "HTTP \(response.status)") : response.reason
+        switch response.status {
+        case 401:
+            throw .authenticationFailed(reason: message)
+        case 403:
+            let (path, privilege) = parsePermission(message)
+            throw .permissionDenied(path: path, privilege: privilege, message: message)
+        case 400:
+            if let errors = json?["errors"].object {
+                throw .invalidParameters(errors.compactMapValues { $0.string?.trimmingCharacters(in: .whitespacesAndNewlines) })
+            }
+            if message.contains("no such task") || message.contains("unable to parse worker upid") {
+                throw .notFound(message)
+            }
+            throw .badRequest(message)
+        case 595, 596, 597:
+            throw .proxy(status: response.status, message: message)
+        default:
+            let detail = bodyMessage ?? message
+            if let lock = firstMatch(#"VM is locked \(([^)]+)\)"#, in: detail) {
+                throw .vmLocked(vmid: vmid(inPath: path), lock: lock)
+            }
+            if detail.contains("checksum mismatch") || detail.contains("detected modified configuration") {
+                throw .digestConflict(message)
+            }
+            if detail.contains("can't lock file"), detail.contains("got timeout") {
+                throw .configLockTimeout(message)
+            }
+            if response.status == 500, detail.contains("does not exist") || detail.contains("no such") {
+                throw .notFound(message)
+            }
+            throw .server(status: response.status, message: message)
+        }
+    }
+
+    // MARK: - Tickets
+
+    private func currentTicket() async throws -> Ticket {
+        guard case let .password(user, password) = endpoint.credentials else {
+            throw ProxmoxError.badRequest("ticket requested without user credentials")
+        }
+        if let current = ticket.withLock({ $0 }), now() - current.issuedAt < Self.ticketRenewAfter {
+            return current
+        }
+        // Renew with the old ticket while it is valid, else log in with the password.
+        let secret = ticket.withLock { $0?.ticket } ?? password
+        let fresh = try await login(user: user, secret: secret)
+        ticket.withLock { $0 = fresh }
+        return fresh
+    }
+
+    private func login(user: String, secret: String) async throws -> Ticket {
+        let body = Array(FormEncoding.encode([("username", user), ("password", secret)]).utf8)
+        let response: HTTPResponse
+        do {
+            response = try await transport.send(HTTPRequest(
+                method: "POST", url: endpoint.apiBase + "/access/ticket",
+                headers: [("Content-Type", "application/x-www-form-urlencoded")], body: body, timeout: endpoint.requestTimeout))
+        } catch let error as TransportError {
+            throw ProxmoxError.transport(error)
+        }
+        let data = try Self.interpret(response, path: "/access/ticket")
+        guard let value = data["ticket"].string, let csrf = data["CSRFPreventionToken"].string else {
+            throw ProxmoxError.malformedResponse("login answered without a ticket")
+        }
+        return Ticket(ticket: value, csrf: csrf, issuedAt: now())
+    }
+
+    // MARK: - Tasks
+
+    /// Waits for a task: quick first polls (most finish in well under a
+    /// second), then at most `maxPollInterval` apart, up to `timeout`.
+    /// `WARNINGS: N` counts as success. Returns the exit status.
+    @discardableResult
+    public func waitForTask(_ upid: String, timeout: Double = 600, maxPollInterval: Double = 2) async throws -> String {
+        let node = upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
+        let path = "/nodes/\(FormEncoding.pathSegment(node))/tasks/\(FormEncoding.pathSegment(upid))/status"
+        let deadline = now() + timeout
+        var interval = 0.05
+        while true {
+            let status = try await call("GET", path)
+            if status["status"].string == "stopped" {
+                let exit = status["exitstatus"].string ?? "unknown"
+                if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
+                throw ProxmoxError.taskFailed(upid: upid, exitStatus: exit)
+            }
+            if now() + interval > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }
+            try await sleeper.sleep(seconds: interval)
+            interval = min(interval * 2, maxPollInterval)
+        }
+    }
+
+    /// For calls answering a UPID, or null when already done.
+    func finish(_ data: JSONValue, timeout: Double = 600) async throws {
+        if let upid = data.string, upid.hasPrefix("UPID:") {
+            try await waitForTask(upid, timeout: timeout)
+        }
+    }
+}
+
+private func firstMatch(_ pattern: String, in text: String) -> String? {
+    guard let regex = try? NSRegularExpression(pattern: pattern),
+          let match = regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
+          match.numberOfRanges > 1, let range = Range(match.range(at: 1), in: text) else { return nil }
+    return String(text[range])
+}
+
+/// "Permission check failed (/storage/local-lvm, Datastore.AllocateSpace)"
+private func parsePermission(_ message: String) -> (String?, String?) {
+    guard let inside = firstMatch(#"\(([^)]*)\)"#, in: message) else { return (nil, nil) }
+    let parts = inside.split(separator: ",", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+    guard parts.count == 2, parts[0].hasPrefix("/") else { return (nil, nil) }
+    return (parts[0], parts[1])
+}
+
+private func vmid(inPath path: String) -> Int? {
+    firstMatch(#"/qemu/(\d+)"#, in: path).flatMap { Int($0) }
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import CSIDriver
+import Foundation
+import ProxmoxAPI
+
+/// Connects to every cluster in the config and reports what the driver would see.
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Connect to the Proxmox clusters in a config file and report version, storages, the driver's volumes and missing privileges.")
+
+    @Option(help: "The driver's config file.")
+    var config: String
+
+    @Option(help: "Only this cluster (by name).")
+    var cluster: String?
+
+    func run() async throws {
+        let loaded: DriverConfig
+        do {
+            loaded = try DriverConfig.load(path: config)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let clusters = loaded.clusters.filter { cluster == nil || $0.name == cluster }
+        guard !clusters.isEmpty else { throw ValidationError("--cluster: no cluster named \"\(cluster ?? "")\" in \(config)") }
+        for warning in loaded.warnings { print("warning: \(warning)") }
+        var healthy = true
+        for cluster in clusters {
+            let client = ProxmoxClient(endpoint: cluster.endpoint(requestTimeout: loaded.requestTimeout),
+                                       retry: RetryPolicy(maxAttempts: 2))
+            let report = await ClusterCheck.run(cluster, config: loaded, client: client)
+            print(render(report, ownerVMID: loaded.ownerVMID), terminator: "")
+            healthy = healthy && report.isHealthy
+        }
+        if !healthy { throw ExitCode(1) }
+    }
+
+    func render(_ report: ClusterReport, ownerVMID: Int) -> String {
+        var out = "cluster \(report.cluster) (\(report.url))"
+        guard report.problem == nil else { return out + "\n  problem: \(report.problem!)\n" }
+        out += ": Proxmox VE \(report.version ?? "?")\n  storages for disk images:\n"
+        for line in report.storages {
+            let free = String(format: "%.1f", Double(line.available) / 1_073_741_824)
+            let total = String(format: "%.1f", Double(line.total) / 1_073_741_824)
+            out += "    \(line.node.padding(toLength: 8, withPad: " ", startingAt: 0)) "
+                + "\(line.storage.padding(toLength: 14, withPad: " ", startingAt: 0)) "
+                + "\(line.type.padding(toLength: 8, withPad: " ", startingAt: 0)) "
+                + "\((line.shared ? "shared" : "local").padding(toLength: 7, withPad: " ", startingAt: 0)) "
+                + "\(free) GiB free of \(total) GiB\n"
+        }
+        out += "  driver volumes (owner vmid \(ownerVMID)): \(report.driverVolumes.count)\n"
+        for volume in report.driverVolumes {
+            let where_ = volume.node.isEmpty ? "" : "\(volume.node)/"
+            out += "    \(where_)\(volume.volid)  \(String(format: "%.1f", Double(volume.size) / 1_073_741_824)) GiB\n"
+        }
+        if report.missingPrivileges.isEmpty {
+            out += "  privileges: everything the driver needs\n"
+        } else {
+            out += "  missing privileges:\n" + report.missingPrivileges.map { "    \($0)\n" }.joined()
+        }
+        return out
+    }
+}
