@@ -209,10 +209,10 @@ extension ProxmoxClient {
     /// starts over when someone else changed the config in between.
     /// `change` returns nil when nothing needs doing.
     public func modifyVMConfig(node: String, vmid: Int, attempts: Int = 5,
-                               _ change: (VMConfig) throws -> (set: [(String, String)], delete: [String])?) async throws {
+                               _ change: (VMConfig) async throws -> (set: [(String, String)], delete: [String])?) async throws {
         for attempt in 1...attempts {
             let config = try await vmConfig(node: node, vmid: vmid)
-            guard let edit = try change(config) else { return }
+            guard let edit = try await change(config) else { return }
             do {
                 try await updateVMConfig(node: node, vmid: vmid, set: edit.set, delete: edit.delete, digest: config.digest)
                 return

@@ -51,6 +51,8 @@ def main(argv=None):
     parser.add_argument("--ticket-lifetime", type=float, default=7200, help="seconds a ticket is valid")
     parser.add_argument("--data-dir", help="back every volume with a sparse file here")
     parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true",
+                        help="exit when standard input closes: a lifeline for tests, which hold the other end")
     args = parser.parse_args(argv)
 
     task_seconds = {}
@@ -69,9 +71,13 @@ def main(argv=None):
         Path(args.port_file).write_text(str(bound))
 
     stop = threading.Event()
+    if args.exit_on_stdin_eof:
+        threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    # A timed wait: signal handlers only run between waits in the main thread.
+    while not stop.wait(0.2):
+        pass
     server.shutdown()
     return 0
 
