@@ -51,6 +51,9 @@ def main(argv=None):
     parser.add_argument("--ticket-lifetime", type=float, default=7200, help="seconds a ticket is valid")
     parser.add_argument("--data-dir", help="back every volume with a sparse file here")
     parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--faults", default="[]", help="fault rules as JSON (see README), as PUT /_sim/faults takes")
+    parser.add_argument("--local-vm", type=int, help="local mode: disks hot-plugged into this VM become loop devices")
+    parser.add_argument("--sysfs-root", help="local mode: where to describe them, as the guest's /sys would")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="exit when standard input closes: a lifeline for tests, which hold the other end")
     args = parser.parse_args(argv)
@@ -62,6 +65,17 @@ def main(argv=None):
     cluster, schema, users, tokens = load_scenario(args.scenario, task_seconds, args.default_task_seconds,
                                                    args.data_dir)
     simulator = Simulator(cluster, schema, tokens, users, args.auth_failure_delay, args.ticket_lifetime)
+    simulator.faults = json.loads(args.faults)
+    for rule in simulator.faults:
+        if "count" in rule:
+            rule["remaining"] = rule["count"]
+    local = None
+    if args.local_vm:
+        if not (args.sysfs_root and args.data_dir):
+            parser.error("--local-vm needs --sysfs-root and --data-dir")
+        from .localmode import LocalHost
+        local = LocalHost(args.local_vm, args.sysfs_root)
+        cluster.listeners.append(local)
     host, _, port = args.listen.rpartition(":")
     server = serve(simulator, host, int(port), args.tls_cert, args.tls_key)
     bound = server.server_address[1]
@@ -79,6 +93,8 @@ def main(argv=None):
     while not stop.wait(0.2):
         pass
     server.shutdown()
+    if local:
+        local.close()
     return 0
 
 

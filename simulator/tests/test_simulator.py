@@ -357,3 +357,53 @@ def test_request_log_records_calls_and_redacts_passwords(sim, api):
     log = control(sim, "GET", "/_sim/log")
     assert [(e["method"], e["path"], e["status"]) for e in log][:1] == [("GET", "/api2/json/version", 200)]
     assert "sim-csi-password" not in json.dumps(log)
+
+
+# ------------------------------------------------------------------ local mode
+
+def loop_devices_usable():
+    import os
+    import shutil
+    return os.geteuid() == 0 and shutil.which("losetup") and os.path.exists("/dev/loop-control")
+
+
+@pytest.mark.skipif(not loop_devices_usable(), reason="local mode needs root and loop devices")
+def test_local_mode_turns_hotplugged_disks_into_loop_devices(tmp_path):
+    import os
+    from pvesim.localmode import LocalHost
+    cluster, schema, users, tokens = load_scenario(DEFAULT_SCENARIO, {}, 0.01, data_dir=str(tmp_path / "data"))
+    local = LocalHost(100, str(tmp_path / "sys"))
+    cluster.listeners.append(local)
+    simulator = Simulator(cluster, schema, tokens, users, auth_failure_delay=0.1)
+    server = serve(simulator, "127.0.0.1", 0)
+    api = Client(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-blk", size="64M")
+        api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-scsi", size="64M")
+        attach(api, "virtio1", "local-lvm:vm-9999-blk", serial="pvc-blk-0001")
+        attach(api, "scsi1", "local-lvm:vm-9999-scsi", serial="pvc-scsi-0001", wwn="0x5056432d49443031")
+        entries = {e: tmp_path / "sys" / "block" / e for e in os.listdir(tmp_path / "sys" / "block")}
+        assert len(entries) == 2
+        by_serial = {}
+        for name, entry in entries.items():
+            if (entry / "serial").exists():
+                by_serial[(entry / "serial").read_text().strip()] = name
+            else:
+                page = (entry / "device" / "vpd_pg80").read_bytes()
+                assert page[:4] == bytes([0, 0x80, 0, len(page) - 4])
+                assert (entry / "device" / "wwid").read_text().strip() == "naa.5056432d49443031"
+                by_serial[page[4:].decode()] = name
+        assert set(by_serial) == {"pvc-blk-0001", "pvc-scsi-0001"}
+        blk = by_serial["pvc-blk-0001"]
+        assert os.path.exists(f"/dev/{blk}")
+        assert (entries[blk] / "size").read_text().strip() == str(64 * 1024 * 1024 // 512)
+
+        api.wait(api.ok("PUT", "/nodes/pve1/qemu/100/resize", disk="virtio1", size="128M"))
+        assert (entries[blk] / "size").read_text().strip() == str(128 * 1024 * 1024 // 512)
+        assert open(f"/sys/block/{blk}/size").read().strip() == str(128 * 1024 * 1024 // 512)
+
+        api.wait(api.ok("POST", "/nodes/pve1/qemu/100/config", delete="virtio1,scsi1"))
+        assert os.listdir(tmp_path / "sys" / "block") == []
+    finally:
+        local.close()
+        server.shutdown()
