@@ -46,6 +46,8 @@ public struct DriverConfig: Sendable {
     public var ownerVMID: Int
     public var requestTimeout: Double
     public var taskTimeout: Double
+    /// How often the controller asks each cluster whether it answers (Probe).
+    public var probeInterval: Double
     /// Things worth a warning line at start (insecure TLS, plain HTTP).
     public var warnings: [String]
 
@@ -156,6 +158,7 @@ private struct ConfigReader {
         var ownerVMID = 9999
         var requestTimeout = 30.0
         var taskTimeout = 600.0
+        var probeInterval = 30.0
         for (key, value) in try mapping(root, "", allowed: ["clusters", "profiles", "driver"]) {
             switch key {
             case "clusters":
@@ -168,10 +171,11 @@ private struct ConfigReader {
             case "profiles":
                 profileNodes = try mapping(value, "profiles", allowed: Set(value.mapping?.keys.compactMap(\.string) ?? []))
             default:
-                for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout"]) {
+                for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout", "probeInterval"]) {
                     switch setting {
                     case "ownerVMID": ownerVMID = try int(node, "driver.ownerVMID", 100...999_999_999)
                     case "requestTimeout": requestTimeout = try seconds(node, "driver.requestTimeout")
+                    case "probeInterval": probeInterval = try seconds(node, "driver.probeInterval")
                     default: taskTimeout = try seconds(node, "driver.taskTimeout")
                     }
                 }
@@ -186,7 +190,8 @@ private struct ConfigReader {
             profiles[name] = try profile(node, "profiles.\(name)", clusters: names)
         }
         return DriverConfig(clusters: clusters, profiles: profiles, ownerVMID: ownerVMID,
-                            requestTimeout: requestTimeout, taskTimeout: taskTimeout, warnings: warnings)
+                            requestTimeout: requestTimeout, taskTimeout: taskTimeout, probeInterval: probeInterval,
+                            warnings: warnings)
     }
 
     mutating func cluster(_ node: Node, _ path: String) throws -> DriverConfig.Cluster {

@@ -56,7 +56,7 @@ public final class ProxmoxClient: Sendable {
     private let retry: RetryPolicy
     private let now: @Sendable () -> Double
     private let ticket = Mutex<Ticket?>(nil)
-    /// Called after every answered request: the controller's readiness.
+    /// Called after every request the API answered: the controller's readiness.
     private let onAnswer: (@Sendable () -> Void)?
 
     /// Tickets live 2 h; renew well before.
@@ -127,7 +127,8 @@ public final class ProxmoxClient: Sendable {
         } catch let error as TransportError {
             throw ProxmoxError.transport(error)
         }
-        onAnswer?()
+        // Alive means answering as an API: not refusing us, not a proxy failure.
+        if ![401, 403, 595, 596, 597].contains(response.status) { onAnswer?() }
         return try Self.interpret(response, path: path)
     }
 

@@ -85,7 +85,20 @@ struct Serve: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         let nodeName = nodeID ?? environment("NODE_NAME") ?? hostName()
-        let driver = Driver(name: driverName, mode: mode)
+        // The controller depends on Proxmox: Probe says ready only while its API answers.
+        var readiness = Readiness([])
+        var keepAlive: Task<Void, Never>?
+        if let config {
+            let loaded = try DriverConfig.load(path: config)
+            for warning in loaded.warnings { logger.warning("config", metadata: ["config.warning": "\(warning)"]) }
+            if mode.servesController {
+                let clusters = ProxmoxClusters(config: loaded)
+                readiness = clusters.readiness
+                keepAlive = clusters.keepReadinessCurrent()
+            }
+        }
+        defer { keepAlive?.cancel() }
+        let driver = Driver(name: driverName, mode: mode, readiness: readiness)
         let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
         do {
             try server.start()

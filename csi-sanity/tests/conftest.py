@@ -21,6 +21,47 @@ sys.path.insert(0, str(HERE.parent / "_gen"))
 import csi_pb2  # noqa: E402
 import csi_pb2_grpc  # noqa: E402
 
+ROOT = HERE.parents[1]
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(directory, name):
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN={name}", cwd=directory)
+    return directory / f"{name}.pem"
+
+
+class Simulator:
+    """The Proxmox simulator over HTTPS with a CA made for it; exits with its stdin."""
+
+    def __init__(self, directory):
+        ca = make_ca(directory, "ca")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory)
+        (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=directory)
+        port_file = directory / "port"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pvesim", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+             "--tls-cert", str(directory / "server.pem"), "--tls-key", str(directory / "server.key"),
+             "--auth-failure-delay", "0.1", "--exit-on-stdin-eof"],
+            cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text():
+                break
+            time.sleep(0.025)
+        self.info = {"url": f"https://127.0.0.1:{port_file.read_text()}", "ca": ca, "dir": directory}
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
 DRIVER_BIN = os.environ.get("DRIVER_BIN", str(HERE.parents[1] / ".build" / "debug" / "proxmox-csi"))
 
 

@@ -1,52 +1,20 @@
 """`proxmox-csi check` against the simulator over HTTPS: what it prints when
 everything is right, and how precisely it explains each thing that is wrong."""
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import DRIVER_BIN
+from conftest import DRIVER_BIN, Simulator, make_ca
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = ("csi@pve!csi", "5ba0d1b4-8d0e-4c61-9a8f-3d2f1c7e6b21")
 AUDIT = ("audit@pve!ro", "0c3c4f4e-1f7b-4a53-8a3e-5b9a2e1d7c40")
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory, name):
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-            "-subj", f"/CN={name}", cwd=directory)
-    return directory / f"{name}.pem"
-
-
 @pytest.fixture(scope="module")
 def simulator(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pki")
-    ca = make_ca(directory, "ca")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory)
-    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=directory)
-    port_file = directory / "port"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pvesim", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-         "--tls-cert", str(directory / "server.pem"), "--tls-key", str(directory / "server.key"),
-         "--auth-failure-delay", "0.1", "--exit-on-stdin-eof"],
-        cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        if port_file.exists() and port_file.read_text():
-            break
-        time.sleep(0.025)
-    yield {"url": f"https://127.0.0.1:{port_file.read_text()}", "ca": ca, "dir": directory}
-    process.terminate()
-    process.wait(10)
+    sim = Simulator(tmp_path_factory.mktemp("pki"))
+    yield sim.info
+    sim.stop()
 
 
 def check(sim, tmp_path, url=None, token=TOKEN, ca=None):
