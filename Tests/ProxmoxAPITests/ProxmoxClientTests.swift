@@ -207,6 +207,20 @@ func expectProxmoxError(_ body: () async throws -> Void, _ check: (ProxmoxError)
         try await sim.injectFaults("[]")
     }
 
+    @Test func configLockTimeoutsAreRetried() async throws {
+        let sim = try faulty.get()
+        let client = sim.client()
+        let vm = nextTestVMID.add(1, ordering: .relaxed).newValue
+        try await client.createVM(node: "pve1", vmid: vm, settings: [("name", "locktest")])
+        try await sim.hook("DELETE", "/_sim/log")
+        try await sim.injectFaults(#"[{"method": "POST", "path": "/qemu/\#(vm)/config$", "status": 500, "#
+            + #""message": "can't lock file '/var/lock/qemu-server/lock-\#(vm).conf' - got timeout", "count": 1}]"#)
+        try await client.updateVMConfig(node: "pve1", vmid: vm, set: [("description", "after the lock")])
+        #expect(try await sim.requests().filter { $0.0 == "POST" && $0.1.hasSuffix("/config") }.count == 2)
+        #expect(try await client.vmConfig(node: "pve1", vmid: vm)["description"] == "after the lock")
+        try await sim.injectFaults("[]")
+    }
+
     @Test func giveUpAfterTheLastAttempt() async throws {
         let sim = try faulty.get()
         try await sim.injectFaults(#"[{"path": "^/version$", "status": 596}]"#)
