@@ -1,0 +1,160 @@
+import CSIProto
+import UnaryGRPC
+
+/// What a StorageClass asks for, validated: the storage (directly or through
+/// a profile of the config) and the disk options. Profile values are
+/// defaults; keys given in the StorageClass win.
+public struct VolumeParameters: Sendable, Equatable {
+    public var storage: String
+    public var profile: String?
+    public var fsType: String = "ext4"
+    public var bus: String = "scsi"
+    public var cache: String?
+    public var ssd: Bool?
+    public var discard: Bool?
+    public var iothread: Bool?
+    public var backup: Bool?
+    public var iops: Int?
+    public var mbps: Int?
+    public var blockSize: Int?
+    public var inodeSize: Int?
+
+    /// Keys the CSI sidecars add on their own; never an error.
+    static let sidecarPrefix = "csi.storage.k8s.io/"
+    static let fsTypeKey = "csi.storage.k8s.io/fstype"
+
+    public static let knownKeys: Set<String> = [
+        "storage", "profile", fsTypeKey, "bus", "cache", "ssd", "discard", "iothread", "backup",
+        "diskIOPS", "diskMBps", "blockSize", "inodeSize",
+    ]
+
+    /// Reads `parameters` for `cluster`; errors are InvalidArgument naming the key.
+    public static func parse(_ parameters: [String: String], config: DriverConfig, cluster: String) throws(RPCError) -> VolumeParameters {
+        func invalid(_ key: String, _ problem: String) -> RPCError {
+            RPCError(.invalidArgument, "StorageClass parameter \"\(key)\" \(problem)")
+        }
+        for key in parameters.keys.sorted() where !knownKeys.contains(key) && !key.hasPrefix(sidecarPrefix) {
+            throw invalid(key, "is not known; known parameters: \(knownKeys.sorted().joined(separator: ", "))")
+        }
+
+        var profile: DriverConfig.Profile?
+        if let name = parameters["profile"] {
+            guard let found = config.profiles[name] else {
+                let known = config.profiles.keys.sorted().joined(separator: ", ")
+                throw invalid("profile", "names \"\(name)\", which the driver's config does not define (defined: \(known.isEmpty ? "none" : known))")
+            }
+            profile = found
+        }
+        let storage: String
+        switch (parameters["storage"], profile?.storage(forCluster: cluster)) {
+        case let (given?, _): storage = given
+        case let (nil, fromProfile?): storage = fromProfile
+        case (nil, nil):
+            if profile != nil { throw invalid("profile", "names no storage for cluster \"\(cluster)\"") }
+            throw RPCError(.invalidArgument, "StorageClass parameters must name a Proxmox storage (\"storage\") or a profile (\"profile\")")
+        }
+        guard VolumeHandle.isStorageID(storage) else { throw invalid("storage", "\"\(storage)\" is not a Proxmox storage id") }
+
+        var result = VolumeParameters(storage: storage, profile: parameters["profile"])
+        if let profile {
+            result.bus = profile.bus ?? result.bus
+            result.cache = profile.cache
+            result.ssd = profile.ssd
+            result.discard = profile.discard
+            result.iothread = profile.iothread
+            result.backup = profile.backup
+            result.iops = profile.iops
+            result.mbps = profile.mbps
+            result.fsType = profile.fsType ?? result.fsType
+        }
+
+        func bool(_ key: String) throws(RPCError) -> Bool? {
+            guard let value = parameters[key] else { return nil }
+            switch value.lowercased() {
+            case "true", "1", "yes", "on": return true
+            case "false", "0", "no", "off": return false
+            default: throw invalid(key, "must be true or false, not \"\(value)\"")
+            }
+        }
+        func number(_ key: String, _ range: ClosedRange<Int>) throws(RPCError) -> Int? {
+            guard let value = parameters[key] else { return nil }
+            guard let parsed = Int(value), range.contains(parsed) else {
+                throw invalid(key, "must be a whole number from \(range.lowerBound) to \(range.upperBound), not \"\(value)\"")
+            }
+            return parsed
+        }
+        func choice(_ key: String, _ choices: [String]) throws(RPCError) -> String? {
+            guard let value = parameters[key] else { return nil }
+            guard choices.contains(value) else { throw invalid(key, "must be one of \(choices.joined(separator: ", ")), not \"\(value)\"") }
+            return value
+        }
+
+        result.fsType = try choice(fsTypeKey, ["xfs", "ext4"]) ?? result.fsType
+        result.bus = try choice("bus", ["scsi", "virtio"]) ?? result.bus
+        result.cache = try choice("cache", ["none", "writethrough", "writeback", "directsync", "unsafe"]) ?? result.cache
+        result.ssd = try bool("ssd") ?? result.ssd
+        result.discard = try bool("discard") ?? result.discard
+        result.iothread = try bool("iothread") ?? result.iothread
+        result.backup = try bool("backup") ?? result.backup
+        result.iops = try number("diskIOPS", 1...10_000_000) ?? result.iops
+        result.mbps = try number("diskMBps", 1...100_000) ?? result.mbps
+        if let size = try number("blockSize", 512...65_536) {
+            guard size & (size - 1) == 0 else { throw invalid("blockSize", "must be a power of two, not \"\(size)\"") }
+            result.blockSize = size
+        }
+        if let size = try number("inodeSize", 128...8_192) {
+            guard size & (size - 1) == 0 else { throw invalid("inodeSize", "must be a power of two, not \"\(size)\"") }
+            result.inodeSize = size
+        }
+        return result
+    }
+
+    /// The options of a Proxmox disk value (`serial` and `wwn` are added by the attacher).
+    public var diskOptions: [(String, String)] {
+        var options: [(String, String)] = []
+        if let cache { options.append(("cache", cache)) }
+        if let discard { options.append(("discard", discard ? "on" : "ignore")) }
+        if let ssd, bus == "scsi" || ssd == false { options.append(("ssd", ssd ? "1" : "0")) }
+        if let iothread { options.append(("iothread", iothread ? "1" : "0")) }
+        if let backup { options.append(("backup", backup ? "1" : "0")) }
+        if let iops { options += [("iops_rd", String(iops)), ("iops_wr", String(iops))] }
+        if let mbps { options += [("mbps_rd", String(mbps)), ("mbps_wr", String(mbps))] }
+        return options
+    }
+}
+
+/// Which volume capabilities the driver can serve: one VM at a time (a
+/// Proxmox disk is attached to one VM), as a block device or an xfs/ext4 filesystem.
+public enum CapabilityCheck {
+    static let supportedModes: Set<Csi_V1_VolumeCapability.AccessMode.Mode> = [
+        .singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter, .singleNodeMultiWriter,
+    ]
+
+    /// Nil when supported, else why not (for ValidateVolumeCapabilities' message).
+    public static func problem(with capability: Csi_V1_VolumeCapability) -> String? {
+        guard capability.hasAccessMode else { return "access_mode is missing" }
+        let mode = capability.accessMode.mode
+        guard supportedModes.contains(mode) else {
+            return "access mode \(mode) is not supported: a Proxmox disk attaches to one VM at a time"
+        }
+        switch capability.accessType {
+        case .block?: return nil
+        case let .mount(mount)?:
+            guard ["", "xfs", "ext4"].contains(mount.fsType) else {
+                return "fs_type \"\(mount.fsType)\" is not supported (xfs or ext4)"
+            }
+            return nil
+        case nil: return "access_type is missing (block or mount)"
+        }
+    }
+
+    /// Checks a request's capability list: InvalidArgument naming the field.
+    public static func require(_ capabilities: [Csi_V1_VolumeCapability], field: String) throws(RPCError) {
+        guard !capabilities.isEmpty else { throw RPCError(.invalidArgument, "\(field) is required") }
+        for (index, capability) in capabilities.enumerated() {
+            if let problem = problem(with: capability) {
+                throw RPCError(.invalidArgument, "\(field)[\(index)]: \(problem)")
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+@testable import CSIDriver
+import CSIProto
+import Testing
+import UnaryGRPC
+
+@Suite struct VolumeHandleTests {
+    @Test(arguments: [
+        ("main/pve1/local-lvm/vm-9999-pvc-1", VolumeHandle(cluster: "main", node: "pve1", storage: "local-lvm", volume: "vm-9999-pvc-1")),
+        ("main//ceph/vm-9999-pvc-1", VolumeHandle(cluster: "main", node: nil, storage: "ceph", volume: "vm-9999-pvc-1")),
+        // As sergelogvinov/proxmox-csi-plugin writes them.
+        ("Region-1/pve-1/local-lvm/vm-9999-pvc-0f3c", VolumeHandle(cluster: "Region-1", node: "pve-1", storage: "local-lvm", volume: "vm-9999-pvc-0f3c")),
+    ])
+    func roundTrips(_ id: String, expected: VolumeHandle) throws {
+        let handle = try VolumeHandle(parsing: id)
+        #expect(handle == expected)
+        #expect(handle.description == id)
+    }
+
+    @Test(arguments: ["", "vol", "a/b/c", "a/b/c/d/e", "/pve1/local-lvm/x", "a/b//x", "a/b/c/", "a/b/Local_LVM/x", "a/b/c/vm 1", "a/b/c/x:y"])
+    func refusesMalformed(_ id: String) {
+        #expect(throws: VolumeHandle.ParseError.malformed(id)) { try VolumeHandle(parsing: id) }
+    }
+
+    @Test func volidFollowsTheStorageType() {
+        let handle = VolumeHandle(cluster: "c", node: "n", storage: "s", volume: "vm-9999-x")
+        #expect(handle.volid(ownerVMID: 9999, storageType: "lvmthin") == "s:vm-9999-x")
+        #expect(handle.volid(ownerVMID: 9999, storageType: "dir") == "s:9999/vm-9999-x")
+    }
+}
+
+@Suite struct VolumeNamingTests {
+    @Test func sha256MatchesKnownVectors() {
+        #expect(sha256Hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(sha256Hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(sha256Hex(String(repeating: "a", count: 1000)) == "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
+    }
+
+    @Test func provisionerNamesAreKeptAndOthersHashedStably() {
+        #expect(VolumeNaming.volumeName(forCSIName: "pvc-0f3c5d1e-aaaa-bbbb-cccc-123456789abc", ownerVMID: 9999, storageType: "lvmthin")
+            == "vm-9999-pvc-0f3c5d1e-aaaa-bbbb-cccc-123456789abc")
+        let odd = VolumeNaming.volumeName(forCSIName: "Sanity Volume/ÜÖ", ownerVMID: 9999, storageType: "zfspool")
+        #expect(odd.hasPrefix("vm-9999-csi-") && odd.count == "vm-9999-csi-".count + 32)
+        #expect(odd == VolumeNaming.volumeName(forCSIName: "Sanity Volume/ÜÖ", ownerVMID: 9999, storageType: "zfspool"))
+        #expect(VolumeNaming.volumeName(forCSIName: String(repeating: "a", count: 128), ownerVMID: 9999, storageType: "rbd").count <= 48)
+        #expect(VolumeNaming.volumeName(forCSIName: "pvc-1", ownerVMID: 9999, storageType: "dir") == "vm-9999-pvc-1.raw")
+    }
+
+    @Test func serialAndWWNIdentifyTheVolumeNotItsNode() {
+        let here = VolumeHandle(cluster: "c", node: "pve1", storage: "ceph", volume: "vm-9999-pvc-1")
+        var moved = here
+        moved.node = "pve2"
+        let other = VolumeHandle(cluster: "c", node: "pve1", storage: "ceph", volume: "vm-9999-pvc-2")
+        let serial = VolumeNaming.serial(for: here)
+        #expect(serial.utf8.count == 20)
+        #expect(serial == VolumeNaming.serial(for: moved))
+        #expect(serial != VolumeNaming.serial(for: other))
+        let wwn = VolumeNaming.wwn(for: here)
+        #expect(wwn.range(of: #"^0x5[0-9a-f]{15}$"#, options: .regularExpression) != nil)
+    }
+}
+
+@Suite struct VolumeParametersTests {
+    let config = try! DriverConfig.parse("""
+    clusters:
+      - name: main
+        url: https://pve:8006
+        tokenID: csi@pve!csi
+        tokenSecret: s
+      - name: dr
+        url: https://pve-dr:8006
+        tokenID: csi@pve!csi
+        tokenSecret: s
+    profiles:
+      fast:
+        storages: {main: nvme, dr: ssd-pool}
+        ssd: true
+        discard: true
+        iops: 3000
+        fsType: xfs
+    """)
+
+    @Test func profileGivesDefaultsAndTheStorageClassWins() throws {
+        let parameters = try VolumeParameters.parse(["profile": "fast", "diskIOPS": "500", "csi.storage.k8s.io/pv/name": "pv-1"],
+                                                    config: config, cluster: "dr")
+        #expect(parameters.storage == "ssd-pool")
+        #expect(parameters.iops == 500 && parameters.ssd == true && parameters.fsType == "xfs")
+        #expect(parameters.diskOptions.map(\.0) == ["discard", "ssd", "iops_rd", "iops_wr"])
+    }
+
+    @Test func plainStorageHasSafeDefaults() throws {
+        let parameters = try VolumeParameters.parse(["storage": "local-lvm"], config: config, cluster: "main")
+        #expect(parameters == VolumeParameters(storage: "local-lvm"))
+        #expect(parameters.bus == "scsi" && parameters.fsType == "ext4")
+    }
+
+    @Test(arguments: [
+        ([:], "must name a Proxmox storage"),
+        (["storage": "tank", "colour": "red"], "\"colour\" is not known"),
+        (["profile": "slow"], "\"profile\" names \"slow\", which the driver's config does not define (defined: fast)"),
+        (["storage": "Local_LVM"], "\"storage\" \"Local_LVM\" is not a Proxmox storage id"),
+        (["storage": "tank", "csi.storage.k8s.io/fstype": "btrfs"], "fstype\" must be one of xfs, ext4"),
+        (["storage": "tank", "bus": "ide"], "\"bus\" must be one of scsi, virtio"),
+        (["storage": "tank", "ssd": "maybe"], "\"ssd\" must be true or false"),
+        (["storage": "tank", "diskIOPS": "-1"], "\"diskIOPS\" must be a whole number"),
+        (["storage": "tank", "blockSize": "1000"], "\"blockSize\" must be a power of two"),
+    ] as [([String: String], String)])
+    func invalidParametersNameTheKey(parameters: [String: String], message: String) {
+        #expect {
+            _ = try VolumeParameters.parse(parameters, config: config, cluster: "main")
+        } throws: { error in
+            guard let error = error as? RPCError else { return false }
+            return error.code == .invalidArgument && error.message.contains(message)
+        }
+    }
+}
+
+@Suite struct CapabilityCheckTests {
+    func capability(_ mode: Csi_V1_VolumeCapability.AccessMode.Mode, fs: String? = "xfs") -> Csi_V1_VolumeCapability {
+        .with {
+            $0.accessMode.mode = mode
+            if let fs { $0.mount.fsType = fs } else { $0.block = .init() }
+        }
+    }
+
+    @Test func singleNodeModesOnBlockAndMountAreSupported() throws {
+        try CapabilityCheck.require([capability(.singleNodeWriter), capability(.singleNodeReaderOnly, fs: nil),
+                                     capability(.singleNodeMultiWriter, fs: "")], field: "volume_capabilities")
+    }
+
+    @Test(arguments: [
+        ([], "volume_capabilities is required"),
+        ([Csi_V1_VolumeCapability.with { $0.accessMode.mode = .multiNodeMultiWriter; $0.block = .init() }], "volume_capabilities[0]: access mode"),
+        ([Csi_V1_VolumeCapability.with { $0.mount.fsType = "xfs" }], "access_mode is missing"),
+        ([Csi_V1_VolumeCapability.with { $0.accessMode.mode = .singleNodeWriter }], "access_type is missing"),
+        ([Csi_V1_VolumeCapability.with { $0.accessMode.mode = .singleNodeWriter; $0.mount.fsType = "zfs" }], "fs_type \"zfs\""),
+    ] as [([Csi_V1_VolumeCapability], String)])
+    func unsupportedCapabilitiesAreInvalidArgument(capabilities: [Csi_V1_VolumeCapability], message: String) {
+        #expect {
+            try CapabilityCheck.require(capabilities, field: "volume_capabilities")
+        } throws: { error in
+            (error as? RPCError).map { $0.code == .invalidArgument && $0.message.contains(message) } ?? false
+        }
+    }
+}
