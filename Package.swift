@@ -44,11 +44,17 @@ let package = Package(
             dependencies: ["CCurl"],
             swiftSettings: strict
         ),
+        // Block devices on the node: mounts, probing, formatting. Knows no CSI.
+        .target(
+            name: "BlockDevice",
+            dependencies: ["CBlkid"],
+            swiftSettings: strict
+        ),
         // The CSI services and everything that translates CSI onto Proxmox and the node.
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC", "ProxmoxAPI",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "BlockDevice",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),

@@ -6,21 +6,34 @@ public struct Driver: Sendable {
     public let name: String
     public let mode: DriverMode
     public let readiness: Readiness
+    /// Served when the mode includes it and a config names Proxmox clusters.
+    public let controller: ControllerService?
+    public let node: NodeService?
 
-    public init(name: String, mode: DriverMode, readiness: Readiness = Readiness([])) {
+    public init(name: String, mode: DriverMode, readiness: Readiness = Readiness([]), controller: ControllerService? = nil,
+                node: NodeService? = nil) {
         self.name = name
         self.mode = mode
         self.readiness = readiness
+        self.controller = mode.servesController ? controller : nil
+        self.node = mode.servesNode ? node : nil
     }
 
     /// Plugin capabilities advertised in this mode: only what is served.
-    /// The controller and node services are not built yet, so there are none.
-    public var pluginCapabilities: [Csi_V1_PluginCapability] { [] }
+    public var pluginCapabilities: [Csi_V1_PluginCapability] {
+        guard controller != nil else { return [] }
+        return [
+            .with { $0.service.type = .controllerService },
+            .with { $0.service.type = .volumeAccessibilityConstraints },
+        ]
+    }
 
     public func makeRouter() -> Router {
         var router = Router()
         IdentityService(driverName: name, mode: mode, capabilities: pluginCapabilities, readiness: readiness)
             .register(into: &router)
+        controller?.register(into: &router)
+        node?.register(into: &router)
         return router
     }
 }

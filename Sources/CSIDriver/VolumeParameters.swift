@@ -109,6 +109,22 @@ public struct VolumeParameters: Sendable, Equatable {
         return result
     }
 
+    /// The parameters as StorageClass keys, for the volume context: publish
+    /// reads them back (csi-attacher passes the context) to set disk options.
+    public var context: [String: String] {
+        var out = ["storage": storage, "bus": bus, Self.fsTypeKey: fsType]
+        if let cache { out["cache"] = cache }
+        if let ssd { out["ssd"] = String(ssd) }
+        if let discard { out["discard"] = String(discard) }
+        if let iothread { out["iothread"] = String(iothread) }
+        if let backup { out["backup"] = String(backup) }
+        if let iops { out["diskIOPS"] = String(iops) }
+        if let mbps { out["diskMBps"] = String(mbps) }
+        if let blockSize { out["blockSize"] = String(blockSize) }
+        if let inodeSize { out["inodeSize"] = String(inodeSize) }
+        return out
+    }
+
     /// The options of a Proxmox disk value (`serial` and `wwn` are added by the attacher).
     public var diskOptions: [(String, String)] {
         var options: [(String, String)] = []

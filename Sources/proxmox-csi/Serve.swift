@@ -88,17 +88,25 @@ struct Serve: ParsableCommand {
         // The controller depends on Proxmox: Probe says ready only while its API answers.
         var readiness = Readiness([])
         var keepAlive: Task<Void, Never>?
+        var controller: ControllerService?
+        var volumes: ProxmoxVolumes?
+        if config == nil, mode.servesController {
+            logger.warning("no --config: the Controller service is off until a config names the Proxmox clusters")
+        }
         if let config {
             let loaded = try DriverConfig.load(path: config)
             for warning in loaded.warnings { logger.warning("config", metadata: ["config.warning": "\(warning)"]) }
+            let clusters = ProxmoxClusters(config: loaded)
+            volumes = ProxmoxVolumes(clusters: clusters)
             if mode.servesController {
-                let clusters = ProxmoxClusters(config: loaded)
                 readiness = clusters.readiness
                 keepAlive = clusters.keepReadinessCurrent()
+                controller = ControllerService(volumes: volumes!)
             }
         }
         defer { keepAlive?.cancel() }
-        let driver = Driver(name: driverName, mode: mode, readiness: readiness)
+        let driver = Driver(name: driverName, mode: mode, readiness: readiness, controller: controller,
+                            node: NodeService(nodeID: nodeName, volumes: volumes))
         let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
         do {
             try server.start()

@@ -115,7 +115,7 @@ def test_one_json_log_line_per_call(start_driver):
         probe(driver.endpoint)
     with grpc.insecure_channel(driver.endpoint) as channel:
         try:
-            channel.unary_unary("/csi.v1.Node/NodeGetInfo")(b"", timeout=5)
+            channel.unary_unary("/csi.v1.GroupController/GroupControllerGetCapabilities")(b"", timeout=5)
         except grpc.RpcError:
             pass
     driver.stop()
@@ -125,5 +125,5 @@ def test_one_json_log_line_per_call(start_driver):
     # wait_ready's Probe plus the three here.
     assert len(probes) == 4
     assert all(r["grpc.code"] == "OK" and float(r["grpc.duration_ms"]) >= 0 for r in probes)
-    unknown = [r for r in calls if r["grpc.method"] == "/csi.v1.Node/NodeGetInfo"]
+    unknown = [r for r in calls if r["grpc.method"] == "/csi.v1.GroupController/GroupControllerGetCapabilities"]
     assert len(unknown) == 1 and unknown[0]["grpc.code"] == "UNIMPLEMENTED"

@@ -1,0 +1,107 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// One line of /proc/self/mountinfo.
+public struct MountEntry: Sendable, Equatable {
+    public var mountPoint: String
+    /// The mounted source (a device path for block filesystems).
+    public var source: String
+    public var fsType: String
+    public var options: [String]
+    /// "major:minor" of the filesystem's device.
+    public var device: String
+}
+
+/// What is mounted where, read from the kernel (mountinfo), never from
+/// /etc/mtab, which containers often lack or fake.
+public enum MountTable {
+    public static func read(from path: String = "/proc/self/mountinfo") throws -> [MountEntry] {
+        try parse(String(contentsOfFile: path, encoding: .utf8))
+    }
+
+    /// Fields: id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+    public static func parse(_ text: String) -> [MountEntry] {
+        text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ").map(String.init)
+            guard fields.count >= 10, let separator = fields.firstIndex(of: "-"), separator + 2 < fields.count else { return nil }
+            return MountEntry(mountPoint: unescape(fields[4]), source: unescape(fields[separator + 2]),
+                              fsType: fields[separator + 1], options: fields[5].split(separator: ",").map(String.init),
+                              device: fields[2])
+        }
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as octal escapes.
+    static func unescape(_ field: String) -> String {
+        var out = [UInt8]()
+        let bytes = Array(field.utf8)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
+               let value = UInt8(String(decoding: bytes[i + 1...i + 3], as: UTF8.self), radix: 8) {
+                out.append(value)
+                i += 4
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The entry mounted at exactly `path` (the last one, if stacked).
+    public static func mount(at path: String, in entries: [MountEntry]) -> MountEntry? {
+        entries.last { $0.mountPoint == path }
+    }
+}
+
+/// A path from a CSI request, checked before the driver touches it.
+public enum RequestPath {
+    public enum Problem: Error, Equatable, CustomStringConvertible {
+        case notAbsolute(String)
+        case parentReference(String)
+        case outside(String, allowed: [String])
+
+        public var description: String {
+            switch self {
+            case let .notAbsolute(path): "\"\(path)\" is not an absolute path"
+            case let .parentReference(path): "\"\(path)\" contains \"..\""
+            case let .outside(path, allowed): "\"\(path)\" is outside the directories kubelet uses (\(allowed.joined(separator: ", ")))"
+            }
+        }
+    }
+
+    /// Absolute, no `..`, and inside one of `allowedRoots` when any are given.
+    public static func check(_ path: String, allowedRoots: [String] = []) throws(Problem) {
+        guard path.hasPrefix("/") else { throw .notAbsolute(path) }
+        guard !path.split(separator: "/").contains("..") else { throw .parentReference(path) }
+        guard allowedRoots.isEmpty || allowedRoots.contains(where: { path == $0 || path.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") })
+        else { throw .outside(path, allowed: allowedRoots) }
+    }
+}
+
+/// Unmounting and removing a target, tolerating what is already done.
+public enum Unmounter {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Unmounts `path` if something is mounted there, then removes the
+    /// (empty) directory or file. A missing path is success.
+    public static func unmountAndRemove(_ path: String, mountTable: () throws -> [MountEntry] = { try MountTable.read() }) throws(Failure) {
+        let entries: [MountEntry]
+        do { entries = try mountTable() } catch { throw Failure(description: "cannot read the mount table: \(error)") }
+        if MountTable.mount(at: path, in: entries) != nil {
+            if umount2(path, 0) != 0 {
+                throw Failure(description: "umount \(path) failed: \(String(cString: strerror(errno)))")
+            }
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        let removed = info.st_mode & S_IFMT == S_IFDIR ? rmdir(path) : unlink(path)
+        if removed != 0, errno != ENOENT {
+            throw Failure(description: "cannot remove \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

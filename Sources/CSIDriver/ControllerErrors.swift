@@ -1,0 +1,21 @@
+import ProxmoxAPI
+import UnaryGRPC
+
+/// Proxmox errors as CSI status codes, decided here and nowhere else.
+/// `what` says which operation on which object, so every message names it.
+func rpcError(_ error: any Error, _ what: String) -> RPCError {
+    if let error = error as? RPCError { return error }
+    if error is CancellationError { return RPCError(.cancelled, "\(what): cancelled") }
+    guard let error = error as? ProxmoxError else { return RPCError(.internal, "\(what): \(error)", cause: error) }
+    let message = "\(what): \(error)"
+    switch error {
+    case .notFound: return RPCError(.notFound, message, cause: error)
+    case .permissionDenied: return RPCError(.permissionDenied, message, cause: error)
+    case .authenticationFailed: return RPCError(.unauthenticated, message, cause: error)
+    // Another operation holds the VM: the sidecar's retry will succeed.
+    case .vmLocked, .configLockTimeout, .digestConflict: return RPCError(.aborted, message, cause: error)
+    case .proxy, .transport, .taskTimedOut: return RPCError(.unavailable, message, cause: error)
+    case .invalidParameters, .badRequest: return RPCError(.invalidArgument, message, cause: error)
+    case .taskFailed, .server, .malformedResponse: return RPCError(.internal, message, cause: error)
+    }
+}

@@ -1,0 +1,384 @@
+import CSIProto
+import Foundation
+import ProxmoxAPI
+import SwiftProtobuf
+import UnaryGRPC
+
+public enum TopologyKey {
+    public static let region = "topology.kubernetes.io/region"
+    public static let zone = "topology.kubernetes.io/zone"
+}
+
+/// The CSI Controller service: thin translations of CSI onto ProxmoxVolumes.
+public struct ControllerService: Sendable {
+    let volumes: ProxmoxVolumes
+    var config: DriverConfig { volumes.config }
+
+    static let mebibyte: Int64 = 1 << 20
+    static let gibibyte: Int64 = 1 << 30
+    /// Sizes are rounded up to this: LVM's extent size, a multiple of every other storage's granule.
+    static let allocationUnit: Int64 = 4 * mebibyte
+
+    public init(volumes: ProxmoxVolumes) {
+        self.volumes = volumes
+    }
+
+    public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
+        .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes,
+        .getCapacity, .publishReadonly, .singleNodeMultiWriter,
+    ]
+
+    public func register(into router: inout Router) {
+        router.register("/csi.v1.Controller/CreateVolume") { request, _ in try await createVolume(request) }
+        router.register("/csi.v1.Controller/DeleteVolume") { request, _ in try await deleteVolume(request) }
+        router.register("/csi.v1.Controller/ControllerPublishVolume") { request, _ in try await publish(request) }
+        router.register("/csi.v1.Controller/ControllerUnpublishVolume") { request, _ in try await unpublish(request) }
+        router.register("/csi.v1.Controller/ValidateVolumeCapabilities") { request, _ in try await validate(request) }
+        router.register("/csi.v1.Controller/ListVolumes") { request, _ in try await listVolumes(request) }
+        router.register("/csi.v1.Controller/GetCapacity") { request, _ in try await getCapacity(request) }
+        router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
+            Csi_V1_ControllerGetCapabilitiesResponse.with {
+                $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
+            }
+        }
+    }
+
+    // MARK: - CreateVolume
+
+    func createVolume(_ request: Csi_V1_CreateVolumeRequest) async throws -> Csi_V1_CreateVolumeResponse {
+        guard !request.name.isEmpty else { throw RPCError(.invalidArgument, "name is required") }
+        try CapabilityCheck.require(request.volumeCapabilities, field: "volume_capabilities")
+        if request.hasVolumeContentSource {
+            throw RPCError(.invalidArgument, "volume_content_source: creating from a snapshot or volume is not supported yet")
+        }
+        let bytes = try Self.size(for: request.capacityRange)
+        let cluster = try chooseCluster(request.accessibilityRequirements)
+        let parameters = try VolumeParameters.parse(request.parameters, config: config, cluster: cluster)
+        let what = "CreateVolume \(request.name)"
+        do {
+            guard let storage = try await volumes.storage(cluster, parameters.storage) else {
+                throw RPCError(.invalidArgument, "StorageClass parameter \"storage\": no storage \"\(parameters.storage)\" in cluster \"\(cluster)\"")
+            }
+            let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type)
+            // A retry must find what an earlier attempt created, on whichever node.
+            let candidates = storage.shared ? [nil] : storage.available.keys.sorted().map(Optional.some)
+            for node in candidates {
+                let handle = VolumeHandle(cluster: cluster, node: node, storage: storage.id, volume: name)
+                if let existing = try await volumes.size(of: handle, storage: storage) {
+                    guard Self.fits(existing, request.capacityRange) else {
+                        throw RPCError(.alreadyExists, "volume \(request.name) exists as \(handle) with \(existing) bytes, "
+                            + "outside the requested range (required \(request.capacityRange.requiredBytes), limit \(request.capacityRange.limitBytes))")
+                    }
+                    return response(handle, bytes: existing, storage: storage, parameters: parameters)
+                }
+            }
+            let node = try chooseNode(storage, cluster: cluster, requirements: request.accessibilityRequirements, bytes: bytes)
+            let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : node, storage: storage.id, volume: name)
+            try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes)
+            return response(handle, bytes: bytes, storage: storage, parameters: parameters)
+        } catch {
+            throw rpcError(error, what)
+        }
+    }
+
+    private func response(_ handle: VolumeHandle, bytes: Int64, storage: StorageRef,
+                          parameters: VolumeParameters) -> Csi_V1_CreateVolumeResponse {
+        .with {
+            $0.volume.volumeID = handle.description
+            $0.volume.capacityBytes = bytes
+            $0.volume.volumeContext = parameters.context
+            $0.volume.accessibleTopology = [.with {
+                $0.segments = handle.node.map { [TopologyKey.region: handle.cluster, TopologyKey.zone: $0] }
+                    ?? [TopologyKey.region: handle.cluster]
+            }]
+        }
+    }
+
+    /// The bytes to allocate: at least `required`, at most `limit`, 1 GiB when neither is given.
+    static func size(for range: Csi_V1_CapacityRange) throws(RPCError) -> Int64 {
+        let required = range.requiredBytes
+        let limit = range.limitBytes
+        guard required >= 0, limit >= 0 else { throw RPCError(.invalidArgument, "capacity_range: bytes cannot be negative") }
+        if limit > 0, required > limit {
+            throw RPCError(.invalidArgument, "capacity_range: required_bytes \(required) exceeds limit_bytes \(limit)")
+        }
+        let wanted = required > 0 ? required : (limit > 0 ? min(gibibyte, limit) : gibibyte)
+        let rounded = (wanted + allocationUnit - 1) / allocationUnit * allocationUnit
+        if limit > 0, rounded > limit {
+            throw RPCError(.outOfRange, "capacity_range: the storage allocates in \(allocationUnit / mebibyte) MiB units; "
+                + "no size between \(required) and \(limit) bytes fits")
+        }
+        return rounded
+    }
+
+    static func fits(_ bytes: Int64, _ range: Csi_V1_CapacityRange) -> Bool {
+        bytes >= range.requiredBytes && (range.limitBytes == 0 || bytes <= range.limitBytes)
+    }
+
+    /// The cluster a region requirement names, else the first configured one.
+    func chooseCluster(_ requirements: Csi_V1_TopologyRequirement) throws(RPCError) -> String {
+        let regions = (requirements.preferred + requirements.requisite).compactMap { $0.segments[TopologyKey.region] }
+        for region in regions where config.clusters.contains(where: { $0.name == region }) {
+            return region
+        }
+        if !regions.isEmpty {
+            throw RPCError(.invalidArgument, "accessibility_requirements: no configured cluster for region(s) \(Set(regions).sorted())")
+        }
+        return config.clusters[0].name
+    }
+
+    /// Preferred zones first, then the node with most free space; requisite zones limit the choice.
+    func chooseNode(_ storage: StorageRef, cluster: String, requirements: Csi_V1_TopologyRequirement, bytes: Int64) throws(RPCError) -> String {
+        func zone(_ topology: Csi_V1_Topology) -> String? {
+            if let region = topology.segments[TopologyKey.region], region != cluster { return nil }
+            return topology.segments[TopologyKey.zone]
+        }
+        var nodes = storage.available.filter { $0.value >= bytes }.map(\.key)
+        if !requirements.requisite.isEmpty, !storage.shared {
+            let allowed = Set(requirements.requisite.compactMap(zone))
+            if !allowed.isEmpty { nodes = nodes.filter(allowed.contains) }
+        }
+        guard !nodes.isEmpty else {
+            throw RPCError(.resourceExhausted, "no node can hold \(bytes) bytes on storage \"\(storage.id)\" within the requested topology")
+        }
+        let preferred = requirements.preferred.compactMap(zone)
+        if let first = preferred.first(where: nodes.contains) { return first }
+        return nodes.max { (storage.available[$0] ?? 0, $1) < (storage.available[$1] ?? 0, $0) }!
+    }
+
+    // MARK: - DeleteVolume
+
+    func deleteVolume(_ request: Csi_V1_DeleteVolumeRequest) async throws -> Csi_V1_DeleteVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        // An id this driver never made names no volume: deleting it is done.
+        guard let handle = try? VolumeHandle(parsing: request.volumeID),
+              config.clusters.contains(where: { $0.name == handle.cluster }) else { return .init() }
+        do {
+            guard let storage = try await volumes.storage(handle.cluster, handle.storage) else { return .init() }
+            if let (vm, key) = try await volumes.attachments(of: handle, storage: storage).first {
+                throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
+                    + "unpublish it first")
+            }
+            try await volumes.delete(handle, storage: storage)
+            return .init()
+        } catch {
+            throw rpcError(error, "DeleteVolume \(request.volumeID)")
+        }
+    }
+
+    // MARK: - Publish / unpublish
+
+    func publish(_ request: Csi_V1_ControllerPublishVolumeRequest) async throws -> Csi_V1_ControllerPublishVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard !request.nodeID.isEmpty else { throw RPCError(.invalidArgument, "node_id is required") }
+        guard request.hasVolumeCapability else { throw RPCError(.invalidArgument, "volume_capability is required") }
+        try CapabilityCheck.require([request.volumeCapability], field: "volume_capability")
+        let what = "ControllerPublishVolume \(request.volumeID) to \(request.nodeID)"
+        do {
+            guard let handle = try? VolumeHandle(parsing: request.volumeID),
+                  config.clusters.contains(where: { $0.name == handle.cluster }),
+                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+                  try await volumes.size(of: handle, storage: storage) != nil
+            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            guard let vm = try await volumes.vm(forNodeID: request.nodeID) else {
+                throw RPCError(.notFound, "node \(request.nodeID): no Proxmox VM with that name or vmid")
+            }
+            guard vm.cluster == handle.cluster else {
+                throw RPCError(.failedPrecondition, "volume is in cluster \(handle.cluster), node \(request.nodeID) in \(vm.cluster)")
+            }
+            if let node = handle.node, node != vm.node {
+                throw RPCError(.failedPrecondition, "volume lives on local storage of Proxmox node \(node); "
+                    + "VM \(vm.vmid) runs on \(vm.node)")
+            }
+            // The context CreateVolume returned carries the StorageClass's disk options;
+            // volumes made by other drivers carry other keys, which are ignored.
+            var context = request.volumeContext.filter { VolumeParameters.knownKeys.contains($0.key) && $0.key != "profile" }
+            context["storage"] = handle.storage
+            let parameters = try VolumeParameters.parse(context, config: config, cluster: handle.cluster)
+            let elsewhere = try await volumes.attachments(of: handle, storage: storage).filter { $0.0 != vm }
+            if let (other, key) = elsewhere.first {
+                throw RPCError(.failedPrecondition, "volume is attached to VM \(other.vmid) (\(other.name)) as \(key)")
+            }
+            let bus = parameters.bus
+            try await attach(handle, storage: storage, to: vm, bus: bus, readonly: request.readonly, options: parameters.diskOptions)
+            var publishContext = ["serial": VolumeNaming.serial(for: handle), "bus": bus]
+            if bus == "scsi" { publishContext["wwn"] = VolumeNaming.wwn(for: handle) }
+            return .with { $0.publishContext = publishContext }
+        } catch {
+            throw rpcError(error, what)
+        }
+    }
+
+    private func attach(_ handle: VolumeHandle, storage: StorageRef, to vm: VMRef, bus: String, readonly: Bool,
+                        options: [(String, String)]) async throws {
+        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+        let client = try volumes.client(vm.cluster)
+        try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+            try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
+                if let (key, value) = vmConfig.values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
+                    let attachedReadonly = value.split(separator: ",").contains("ro=1")
+                    guard attachedReadonly == readonly else {
+                        throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
+                    }
+                    return nil  // already there: publishing again changes nothing
+                }
+                let limit = bus == "virtio" ? 16 : 31
+                guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: { vmConfig[$0] == nil }) else {
+                    throw RPCError(.resourceExhausted, "VM \(vm.vmid) has no free \(bus) slot (\(limit) in use)")
+                }
+                var value = [volid, "serial=\(VolumeNaming.serial(for: handle))"]
+                if bus == "scsi" { value.append("wwn=\(VolumeNaming.wwn(for: handle))") }
+                value += options.map { "\($0.0)=\($0.1)" }
+                if readonly { value.append("ro=1") }
+                return ([(slot, value.joined(separator: ","))], [])
+            }
+        }
+    }
+
+    func unpublish(_ request: Csi_V1_ControllerUnpublishVolumeRequest) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard !request.nodeID.isEmpty else { throw RPCError(.invalidArgument, "node_id is required") }
+        do {
+            // A volume or VM that no longer exists is not attached: done.
+            guard let handle = try? VolumeHandle(parsing: request.volumeID),
+                  config.clusters.contains(where: { $0.name == handle.cluster }),
+                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+                  let vm = try await volumes.vm(forNodeID: request.nodeID) else { return .init() }
+            let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+            let client = try volumes.client(vm.cluster)
+            try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                do {
+                    try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
+                        let keys = vmConfig.values.filter { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }.map(\.key)
+                        return keys.isEmpty ? nil : ([], keys.sorted())
+                    }
+                } catch ProxmoxError.notFound {
+                    // The VM went away: nothing is attached any more.
+                }
+            }
+            return .init()
+        } catch {
+            throw rpcError(error, "ControllerUnpublishVolume \(request.volumeID) from \(request.nodeID)")
+        }
+    }
+
+    // MARK: - Validate, list, capacity
+
+    func validate(_ request: Csi_V1_ValidateVolumeCapabilitiesRequest) async throws -> Csi_V1_ValidateVolumeCapabilitiesResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard !request.volumeCapabilities.isEmpty else { throw RPCError(.invalidArgument, "volume_capabilities is required") }
+        do {
+            guard let handle = try? VolumeHandle(parsing: request.volumeID),
+                  config.clusters.contains(where: { $0.name == handle.cluster }),
+                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+                  try await volumes.size(of: handle, storage: storage) != nil
+            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+        } catch {
+            throw rpcError(error, "ValidateVolumeCapabilities \(request.volumeID)")
+        }
+        if let problem = request.volumeCapabilities.lazy.compactMap(CapabilityCheck.problem(with:)).first {
+            return .with { $0.message = problem }
+        }
+        return .with {
+            $0.confirmed.volumeCapabilities = request.volumeCapabilities
+            $0.confirmed.volumeContext = request.volumeContext
+            $0.confirmed.parameters = request.parameters
+            $0.confirmed.mutableParameters = request.mutableParameters
+        }
+    }
+
+    func listVolumes(_ request: Csi_V1_ListVolumesRequest) async throws -> Csi_V1_ListVolumesResponse {
+        guard request.maxEntries >= 0 else { throw RPCError(.invalidArgument, "max_entries cannot be negative") }
+        var start = 0
+        if !request.startingToken.isEmpty {
+            guard let index = Int(request.startingToken), index >= 0 else {
+                throw RPCError(.aborted, "starting_token \"\(request.startingToken)\" is not a token ListVolumes gave out")
+            }
+            start = index
+        }
+        do {
+            let entries = try await allVolumes()
+            guard start <= entries.count else {
+                throw RPCError(.aborted, "starting_token \(start) is past the end of the \(entries.count) volumes")
+            }
+            let end = request.maxEntries > 0 ? min(entries.count, start + Int(request.maxEntries)) : entries.count
+            return .with {
+                $0.entries = Array(entries[start..<end])
+                $0.nextToken = end < entries.count ? String(end) : ""
+            }
+        } catch {
+            throw rpcError(error, "ListVolumes")
+        }
+    }
+
+    /// Every volume the driver owns, sorted by id, with the nodes it is published to.
+    private func allVolumes() async throws -> [Csi_V1_ListVolumesResponse.Entry] {
+        var entries: [Csi_V1_ListVolumesResponse.Entry] = []
+        for cluster in config.clusters.map(\.name) {
+            let client = try volumes.client(cluster)
+            let resources = try await volumes.resources(cluster, fresh: true)
+            var published: [String: [String]] = [:]
+            for vm in try await volumes.vms(cluster) {
+                guard let vmConfig = try? await client.vmConfig(node: vm.node, vmid: vm.vmid) else { continue }
+                for (key, value) in vmConfig.values where ProxmoxVolumes.isDiskKey(key) && !key.hasPrefix("unused") {
+                    published["\(vm.node)|\(ProxmoxVolumes.volid(of: value))", default: []].append(vm.name)
+                }
+            }
+            var seenShared = Set<String>()
+            for resource in resources where resource.type == "storage" && resource.content.contains("images") {
+                guard let storage = resource.storage else { continue }
+                if resource.shared, !seenShared.insert(storage).inserted { continue }
+                for volume in try await client.volumes(node: resource.node, storage: storage, vmid: config.ownerVMID) {
+                    let name = String(volume.volid.split(separator: ":", maxSplits: 1).last ?? "").split(separator: "/").last.map(String.init) ?? ""
+                    let handle = VolumeHandle(cluster: cluster, node: resource.shared ? nil : resource.node, storage: storage, volume: name)
+                    let nodes = resource.shared
+                        ? published.filter { $0.key.hasSuffix("|\(volume.volid)") }.flatMap(\.value)
+                        : published["\(resource.node)|\(volume.volid)"] ?? []
+                    entries.append(.with {
+                        $0.volume.volumeID = handle.description
+                        $0.volume.capacityBytes = volume.size
+                        $0.status.publishedNodeIds = nodes.sorted()
+                    })
+                }
+            }
+        }
+        return entries.sorted { $0.volume.volumeID < $1.volume.volumeID }
+    }
+
+    func getCapacity(_ request: Csi_V1_GetCapacityRequest) async throws -> Csi_V1_GetCapacityResponse {
+        for (index, capability) in request.volumeCapabilities.enumerated() {
+            if let problem = CapabilityCheck.problem(with: capability) {
+                throw RPCError(.invalidArgument, "volume_capabilities[\(index)]: \(problem)")
+            }
+        }
+        let cluster = request.accessibleTopology.segments[TopologyKey.region] ?? config.clusters[0].name
+        let zone = request.accessibleTopology.segments[TopologyKey.zone]
+        do {
+            // Without a storage, report the largest free space of any storage for disk images.
+            let storages: [StorageRef]
+            if request.parameters.isEmpty {
+                let ids = Set(try await volumes.resources(cluster).filter { $0.type == "storage" && $0.content.contains("images") }.compactMap(\.storage))
+                storages = try await ids.asyncCompactMap { try await volumes.storage(cluster, $0) }
+            } else {
+                let parameters = try VolumeParameters.parse(request.parameters, config: config, cluster: cluster)
+                storages = try await volumes.storage(cluster, parameters.storage).map { [$0] } ?? []
+            }
+            let available = storages.flatMap { storage in
+                storage.available.filter { zone == nil || $0.key == zone }.map(\.value)
+            }.max() ?? 0
+            return .with { $0.availableCapacity = available }
+        } catch {
+            throw rpcError(error, "GetCapacity")
+        }
+    }
+}
+
+extension Sequence {
+    func asyncCompactMap<T>(_ transform: (Element) async throws -> T?) async rethrows -> [T] {
+        var out: [T] = []
+        for element in self {
+            if let value = try await transform(element) { out.append(value) }
+        }
+        return out
+    }
+}

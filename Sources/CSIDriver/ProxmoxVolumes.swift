@@ -1,0 +1,145 @@
+import Foundation
+import ProxmoxAPI
+import Synchronization
+import UnaryGRPC
+
+/// A VM as the controller needs it.
+public struct VMRef: Sendable, Hashable {
+    public var cluster: String
+    public var node: String
+    public var vmid: Int
+    public var name: String
+}
+
+/// Where a storage exists and what kind it is, from cluster resources.
+public struct StorageRef: Sendable {
+    public var id: String
+    public var type: String
+    public var shared: Bool
+    /// Nodes where it is available, with free bytes on each.
+    public var available: [String: Int64]
+}
+
+/// The driver's view of Proxmox volumes: the operations the CSI controller
+/// needs, on top of the typed API client. Everything it knows it reads from
+/// Proxmox (volume names, VM configs); it keeps only short-lived caches.
+public final class ProxmoxVolumes: Sendable {
+    let clusters: ProxmoxClusters
+    var config: DriverConfig { clusters.config }
+    let vmLocks = KeyedSerializer<String>()
+    private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
+    /// Cluster resources are reread after this many seconds.
+    let cacheSeconds: Double
+
+    public init(clusters: ProxmoxClusters, cacheSeconds: Double = 2) {
+        self.clusters = clusters
+        self.cacheSeconds = cacheSeconds
+    }
+
+    func client(_ cluster: String) throws(RPCError) -> ProxmoxClient {
+        guard let client = clusters.clients[cluster] else {
+            throw RPCError(.notFound, "cluster \"\(cluster)\" is not in the driver's config")
+        }
+        return client
+    }
+
+    // MARK: - Cluster resources (cached briefly)
+
+    func resources(_ cluster: String, fresh: Bool = false) async throws -> [ClusterResource] {
+        let now = ProcessInfo.processInfo.systemUptime
+        if !fresh, let cached = cache.withLock({ $0[cluster] }), now - cached.at < cacheSeconds {
+            return cached.resources
+        }
+        let resources = try await client(cluster).clusterResources()
+        cache.withLock { $0[cluster] = (now, resources) }
+        return resources
+    }
+
+    func invalidate(_ cluster: String) {
+        cache.withLock { _ = $0.removeValue(forKey: cluster) }
+    }
+
+    func storage(_ cluster: String, _ id: String) async throws -> StorageRef? {
+        let entries = try await resources(cluster).filter { $0.type == "storage" && $0.storage == id }
+        guard let first = entries.first else { return nil }
+        return StorageRef(id: id, type: first.pluginType ?? "", shared: first.shared,
+                          available: Dictionary(entries.map { ($0.node, $0.maxDisk - $0.disk) }, uniquingKeysWith: max))
+    }
+
+    func vms(_ cluster: String) async throws -> [VMRef] {
+        try await resources(cluster).compactMap { resource in
+            guard resource.type == "qemu", let vmid = resource.vmid else { return nil }
+            return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "")
+        }
+    }
+
+    /// A Kubernetes node id as a VM: the VM's name (= node name), its vmid,
+    /// or either prefixed with the cluster (`cluster/name`, `cluster/vmid`).
+    func vm(forNodeID nodeID: String) async throws -> VMRef? {
+        let parts = nodeID.split(separator: "/", maxSplits: 1).map(String.init)
+        let (clusterFilter, key) = parts.count == 2 ? (Optional(parts[0]), parts[1]) : (nil, nodeID)
+        for cluster in config.clusters.map(\.name) where clusterFilter == nil || clusterFilter == cluster {
+            let vms = try await vms(cluster)
+            if let match = vms.first(where: { $0.name == key }) ?? Int(key).flatMap({ id in vms.first { $0.vmid == id } }) {
+                return match
+            }
+        }
+        return nil
+    }
+
+    // MARK: - Volumes
+
+    /// The volume's size if it exists (on its node, or the shared storage).
+    func size(of handle: VolumeHandle, storage: StorageRef) async throws -> Int64? {
+        let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+        guard storage.available[node] != nil else { return nil }
+        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+        return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: config.ownerVMID)
+            .first { $0.volid == volid }?.size
+    }
+
+    /// Every VM config that references the volume: (VM, config key).
+    func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
+        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+        let client = try client(handle.cluster)
+        var found: [(VMRef, String)] = []
+        for vm in try await vms(handle.cluster) where handle.node == nil || vm.node == handle.node {
+            let vmConfig: VMConfig
+            do {
+                vmConfig = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+            } catch ProxmoxError.notFound {
+                continue  // deleted since the listing
+            }
+            for (key, value) in vmConfig.values where Self.isDiskKey(key) && Self.volid(of: value) == volid {
+                found.append((vm, key))
+            }
+        }
+        return found
+    }
+
+    static func isDiskKey(_ key: String) -> Bool {
+        key.range(of: #"^(scsi|virtio|sata|ide)\d+$|^unused\d+$"#, options: .regularExpression) != nil
+    }
+
+    static func volid(of diskValue: String) -> String {
+        String(diskValue.split(separator: ",", maxSplits: 1).first ?? "")
+    }
+
+    func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64) async throws {
+        let mebibytes = (bytes + (1 << 20) - 1) >> 20
+        _ = try await client(handle.cluster).allocateVolume(node: node, storage: storage.id, vmid: config.ownerVMID,
+                                                            name: handle.volume, size: "\(mebibytes)M")
+        invalidate(handle.cluster)
+    }
+
+    func delete(_ handle: VolumeHandle, storage: StorageRef) async throws {
+        let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+        do {
+            try await client(handle.cluster).deleteVolume(node: node, storage: storage.id,
+                                                          volid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type))
+        } catch ProxmoxError.notFound {
+            // Already gone: deleting is done.
+        }
+        invalidate(handle.cluster)
+    }
+}

@@ -1,0 +1,185 @@
+"""The Controller service against the Proxmox simulator (needs the runner's
+driver, started with a config: CSI_CONFIG and SIM_URL are set by csi-sanity/run)."""
+import json
+import os
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+import csi_pb2
+import csi_pb2_grpc
+
+pytestmark = pytest.mark.skipif(not os.environ.get("SIM_URL"), reason="needs csi-sanity/run's simulator and driver")
+GiB = 1 << 30
+
+
+@pytest.fixture
+def controller(channel):
+    return csi_pb2_grpc.ControllerStub(channel)
+
+
+def mount_capability(mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER, fs="xfs"):
+    return csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs),
+                                    access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
+
+
+def create_request(name=None, size=GiB, storage="ceph", **overrides):
+    request = dict(name=f"pvc-{uuid.uuid4()}" if name is None else name, capacity_range=csi_pb2.CapacityRange(required_bytes=size),
+                   volume_capabilities=[mount_capability()], parameters={"storage": storage})
+    request.update(overrides)
+    return csi_pb2.CreateVolumeRequest(**request)
+
+
+def code_of(call, *args, **kwargs):
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args, timeout=30, **kwargs)
+    return caught.value.code(), caught.value.details()
+
+
+def simulator_log():
+    with urllib.request.urlopen(os.environ["SIM_URL"] + "/_sim/log") as response:
+        return json.loads(response.read())["data"]
+
+
+def test_capabilities_list_what_is_served(controller):
+    caps = {c.rpc.type for c in controller.ControllerGetCapabilities(csi_pb2.ControllerGetCapabilitiesRequest(), timeout=5).capabilities}
+    RPC = csi_pb2.ControllerServiceCapability.RPC
+    assert {RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY} <= caps
+    assert RPC.CREATE_DELETE_SNAPSHOT not in caps, "snapshots are not served yet"
+
+
+@pytest.mark.parametrize("overrides, code, words", [
+    (dict(name=""), grpc.StatusCode.INVALID_ARGUMENT, "name is required"),
+    (dict(volume_capabilities=[]), grpc.StatusCode.INVALID_ARGUMENT, "volume_capabilities is required"),
+    (dict(volume_capabilities=[mount_capability(csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER)]),
+     grpc.StatusCode.INVALID_ARGUMENT, "access mode"),
+    (dict(volume_capabilities=[mount_capability(fs="btrfs")]), grpc.StatusCode.INVALID_ARGUMENT, "fs_type"),
+    (dict(parameters={"storage": "ceph", "colour": "red"}), grpc.StatusCode.INVALID_ARGUMENT, "\"colour\""),
+    (dict(parameters={}), grpc.StatusCode.INVALID_ARGUMENT, "must name a Proxmox storage"),
+    (dict(parameters={"storage": "nosuch"}), grpc.StatusCode.INVALID_ARGUMENT, "no storage \"nosuch\""),
+    (dict(capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GiB, limit_bytes=GiB)),
+     grpc.StatusCode.INVALID_ARGUMENT, "exceeds limit_bytes"),
+])
+def test_create_refuses_bad_requests_naming_the_field(controller, overrides, code, words):
+    got, details = code_of(controller.CreateVolume, create_request(**overrides))
+    assert got == code and words in details, details
+
+
+def test_create_is_idempotent_by_name_and_refuses_an_incompatible_size(controller):
+    request = create_request(size=2 * GiB)
+    first = controller.CreateVolume(request, timeout=30).volume
+    again = controller.CreateVolume(request, timeout=30).volume
+    assert first.volume_id == again.volume_id and first.capacity_bytes == 2 * GiB
+    got, _ = code_of(controller.CreateVolume, create_request(name=request.name, size=5 * GiB))
+    assert got == grpc.StatusCode.ALREADY_EXISTS
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=first.volume_id), timeout=30)
+
+
+def test_sizes_round_up_to_the_allocation_unit(controller):
+    volume = controller.CreateVolume(create_request(size=GiB + 1), timeout=30).volume
+    assert volume.capacity_bytes == GiB + 4 * (1 << 20)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_local_storage_volume_carries_its_node_in_id_and_topology(controller):
+    request = create_request(storage="local-lvm", accessibility_requirements=csi_pb2.TopologyRequirement(
+        preferred=[csi_pb2.Topology(segments={"topology.kubernetes.io/zone": "pve2"})]))
+    volume = controller.CreateVolume(request, timeout=30).volume
+    assert volume.volume_id.startswith("sim/pve2/local-lvm/vm-9999-pvc-")
+    assert dict(volume.accessible_topology[0].segments) == {
+        "topology.kubernetes.io/region": "sim", "topology.kubernetes.io/zone": "pve2"}
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_publish_unpublish_and_delete_rules(controller):
+    volume = controller.CreateVolume(create_request(parameters={"storage": "ceph", "ssd": "true"}), timeout=30).volume
+    publish = csi_pb2.ControllerPublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-1",
+                                                     volume_capability=mount_capability(),
+                                                     volume_context=volume.volume_context)
+    context = controller.ControllerPublishVolume(publish, timeout=30).publish_context
+    assert context["serial"].startswith("csi-") and len(context["serial"]) == 20
+    assert context["bus"] == "scsi" and context["wwn"].startswith("0x5")
+    # Publishing again is a no-op with the same answer.
+    assert controller.ControllerPublishVolume(publish, timeout=30).publish_context == context
+    # Elsewhere, or read-only where it is read-write: refused.
+    other = csi_pb2.ControllerPublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-2",
+                                                   volume_capability=mount_capability())
+    assert code_of(controller.ControllerPublishVolume, other)[0] == grpc.StatusCode.FAILED_PRECONDITION
+    readonly = csi_pb2.ControllerPublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-1",
+                                                      volume_capability=mount_capability(), readonly=True)
+    assert code_of(controller.ControllerPublishVolume, readonly)[0] == grpc.StatusCode.ALREADY_EXISTS
+    # Attached volumes are not deleted.
+    got, details = code_of(controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
+    assert got == grpc.StatusCode.FAILED_PRECONDITION and "k8s-node-1" in details
+    listed = controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=30).entries
+    assert [e.status.published_node_ids for e in listed if e.volume.volume_id == volume.volume_id] == [["k8s-node-1"]]
+
+    unpublish = csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-1")
+    controller.ControllerUnpublishVolume(unpublish, timeout=30)
+    controller.ControllerUnpublishVolume(unpublish, timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+@pytest.mark.parametrize("volume_id, node_id, code", [
+    ("sim//ceph/vm-9999-nosuch", "k8s-node-1", grpc.StatusCode.NOT_FOUND),
+    ("not-a-handle", "k8s-node-1", grpc.StatusCode.NOT_FOUND),
+    (None, "no-such-node", grpc.StatusCode.NOT_FOUND),
+    ("", "k8s-node-1", grpc.StatusCode.INVALID_ARGUMENT),
+    (None, "", grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_publish_of_missing_things(controller, volume_id, node_id, code):
+    created = None
+    if volume_id is None:
+        created = controller.CreateVolume(create_request(), timeout=30).volume
+        volume_id = created.volume_id
+    request = csi_pb2.ControllerPublishVolumeRequest(volume_id=volume_id, node_id=node_id, volume_capability=mount_capability())
+    assert code_of(controller.ControllerPublishVolume, request)[0] == code
+    if created:
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=created.volume_id), timeout=30)
+
+
+def test_list_volumes_paginates_and_refuses_foreign_tokens(controller):
+    made = [controller.CreateVolume(create_request(), timeout=30).volume.volume_id for _ in range(3)]
+    seen, token = [], ""
+    while True:
+        page = controller.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=2, starting_token=token), timeout=30)
+        assert len(page.entries) <= 2
+        seen += [e.volume.volume_id for e in page.entries]
+        token = page.next_token
+        if not token:
+            break
+    assert set(made) <= set(seen) and len(seen) == len(set(seen))
+    assert code_of(controller.ListVolumes, csi_pb2.ListVolumesRequest(starting_token="bogus"))[0] == grpc.StatusCode.ABORTED
+    for volume_id in made:
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume_id), timeout=30)
+
+
+def test_capacity_of_a_storage_and_a_zone(controller):
+    shared = controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"storage": "ceph"}), timeout=30)
+    assert 0 < shared.available_capacity <= 2048 * GiB
+    zone = controller.GetCapacity(csi_pb2.GetCapacityRequest(
+        parameters={"storage": "vg0"}, accessible_topology=csi_pb2.Topology(segments={"topology.kubernetes.io/zone": "pve2"})), timeout=30)
+    assert zone.available_capacity == 0, "vg0 exists only on pve1"
+
+
+def test_validate_volume_capabilities(controller):
+    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    ok = controller.ValidateVolumeCapabilities(csi_pb2.ValidateVolumeCapabilitiesRequest(
+        volume_id=volume.volume_id, volume_capabilities=[mount_capability()]), timeout=30)
+    assert ok.HasField("confirmed")
+    no = controller.ValidateVolumeCapabilities(csi_pb2.ValidateVolumeCapabilitiesRequest(
+        volume_id=volume.volume_id, volume_capabilities=[mount_capability(csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER)]), timeout=30)
+    assert not no.HasField("confirmed") and "access mode" in no.message
+    missing = csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id="sim//ceph/vm-9999-gone", volume_capabilities=[mount_capability()])
+    assert code_of(controller.ValidateVolumeCapabilities, missing)[0] == grpc.StatusCode.NOT_FOUND
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_zz_proxmox_never_saw_a_request_its_schema_rejects():
+    # Runs last in this file: by now every controller path above has talked to Proxmox.
+    log = simulator_log()
+    assert log, "the simulator saw no request"
+    assert [e for e in log if e["status"] == 400] == []
