@@ -25,7 +25,7 @@ public struct ControllerService: Sendable {
 
     public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
         .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes,
-        .getCapacity, .publishReadonly, .singleNodeMultiWriter,
+        .getCapacity, .publishReadonly, .singleNodeMultiWriter, .expandVolume,
     ]
 
     public func register(into router: inout Router) {
@@ -36,6 +36,7 @@ public struct ControllerService: Sendable {
         router.register("/csi.v1.Controller/ValidateVolumeCapabilities") { request, _ in try await validate(request) }
         router.register("/csi.v1.Controller/ListVolumes") { request, _ in try await listVolumes(request) }
         router.register("/csi.v1.Controller/GetCapacity") { request, _ in try await getCapacity(request) }
+        router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await expand(request) }
         router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
@@ -155,7 +156,8 @@ public struct ControllerService: Sendable {
               config.clusters.contains(where: { $0.name == handle.cluster }) else { return .init() }
         do {
             guard let storage = try await volumes.storage(handle.cluster, handle.storage) else { return .init() }
-            if let (vm, key) = try await volumes.attachments(of: handle, storage: storage).first {
+            let attachments = try await volumes.attachments(of: handle, storage: storage)
+            if let (vm, key) = try await volumes.releaseFromHolders(handle, storage: storage, attachments: attachments).first {
                 throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
                     + "unpublish it first")
             }
@@ -195,7 +197,8 @@ public struct ControllerService: Sendable {
             var context = request.volumeContext.filter { VolumeParameters.knownKeys.contains($0.key) && $0.key != "profile" }
             context["storage"] = handle.storage
             let parameters = try VolumeParameters.parse(context, config: config, cluster: handle.cluster)
-            let elsewhere = try await volumes.attachments(of: handle, storage: storage).filter { $0.0 != vm }
+            let attachments = try await volumes.attachments(of: handle, storage: storage)
+            let elsewhere = try await volumes.releaseFromHolders(handle, storage: storage, attachments: attachments).filter { $0.0 != vm }
             if let (other, key) = elsewhere.first {
                 throw RPCError(.failedPrecondition, "volume is attached to VM \(other.vmid) (\(other.name)) as \(key)")
             }
@@ -259,6 +262,56 @@ public struct ControllerService: Sendable {
             return .init()
         } catch {
             throw rpcError(error, "ControllerUnpublishVolume \(request.volumeID) from \(request.nodeID)")
+        }
+    }
+
+    // MARK: - Expand
+
+    /// Grows the disk: through the VM it is attached to (online), else through
+    /// the node's holder VM (offline). The filesystem is grown by the node.
+    func expand(_ request: Csi_V1_ControllerExpandVolumeRequest) async throws -> Csi_V1_ControllerExpandVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard request.hasCapacityRange else { throw RPCError(.invalidArgument, "capacity_range is required") }
+        let bytes = try Self.size(for: request.capacityRange)
+        // A block volume has no filesystem for the node to grow.
+        let isBlock: Bool
+        if case .block? = request.volumeCapability.accessType { isBlock = true } else { isBlock = false }
+        let needsNode = !isBlock
+        let what = "ControllerExpandVolume \(request.volumeID)"
+        do {
+            guard let handle = try? VolumeHandle(parsing: request.volumeID),
+                  config.clusters.contains(where: { $0.name == handle.cluster }),
+                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+                  let current = try await volumes.size(of: handle, storage: storage)
+            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            if current >= bytes {
+                // Already that large (a retry, or a request to shrink, which the limit forbids).
+                if request.capacityRange.limitBytes > 0, current > request.capacityRange.limitBytes {
+                    throw RPCError(.outOfRange, "volume is \(current) bytes, more than limit_bytes \(request.capacityRange.limitBytes); shrinking is not supported")
+                }
+                return .with { $0.capacityBytes = current; $0.nodeExpansionRequired = needsNode }
+            }
+            if let free = storage.available[handle.node ?? storage.available.keys.sorted().first ?? ""], bytes - current > free {
+                throw RPCError(.outOfRange, "storage \(storage.id) has \(free) bytes free; growing by \(bytes - current) does not fit")
+            }
+            let size = "\(bytes >> 20)M"
+            let client = try volumes.client(handle.cluster)
+            let attachments = try await volumes.releaseFromHolders(handle, storage: storage,
+                                                                   attachments: volumes.attachments(of: handle, storage: storage))
+            if let (vm, key) = attachments.first {
+                try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                    try await client.resize(node: vm.node, vmid: vm.vmid, disk: key, size: size)
+                }
+            } else {
+                let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+                try await volumes.withHolder(handle, storage: storage, node: node) { holder, key in
+                    try await client.resize(node: holder.node, vmid: holder.vmid, disk: key, size: size)
+                }
+            }
+            volumes.invalidate(handle.cluster)
+            return .with { $0.capacityBytes = bytes; $0.nodeExpansionRequired = needsNode }
+        } catch {
+            throw rpcError(error, what)
         }
     }
 

@@ -25,6 +25,8 @@ public struct Driver: Sendable {
         return [
             .with { $0.service.type = .controllerService },
             .with { $0.service.type = .volumeAccessibilityConstraints },
+            // Attached volumes grow through their VM, detached ones through a holder VM.
+            .with { $0.volumeExpansion.type = .online },
         ]
     }
 

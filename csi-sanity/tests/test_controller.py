@@ -178,6 +178,56 @@ def test_validate_volume_capabilities(controller):
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
 
 
+def simulator_state():
+    with urllib.request.urlopen(os.environ["SIM_URL"] + "/_sim/state") as response:
+        return json.loads(response.read())["data"]
+
+
+def expand(controller, volume_id, size, block=False):
+    capability = csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(),
+                                          access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1)) if block else mount_capability()
+    return controller.ControllerExpandVolume(csi_pb2.ControllerExpandVolumeRequest(
+        volume_id=volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=size), volume_capability=capability), timeout=30)
+
+
+def test_expand_detached_volume_through_a_holder_vm(controller):
+    volume = controller.CreateVolume(create_request(size=GiB), timeout=30).volume
+    grown = expand(controller, volume.volume_id, 3 * GiB)
+    assert grown.capacity_bytes == 3 * GiB and grown.node_expansion_required
+    listed = {e.volume.volume_id: e.volume.capacity_bytes for e in controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=30).entries}
+    assert listed[volume.volume_id] == 3 * GiB
+    holders = [vm for vm in simulator_state()["vms"].values() if vm["config"]["name"].startswith("proxmox-csi-holder-")]
+    assert holders and all(vm["status"] == "stopped" for vm in holders)
+    assert not any("vm-9999" in value for vm in holders for value in vm["config"].values()), "the holder keeps no volume"
+    # Asking again for the same or a smaller size changes nothing.
+    assert expand(controller, volume.volume_id, 2 * GiB).capacity_bytes == 3 * GiB
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_expand_attached_volume_through_its_vm(controller):
+    volume = controller.CreateVolume(create_request(size=GiB), timeout=30).volume
+    controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume.volume_id, node_id="k8s-node-2", volume_capability=mount_capability()), timeout=30)
+    grown = expand(controller, volume.volume_id, 2 * GiB, block=True)
+    assert grown.capacity_bytes == 2 * GiB and not grown.node_expansion_required
+    config = simulator_state()["vms"]["101"]["config"]
+    name = volume.volume_id.rsplit("/", 1)[1]
+    assert [v for v in config.values() if name in v][0].endswith("size=2G")
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-2"), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_expand_refuses_what_cannot_be(controller):
+    missing = csi_pb2.ControllerExpandVolumeRequest(volume_id="sim//ceph/vm-9999-gone", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB))
+    assert code_of(controller.ControllerExpandVolume, missing)[0] == grpc.StatusCode.NOT_FOUND
+    no_range = csi_pb2.ControllerExpandVolumeRequest(volume_id="sim//ceph/vm-9999-gone")
+    assert code_of(controller.ControllerExpandVolume, no_range)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    volume = controller.CreateVolume(create_request(storage="vg0", size=GiB), timeout=30).volume
+    too_big = csi_pb2.ControllerExpandVolumeRequest(volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=10000 * GiB))
+    assert code_of(controller.ControllerExpandVolume, too_big)[0] == grpc.StatusCode.OUT_OF_RANGE
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
 def test_zz_proxmox_never_saw_a_request_its_schema_rejects():
     # Runs last in this file: by now every controller path above has talked to Proxmox.
     log = simulator_log()

@@ -1,0 +1,88 @@
+import ProxmoxAPI
+import UnaryGRPC
+
+/// Proxmox resizes (and copies) volumes only as disks of a VM. For volumes
+/// attached nowhere the driver uses a holder: a stopped VM per Proxmox node,
+/// named `proxmox-csi-holder-<node>`, that carries a volume only for the
+/// duration of one operation. Its vmid is not the owner vmid: a VM with the
+/// owner's vmid would make Proxmox refuse to delete the driver's volumes.
+extension ProxmoxVolumes {
+    static let holderPrefix = "proxmox-csi-holder-"
+
+    static func isHolder(_ vm: VMRef) -> Bool { vm.name.hasPrefix(holderPrefix) }
+
+    /// The node's holder VM, created on first use.
+    func holder(cluster: String, node: String) async throws -> VMRef {
+        let name = Self.holderPrefix + node
+        if let existing = try await vms(cluster).first(where: { $0.name == name && $0.node == node }) {
+            return existing
+        }
+        let client = try client(cluster)
+        return try await vmLocks.run("\(cluster)/holder/\(node)") {
+            if let existing = try await self.vms(cluster, fresh: true).first(where: { $0.name == name && $0.node == node }) {
+                return existing
+            }
+            for _ in 0..<5 {
+                let vmid = try await client.nextVMID()
+                do {
+                    try await client.createVM(node: node, vmid: vmid, settings: [
+                        ("name", name), ("memory", "64"), ("cores", "1"),
+                        ("description", "proxmox-csi: carries volumes during offline operations. Do not start or delete."),
+                    ])
+                    self.invalidate(cluster)
+                    return VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
+                } catch let error as ProxmoxError {
+                    // Someone took that vmid between nextid and create: ask again.
+                    guard error.description.contains("already exists") else { throw error }
+                }
+            }
+            throw RPCError(.unavailable, "could not create the holder VM on node \(node): vmids kept being taken")
+        }
+    }
+
+    func vms(_ cluster: String, fresh: Bool) async throws -> [VMRef] {
+        if fresh { invalidate(cluster) }
+        return try await vms(cluster)
+    }
+
+    /// Runs `body` with the volume attached to the node's holder as `key`, and
+    /// detaches it afterwards (also when `body` fails).
+    func withHolder<T: Sendable>(_ handle: VolumeHandle, storage: StorageRef, node: String,
+                                 _ body: @Sendable (VMRef, String) async throws -> T) async throws -> T {
+        let holder = try await holder(cluster: handle.cluster, node: node)
+        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+        let client = try client(handle.cluster)
+        return try await vmLocks.run("\(holder.cluster)/\(holder.vmid)") {
+            let vmConfig = try await client.vmConfig(node: holder.node, vmid: holder.vmid)
+            let key = vmConfig.values.first { Self.isDiskKey($0.key) && Self.volid(of: $0.value) == volid }?.key
+                ?? (0..<31).map { "scsi\($0)" }.first { vmConfig[$0] == nil }!
+            if vmConfig[key] == nil {
+                try await client.updateVMConfig(node: holder.node, vmid: holder.vmid, set: [(key, volid)], digest: vmConfig.digest)
+            }
+            do {
+                let result = try await body(holder, key)
+                try await client.updateVMConfig(node: holder.node, vmid: holder.vmid, delete: [key])
+                return result
+            } catch {
+                try? await client.updateVMConfig(node: holder.node, vmid: holder.vmid, delete: [key])
+                throw error
+            }
+        }
+    }
+
+    /// Drops the volume from holder VMs (left there by a crash mid-operation).
+    func releaseFromHolders(_ handle: VolumeHandle, storage: StorageRef, attachments: [(VMRef, String)]) async throws -> [(VMRef, String)] {
+        let client = try client(handle.cluster)
+        var remaining: [(VMRef, String)] = []
+        for (vm, key) in attachments {
+            if Self.isHolder(vm) {
+                try await vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                    try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, delete: [key])
+                }
+            } else {
+                remaining.append((vm, key))
+            }
+        }
+        return remaining
+    }
+}
