@@ -25,7 +25,7 @@ public struct ControllerService: Sendable {
 
     public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
         .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes,
-        .getCapacity, .publishReadonly, .singleNodeMultiWriter, .expandVolume,
+        .getCapacity, .publishReadonly, .singleNodeMultiWriter, .expandVolume, .getVolume, .volumeCondition,
     ]
 
     public func register(into router: inout Router) {
@@ -37,6 +37,7 @@ public struct ControllerService: Sendable {
         router.register("/csi.v1.Controller/ListVolumes") { request, _ in try await listVolumes(request) }
         router.register("/csi.v1.Controller/GetCapacity") { request, _ in try await getCapacity(request) }
         router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await expand(request) }
+        router.register("/csi.v1.Controller/ControllerGetVolume") { request, _ in try await getVolume(request) }
         router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
@@ -312,6 +313,46 @@ public struct ControllerService: Sendable {
             return .with { $0.capacityBytes = bytes; $0.nodeExpansionRequired = needsNode }
         } catch {
             throw rpcError(error, what)
+        }
+    }
+
+    // MARK: - GetVolume
+
+    /// The volume, where it is published, and whether Proxmox shows anything wrong with it.
+    func getVolume(_ request: Csi_V1_ControllerGetVolumeRequest) async throws -> Csi_V1_ControllerGetVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        do {
+            guard let handle = try? VolumeHandle(parsing: request.volumeID),
+                  config.clusters.contains(where: { $0.name == handle.cluster }),
+                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+                  let size = try await volumes.size(of: handle, storage: storage)
+            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            let attachments = try await volumes.attachments(of: handle, storage: storage)
+            let users = attachments.filter { !ProxmoxVolumes.isHolder($0.0) }
+            let held = attachments.filter { ProxmoxVolumes.isHolder($0.0) }
+            let condition: Csi_V1_VolumeCondition = .with {
+                if users.count > 1 {
+                    $0.abnormal = true
+                    $0.message = "attached to \(users.count) VMs at once: " + users.map { "\($0.0.vmid) (\($0.1))" }.joined(separator: ", ")
+                } else if !held.isEmpty {
+                    $0.abnormal = true
+                    $0.message = "still on holder VM \(held[0].0.vmid) from an interrupted operation; the next publish, expand or delete releases it"
+                } else {
+                    $0.message = users.isEmpty ? "not attached" : "attached to VM \(users[0].0.vmid) as \(users[0].1)"
+                }
+            }
+            return .with {
+                $0.volume.volumeID = handle.description
+                $0.volume.capacityBytes = size
+                $0.volume.accessibleTopology = [.with {
+                    $0.segments = handle.node.map { [TopologyKey.region: handle.cluster, TopologyKey.zone: $0] }
+                        ?? [TopologyKey.region: handle.cluster]
+                }]
+                $0.status.publishedNodeIds = users.map(\.0.name).sorted()
+                $0.status.volumeCondition = condition
+            }
+        } catch {
+            throw rpcError(error, "ControllerGetVolume \(request.volumeID)")
         }
     }
 

@@ -228,6 +228,22 @@ def test_expand_refuses_what_cannot_be(controller):
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
 
 
+def test_get_volume_reports_publication_and_condition(controller):
+    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    got = controller.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    assert got.volume.capacity_bytes == GiB and list(got.status.published_node_ids) == []
+    assert not got.status.volume_condition.abnormal
+    controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume.volume_id, node_id="k8s-node-3", volume_capability=mount_capability()), timeout=30)
+    got = controller.ControllerGetVolume(csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    assert list(got.status.published_node_ids) == ["k8s-node-3"]
+    assert "attached to VM 102" in got.status.volume_condition.message
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-3"), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    gone = csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id)
+    assert code_of(controller.ControllerGetVolume, gone)[0] == grpc.StatusCode.NOT_FOUND
+
+
 def test_zz_proxmox_never_saw_a_request_its_schema_rejects():
     # Runs last in this file: by now every controller path above has talked to Proxmox.
     log = simulator_log()
