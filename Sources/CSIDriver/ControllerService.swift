@@ -153,10 +153,8 @@ public struct ControllerService: Sendable {
     func deleteVolume(_ request: Csi_V1_DeleteVolumeRequest) async throws -> Csi_V1_DeleteVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         // An id this driver never made names no volume: deleting it is done.
-        guard let handle = try? VolumeHandle(parsing: request.volumeID),
-              config.clusters.contains(where: { $0.name == handle.cluster }) else { return .init() }
         do {
-            guard let storage = try await volumes.storage(handle.cluster, handle.storage) else { return .init() }
+            guard let (handle, storage) = try await volumes.locate(request.volumeID) else { return .init() }
             let attachments = try await volumes.attachments(of: handle, storage: storage)
             if let (vm, key) = try await volumes.releaseFromHolders(handle, storage: storage, attachments: attachments).first {
                 throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
@@ -178,11 +176,9 @@ public struct ControllerService: Sendable {
         try CapabilityCheck.require([request.volumeCapability], field: "volume_capability")
         let what = "ControllerPublishVolume \(request.volumeID) to \(request.nodeID)"
         do {
-            guard let handle = try? VolumeHandle(parsing: request.volumeID),
-                  config.clusters.contains(where: { $0.name == handle.cluster }),
-                  let storage = try await volumes.storage(handle.cluster, handle.storage),
-                  try await volumes.size(of: handle, storage: storage) != nil
-            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            guard let (handle, storage, _) = try await volumes.existing(request.volumeID) else {
+                throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+            }
             guard let vm = try await volumes.vm(forNodeID: request.nodeID) else {
                 throw RPCError(.notFound, "node \(request.nodeID): no Proxmox VM with that name or vmid")
             }
@@ -244,9 +240,7 @@ public struct ControllerService: Sendable {
         guard !request.nodeID.isEmpty else { throw RPCError(.invalidArgument, "node_id is required") }
         do {
             // A volume or VM that no longer exists is not attached: done.
-            guard let handle = try? VolumeHandle(parsing: request.volumeID),
-                  config.clusters.contains(where: { $0.name == handle.cluster }),
-                  let storage = try await volumes.storage(handle.cluster, handle.storage),
+            guard let (handle, storage) = try await volumes.locate(request.volumeID),
                   let vm = try await volumes.vm(forNodeID: request.nodeID) else { return .init() }
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             let client = try volumes.client(vm.cluster)
@@ -280,11 +274,9 @@ public struct ControllerService: Sendable {
         let needsNode = !isBlock
         let what = "ControllerExpandVolume \(request.volumeID)"
         do {
-            guard let handle = try? VolumeHandle(parsing: request.volumeID),
-                  config.clusters.contains(where: { $0.name == handle.cluster }),
-                  let storage = try await volumes.storage(handle.cluster, handle.storage),
-                  let current = try await volumes.size(of: handle, storage: storage)
-            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            guard let (handle, storage, current) = try await volumes.existing(request.volumeID) else {
+                throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+            }
             if current >= bytes {
                 // Already that large (a retry, or a request to shrink, which the limit forbids).
                 if request.capacityRange.limitBytes > 0, current > request.capacityRange.limitBytes {
@@ -322,11 +314,9 @@ public struct ControllerService: Sendable {
     func getVolume(_ request: Csi_V1_ControllerGetVolumeRequest) async throws -> Csi_V1_ControllerGetVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         do {
-            guard let handle = try? VolumeHandle(parsing: request.volumeID),
-                  config.clusters.contains(where: { $0.name == handle.cluster }),
-                  let storage = try await volumes.storage(handle.cluster, handle.storage),
-                  let size = try await volumes.size(of: handle, storage: storage)
-            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            guard let (handle, storage, size) = try await volumes.existing(request.volumeID) else {
+                throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+            }
             let attachments = try await volumes.attachments(of: handle, storage: storage)
             let users = attachments.filter { !ProxmoxVolumes.isHolder($0.0) }
             let held = attachments.filter { ProxmoxVolumes.isHolder($0.0) }
@@ -362,11 +352,9 @@ public struct ControllerService: Sendable {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         guard !request.volumeCapabilities.isEmpty else { throw RPCError(.invalidArgument, "volume_capabilities is required") }
         do {
-            guard let handle = try? VolumeHandle(parsing: request.volumeID),
-                  config.clusters.contains(where: { $0.name == handle.cluster }),
-                  let storage = try await volumes.storage(handle.cluster, handle.storage),
-                  try await volumes.size(of: handle, storage: storage) != nil
-            else { throw RPCError(.notFound, "volume \(request.volumeID) does not exist") }
+            guard try await volumes.existing(request.volumeID) != nil else {
+                throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+            }
         } catch {
             throw rpcError(error, "ValidateVolumeCapabilities \(request.volumeID)")
         }

@@ -89,6 +89,22 @@ public final class ProxmoxVolumes: Sendable {
 
     // MARK: - Volumes
 
+    /// The volume a CSI id names and its storage, whether or not the volume
+    /// still exists; nil for ids this driver cannot have made.
+    func locate(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef)? {
+        guard let handle = try? VolumeHandle(parsing: volumeID),
+              config.clusters.contains(where: { $0.name == handle.cluster }),
+              let storage = try await storage(handle.cluster, handle.storage) else { return nil }
+        return (handle, storage)
+    }
+
+    /// The volume a CSI id names, if it exists, with its storage and size.
+    func existing(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
+        guard let (handle, storage) = try await locate(volumeID),
+              let size = try await size(of: handle, storage: storage) else { return nil }
+        return (handle, storage, size)
+    }
+
     /// The volume's size if it exists (on its node, or the shared storage).
     func size(of handle: VolumeHandle, storage: StorageRef) async throws -> Int64? {
         let node = handle.node ?? storage.available.keys.sorted().first ?? ""
