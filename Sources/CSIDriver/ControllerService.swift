@@ -26,6 +26,7 @@ public struct ControllerService: Sendable {
     public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
         .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes,
         .getCapacity, .publishReadonly, .singleNodeMultiWriter, .expandVolume, .getVolume, .volumeCondition,
+        .createDeleteSnapshot, .listSnapshots, .cloneVolume,
     ]
 
     public func register(into router: inout Router) {
@@ -38,6 +39,7 @@ public struct ControllerService: Sendable {
         router.register("/csi.v1.Controller/GetCapacity") { request, _ in try await getCapacity(request) }
         router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await expand(request) }
         router.register("/csi.v1.Controller/ControllerGetVolume") { request, _ in try await getVolume(request) }
+        registerSnapshots(into: &router)
         router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
@@ -50,16 +52,19 @@ public struct ControllerService: Sendable {
     func createVolume(_ request: Csi_V1_CreateVolumeRequest) async throws -> Csi_V1_CreateVolumeResponse {
         guard !request.name.isEmpty else { throw RPCError(.invalidArgument, "name is required") }
         try CapabilityCheck.require(request.volumeCapabilities, field: "volume_capabilities")
-        if request.hasVolumeContentSource {
-            throw RPCError(.invalidArgument, "volume_content_source: creating from a snapshot or volume is not supported yet")
-        }
         let bytes = try Self.size(for: request.capacityRange)
         let cluster = try chooseCluster(request.accessibilityRequirements)
         let parameters = try VolumeParameters.parse(request.parameters, config: config, cluster: cluster)
         let what = "CreateVolume \(request.name)"
         do {
+            if request.hasVolumeContentSource {
+                return try await createVolumeFromSource(request, cluster: cluster, parameters: parameters)
+            }
             guard let storage = try await volumes.storage(cluster, parameters.storage) else {
                 throw RPCError(.invalidArgument, "StorageClass parameter \"storage\": no storage \"\(parameters.storage)\" in cluster \"\(cluster)\"")
+            }
+            if let copy = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster) {
+                throw RPCError(.alreadyExists, "volume \(request.name) exists as a copy of \(copy.source); this request names no content source")
             }
             let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type)
             // A retry must find what an earlier attempt created, on whichever node.
@@ -71,19 +76,19 @@ public struct ControllerService: Sendable {
                         throw RPCError(.alreadyExists, "volume \(request.name) exists as \(handle) with \(existing) bytes, "
                             + "outside the requested range (required \(request.capacityRange.requiredBytes), limit \(request.capacityRange.limitBytes))")
                     }
-                    return response(handle, bytes: existing, storage: storage, parameters: parameters)
+                    return createdVolume(handle, bytes: existing, storage: storage, parameters: parameters)
                 }
             }
             let node = try chooseNode(storage, cluster: cluster, requirements: request.accessibilityRequirements, bytes: bytes)
             let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : node, storage: storage.id, volume: name)
             try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes)
-            return response(handle, bytes: bytes, storage: storage, parameters: parameters)
+            return createdVolume(handle, bytes: bytes, storage: storage, parameters: parameters)
         } catch {
             throw rpcError(error, what)
         }
     }
 
-    private func response(_ handle: VolumeHandle, bytes: Int64, storage: StorageRef,
+    func createdVolume(_ handle: VolumeHandle, bytes: Int64, storage: StorageRef,
                           parameters: VolumeParameters) -> Csi_V1_CreateVolumeResponse {
         .with {
             $0.volume.volumeID = handle.description
@@ -159,6 +164,11 @@ public struct ControllerService: Sendable {
             if let (vm, key) = try await volumes.releaseFromHolders(handle, storage: storage, attachments: attachments).first {
                 throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
                     + "unpublish it first")
+            }
+            // A restored or cloned volume belongs to its record VM: destroying that frees it.
+            if let record = try await recordVM(of: handle) {
+                try await volumes.destroy(record)
+                return .init()
             }
             try await volumes.delete(handle, storage: storage)
             return .init()
@@ -295,6 +305,11 @@ public struct ControllerService: Sendable {
                 try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
                     try await client.resize(node: vm.node, vmid: vm.vmid, disk: key, size: size)
                 }
+            } else if let record = try await recordVM(of: handle) {
+                // A restored volume's own (stopped) record VM already carries it as scsi0.
+                try await volumes.vmLocks.run("\(record.vm.cluster)/\(record.vm.vmid)") {
+                    try await client.resize(node: record.vm.node, vmid: record.vm.vmid, disk: "scsi0", size: size)
+                }
             } else {
                 let node = handle.node ?? storage.available.keys.sorted().first ?? ""
                 try await volumes.withHolder(handle, storage: storage, node: node) { holder, key in
@@ -423,6 +438,21 @@ public struct ControllerService: Sendable {
                     })
                 }
             }
+        }
+        // Restored and cloned volumes, owned by their record VMs.
+        for record in try await volumes.copyVMs(.volume) {
+            guard let volid = record.volid, !record.copying else { continue }
+            let storageID = String(volid.split(separator: ":", maxSplits: 1).first ?? "")
+            guard let storage = try await volumes.storage(record.vm.cluster, storageID) else { continue }
+            let name = String(volid.split(separator: ":", maxSplits: 1).last?.split(separator: "/").last ?? "")
+            let handle = VolumeHandle(cluster: record.vm.cluster, node: storage.shared ? nil : record.vm.node, storage: storageID, volume: name)
+            let size = try await volumes.size(of: handle, storage: storage) ?? 0
+            let users = try await volumes.attachments(of: handle, storage: storage).filter { !ProxmoxVolumes.isHolder($0.0) }
+            entries.append(.with {
+                $0.volume.volumeID = handle.description
+                $0.volume.capacityBytes = size
+                $0.status.publishedNodeIds = users.map(\.0.name).sorted()
+            })
         }
         return entries.sorted { $0.volume.volumeID < $1.volume.volumeID }
     }

@@ -110,16 +110,17 @@ public final class ProxmoxVolumes: Sendable {
         let node = handle.node ?? storage.available.keys.sorted().first ?? ""
         guard storage.available[node] != nil else { return nil }
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-        return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: config.ownerVMID)
+        return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: handle.ownerVMID ?? config.ownerVMID)
             .first { $0.volid == volid }?.size
     }
 
-    /// Every VM config that references the volume: (VM, config key).
+    /// Every VM config that references the volume: (VM, config key). The
+    /// record VM that owns a restored volume is not an attachment.
     func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         let client = try client(handle.cluster)
         var found: [(VMRef, String)] = []
-        for vm in try await vms(handle.cluster) where handle.node == nil || vm.node == handle.node {
+        for vm in try await vms(handle.cluster) where (handle.node == nil || vm.node == handle.node) && vm.vmid != handle.ownerVMID {
             let vmConfig: VMConfig
             do {
                 vmConfig = try await client.vmConfig(node: vm.node, vmid: vm.vmid)

@@ -38,10 +38,17 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(cluster)/\(node ?? "")/\(storage)/\(volume)" }
 
+    /// The vmid that owns the volume, from its `vm-<vmid>-` name: the
+    /// driver's owner vmid, or the record VM of a restored or cloned volume.
+    public var ownerVMID: Int? {
+        guard volume.hasPrefix("vm-") else { return nil }
+        return Int(volume.dropFirst(3).prefix { $0.isNumber })
+    }
+
     /// The Proxmox volume id. dir and nfs volumes live in a folder per owner vmid.
-    public func volid(ownerVMID: Int, storageType: String) -> String {
+    public func volid(ownerVMID fallback: Int, storageType: String) -> String {
         ["dir", "nfs", "cifs", "glusterfs"].contains(storageType)
-            ? "\(storage):\(ownerVMID)/\(volume)" : "\(storage):\(volume)"
+            ? "\(storage):\(ownerVMID ?? fallback)/\(volume)" : "\(storage):\(volume)"
     }
 
     static func isStorageID(_ text: String) -> Bool {

@@ -253,6 +253,17 @@ extension ProxmoxClient {
         try await finish(try await call("POST", "/nodes/\(segment(node))/qemu", [("vmid", String(vmid))] + settings))
     }
 
+    /// Starts creating a VM and returns its task's UPID without waiting (a
+    /// create that imports a disk copies data and may take long).
+    public func startCreateVM(node: String, vmid: Int, settings: [(String, String)]) async throws -> String? {
+        try await call("POST", "/nodes/\(segment(node))/qemu", [("vmid", String(vmid))] + settings).string
+    }
+
+    /// Destroys a VM (stopped) and the volumes it owns.
+    public func destroyVM(node: String, vmid: Int, timeout: Double = 600) async throws {
+        try await finish(try await call("DELETE", vmPath(node, vmid), idempotency: .idempotent), timeout: timeout)
+    }
+
     public func snapshots(node: String, vmid: Int) async throws -> [VMSnapshot] {
         let data = try await call("GET", vmPath(node, vmid) + "/snapshot")
         return (data.array ?? []).compactMap { item in

@@ -47,7 +47,8 @@ def test_capabilities_list_what_is_served(controller):
     caps = {c.rpc.type for c in controller.ControllerGetCapabilities(csi_pb2.ControllerGetCapabilitiesRequest(), timeout=5).capabilities}
     RPC = csi_pb2.ControllerServiceCapability.RPC
     assert {RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY} <= caps
-    assert RPC.CREATE_DELETE_SNAPSHOT not in caps, "snapshots are not served yet"
+    assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.GET_VOLUME} <= caps
+    assert RPC.MODIFY_VOLUME not in caps, "ControllerModifyVolume is not served yet"
 
 
 @pytest.mark.parametrize("overrides, code, words", [
@@ -242,6 +243,75 @@ def test_get_volume_reports_publication_and_condition(controller):
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
     gone = csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id)
     assert code_of(controller.ControllerGetVolume, gone)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def snapshot_request(name, source):
+    return csi_pb2.CreateSnapshotRequest(name=name, source_volume_id=source)
+
+
+def test_snapshot_is_idempotent_ready_and_listed(controller):
+    volume = controller.CreateVolume(create_request(size=2 * GiB), timeout=30).volume
+    name = f"snap-{uuid.uuid4()}"
+    snap = controller.CreateSnapshot(snapshot_request(name, volume.volume_id), timeout=60).snapshot
+    assert snap.ready_to_use and snap.size_bytes == 2 * GiB and snap.source_volume_id == volume.volume_id
+    assert snap.creation_time.seconds > 0
+    assert controller.CreateSnapshot(snapshot_request(name, volume.volume_id), timeout=60).snapshot.snapshot_id == snap.snapshot_id
+    other = controller.CreateVolume(create_request(), timeout=30).volume
+    assert code_of(controller.CreateSnapshot, snapshot_request(name, other.volume_id))[0] == grpc.StatusCode.ALREADY_EXISTS
+    by_id = controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(snapshot_id=snap.snapshot_id), timeout=30).entries
+    assert [e.snapshot.snapshot_id for e in by_id] == [snap.snapshot_id]
+    by_source = controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(source_volume_id=volume.volume_id), timeout=30).entries
+    assert [e.snapshot.snapshot_id for e in by_source] == [snap.snapshot_id]
+    assert controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(snapshot_id="sim/1/csi-snap-nothing"), timeout=30).entries == []
+    # The snapshot is a copy: the source can go, the snapshot stays.
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    assert controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(snapshot_id=snap.snapshot_id), timeout=30).entries[0].snapshot.ready_to_use
+    controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+    controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=other.volume_id), timeout=30)
+
+
+def test_snapshot_of_a_missing_volume_is_not_found(controller):
+    assert code_of(controller.CreateSnapshot, snapshot_request("s", "sim//ceph/vm-9999-gone"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(controller.CreateSnapshot, snapshot_request("", "sim//ceph/vm-9999-gone"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_restore_a_larger_volume_from_a_snapshot_then_delete_everything(controller):
+    volume = controller.CreateVolume(create_request(size=GiB), timeout=30).volume
+    snap = controller.CreateSnapshot(snapshot_request(f"snap-{uuid.uuid4()}", volume.volume_id), timeout=60).snapshot
+    source = csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id))
+    request = create_request(size=3 * GiB, volume_content_source=source)
+    restored = controller.CreateVolume(request, timeout=60).volume
+    assert restored.capacity_bytes == 3 * GiB and restored.content_source.snapshot.snapshot_id == snap.snapshot_id
+    assert controller.CreateVolume(request, timeout=60).volume.volume_id == restored.volume_id
+    # Same name, different source: refused.
+    assert code_of(controller.CreateVolume, create_request(name=request.name))[0] == grpc.StatusCode.ALREADY_EXISTS
+    listed = [e.volume.volume_id for e in controller.ListVolumes(csi_pb2.ListVolumesRequest(), timeout=30).entries]
+    assert restored.volume_id in listed
+    # It attaches and detaches like any volume.
+    publish = csi_pb2.ControllerPublishVolumeRequest(volume_id=restored.volume_id, node_id="k8s-node-1", volume_capability=mount_capability())
+    assert controller.ControllerPublishVolume(publish, timeout=30).publish_context["serial"].startswith("csi-")
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=restored.volume_id, node_id="k8s-node-1"), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id), timeout=60)
+    controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    leftovers = [vm["config"]["name"] for vm in simulator_state()["vms"].values()
+                 if vm["config"]["name"].startswith(("csi-vol-", "csi-snap-"))]
+    assert not any(snap.snapshot_id.endswith(n) for n in leftovers)
+
+
+def test_restore_from_a_missing_snapshot_is_not_found(controller):
+    source = csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id="sim/999/csi-snap-gone"))
+    assert code_of(controller.CreateVolume, create_request(volume_content_source=source))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_clone_a_volume(controller):
+    volume = controller.CreateVolume(create_request(size=GiB), timeout=30).volume
+    source = csi_pb2.VolumeContentSource(volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=volume.volume_id))
+    clone = controller.CreateVolume(create_request(volume_content_source=source), timeout=60).volume
+    assert clone.volume_id != volume.volume_id and clone.capacity_bytes == GiB
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=clone.volume_id), timeout=60)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
 
 
 def test_zz_proxmox_never_saw_a_request_its_schema_rejects():

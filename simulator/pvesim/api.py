@@ -231,6 +231,8 @@ class Api:
             fmt = plan["options"].get("format", "raw")
             size = plan["source"].size if plan["source"] else int(plan["gib"] * GiB)
             volume = storage.allocate(vm.vmid, storage.next_disk_name(vm.vmid, fmt), size, fmt)
+            if plan["source"] is not None:
+                copy_data(plan["source"], volume)
         else:
             volume = plan["volume"]
         options = {k: v for k, v in plan["options"].items() if k != "size"}
@@ -334,6 +336,7 @@ class Api:
             volume = c.volume(volid, vm.node)
             fmt = p.get("format") or (volume.format if volume.format in target_storage.rules["formats"] else "raw")
             copy = target_storage.allocate(vm.vmid, target_storage.next_disk_name(vm.vmid, fmt), volume.size, fmt)
+            copy_data(volume, copy)
             kept = [o for o in options.split(",") if o]
             vm.config[key] = ",".join([copy.volid, *kept])
             if p.get("delete"):
@@ -459,6 +462,7 @@ class Api:
                     size = (source["sizes"] or {}).get(volid, volume.size)
                     fmt = volume.format if volume.format in storage.rules["formats"] else "raw"
                     copy = storage.allocate(newid, storage.next_disk_name(newid, fmt), size, fmt)
+                    copy_data(volume, copy)
                     kept = [o for o in options.split(",") if o and not o.startswith("size=")]
                     clone.config[key] = ",".join([copy.volid, *kept, f"size={format_size(size)}"])
                 clone.config.pop("lock", None)
@@ -502,6 +506,14 @@ class Api:
             finally:
                 self.cluster.lock.acquire()
         return task.upid
+
+
+def copy_data(source, target):
+    """import-from and full clones copy the bytes when volumes have backing files."""
+    if source.path and target.path:
+        with open(source.path, "rb") as src, open(target.path, "r+b") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
 
 
 def _free_unused_key(vm):

@@ -1,0 +1,203 @@
+import CSIProto
+import Foundation
+import ProxmoxAPI
+import SwiftProtobuf
+import UnaryGRPC
+
+/// Snapshots, restores and clones: full copies held by copy VMs (CopyVMs.swift).
+extension ControllerService {
+    /// How long CreateSnapshot and CreateVolume wait for a copy before
+    /// answering "not ready yet"; the sidecars call again.
+    static let copyWait = 25.0
+
+    func registerSnapshots(into router: inout Router) {
+        router.register("/csi.v1.Controller/CreateSnapshot") { request, _ in try await createSnapshot(request) }
+        router.register("/csi.v1.Controller/DeleteSnapshot") { request, _ in try await deleteSnapshot(request) }
+        router.register("/csi.v1.Controller/ListSnapshots") { request, _ in try await listSnapshots(request) }
+    }
+
+    // MARK: - Snapshot ids: <cluster>/<vmid>/<copy VM name>
+
+    static func snapshotID(_ copy: CopyVM) -> String { "\(copy.vm.cluster)/\(copy.vm.vmid)/\(copy.vm.name)" }
+
+    /// The snapshot an id names; nil when it names nothing (any more).
+    func snapshot(_ id: String) async throws -> CopyVM? {
+        let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, config.clusters.contains(where: { $0.name == parts[0] }), let vmid = Int(parts[1]),
+              parts[2].hasPrefix(CopyVM.Kind.snapshot.rawValue),
+              let vm = try await volumes.vms(parts[0], fresh: true).first(where: { $0.vmid == vmid && $0.name == parts[2] })
+        else { return nil }
+        return try await volumes.copyVM(vm)
+    }
+
+    private func message(_ copy: CopyVM, size: Int64) -> Csi_V1_Snapshot {
+        .with {
+            $0.snapshotID = Self.snapshotID(copy)
+            $0.sourceVolumeID = copy.source
+            $0.sizeBytes = size
+            $0.creationTime = Google_Protobuf_Timestamp(seconds: copy.createdAt, nanos: 0)
+            $0.readyToUse = !copy.copying && copy.volid != nil
+        }
+    }
+
+    /// Size of a copy VM's disk (the source's size while it is still copying).
+    private func size(of copy: CopyVM, fallback: Int64) async throws -> Int64 {
+        guard let volid = copy.volid, !copy.copying else { return fallback }
+        let storage = String(volid.split(separator: ":", maxSplits: 1).first ?? "")
+        let found = try await volumes.client(copy.vm.cluster).volumes(node: copy.vm.node, storage: storage, vmid: copy.vm.vmid)
+        return found.first { $0.volid == volid }?.size ?? fallback
+    }
+
+    // MARK: - CreateSnapshot / DeleteSnapshot / ListSnapshots
+
+    func createSnapshot(_ request: Csi_V1_CreateSnapshotRequest) async throws -> Csi_V1_CreateSnapshotResponse {
+        guard !request.name.isEmpty else { throw RPCError(.invalidArgument, "name is required") }
+        guard !request.sourceVolumeID.isEmpty else { throw RPCError(.invalidArgument, "source_volume_id is required") }
+        let what = "CreateSnapshot \(request.name) of \(request.sourceVolumeID)"
+        do {
+            guard let (handle, storage, size) = try await volumes.existing(request.sourceVolumeID) else {
+                throw RPCError(.notFound, "source volume \(request.sourceVolumeID) does not exist")
+            }
+            if let copy = try await volumes.copyVM(.snapshot, csiName: request.name, cluster: handle.cluster) {
+                guard copy.source == request.sourceVolumeID else {
+                    throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(copy.source))")
+                }
+                return .with { $0.snapshot = message(copy, size: size) }
+            }
+            let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+            let copy = try await volumes.createCopyVM(
+                .snapshot, csiName: request.name, source: request.sourceVolumeID, cluster: handle.cluster, node: node,
+                storage: storage.id, sourceVolid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type),
+                wait: Self.copyWait)
+            return .with { $0.snapshot = message(copy, size: size) }
+        } catch {
+            throw rpcError(error, what)
+        }
+    }
+
+    func deleteSnapshot(_ request: Csi_V1_DeleteSnapshotRequest) async throws -> Csi_V1_DeleteSnapshotResponse {
+        guard !request.snapshotID.isEmpty else { throw RPCError(.invalidArgument, "snapshot_id is required") }
+        do {
+            if let copy = try await snapshot(request.snapshotID) {
+                try await volumes.destroy(copy)
+            }
+            return .init()
+        } catch {
+            throw rpcError(error, "DeleteSnapshot \(request.snapshotID)")
+        }
+    }
+
+    func listSnapshots(_ request: Csi_V1_ListSnapshotsRequest) async throws -> Csi_V1_ListSnapshotsResponse {
+        guard request.maxEntries >= 0 else { throw RPCError(.invalidArgument, "max_entries cannot be negative") }
+        var start = 0
+        if !request.startingToken.isEmpty {
+            guard let index = Int(request.startingToken), index >= 0 else {
+                throw RPCError(.aborted, "starting_token \"\(request.startingToken)\" is not a token ListSnapshots gave out")
+            }
+            start = index
+        }
+        do {
+            var copies: [CopyVM]
+            if !request.snapshotID.isEmpty {
+                copies = try await snapshot(request.snapshotID).map { [$0] } ?? []
+            } else {
+                copies = try await volumes.copyVMs(.snapshot)
+            }
+            if !request.sourceVolumeID.isEmpty { copies = copies.filter { $0.source == request.sourceVolumeID } }
+            copies.sort { Self.snapshotID($0) < Self.snapshotID($1) }
+            guard start <= copies.count else {
+                throw RPCError(.aborted, "starting_token \(start) is past the end of the \(copies.count) snapshots")
+            }
+            let end = request.maxEntries > 0 ? min(copies.count, start + Int(request.maxEntries)) : copies.count
+            var entries: [Csi_V1_ListSnapshotsResponse.Entry] = []
+            for copy in copies[start..<end] {
+                let size = try await size(of: copy, fallback: 0)
+                entries.append(.with { $0.snapshot = message(copy, size: size) })
+            }
+            return .with {
+                $0.entries = entries
+                $0.nextToken = end < copies.count ? String(end) : ""
+            }
+        } catch {
+            throw rpcError(error, "ListSnapshots")
+        }
+    }
+
+    // MARK: - Volumes from a snapshot or another volume
+
+    /// CreateVolume with a content source: a full copy owned by a record VM.
+    func createVolumeFromSource(_ request: Csi_V1_CreateVolumeRequest, cluster: String,
+                                parameters: VolumeParameters) async throws -> Csi_V1_CreateVolumeResponse {
+        let sourceID: String
+        let sourceVolid: String
+        let sourceSize: Int64
+        var sourceNode: String?
+        switch request.volumeContentSource.type {
+        case let .snapshot(snapshotSource)?:
+            guard let copy = try await snapshot(snapshotSource.snapshotID), let volid = copy.volid else {
+                throw RPCError(.notFound, "snapshot \(snapshotSource.snapshotID) does not exist")
+            }
+            guard !copy.copying else { throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied") }
+            sourceID = snapshotSource.snapshotID
+            sourceVolid = volid
+            sourceSize = try await size(of: copy, fallback: 0)
+            sourceNode = copy.vm.node
+        case let .volume(volumeSource)?:
+            guard let (handle, storage, size) = try await volumes.existing(volumeSource.volumeID) else {
+                throw RPCError(.notFound, "source volume \(volumeSource.volumeID) does not exist")
+            }
+            sourceID = volumeSource.volumeID
+            sourceVolid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+            sourceSize = size
+            sourceNode = handle.node
+        case nil:
+            throw RPCError(.invalidArgument, "volume_content_source names neither a snapshot nor a volume")
+        }
+        guard let storage = try await volumes.storage(cluster, parameters.storage) else {
+            throw RPCError(.invalidArgument, "StorageClass parameter \"storage\": no storage \"\(parameters.storage)\" in cluster \"\(cluster)\"")
+        }
+        var bytes = try Self.size(for: request.capacityRange)
+        if bytes < sourceSize {
+            guard request.capacityRange.limitBytes == 0 || sourceSize <= request.capacityRange.limitBytes else {
+                throw RPCError(.outOfRange, "the source holds \(sourceSize) bytes, more than limit_bytes \(request.capacityRange.limitBytes)")
+            }
+            bytes = sourceSize
+        }
+
+        let copy: CopyVM
+        if let existing = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster) {
+            guard existing.source == sourceID else {
+                throw RPCError(.alreadyExists, "volume \(request.name) exists with another content source (\(existing.source))")
+            }
+            copy = existing
+        } else {
+            // The copy is made on the source's node (its local storage is only there).
+            let node = sourceNode ?? storage.available.keys.sorted().first ?? ""
+            guard storage.available[node] != nil else {
+                throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the source is")
+            }
+            copy = try await volumes.createCopyVM(.volume, csiName: request.name, source: sourceID, cluster: cluster, node: node,
+                                                  storage: storage.id, sourceVolid: sourceVolid, wait: Self.copyWait)
+        }
+        guard let volid = copy.volid, !copy.copying else {
+            throw RPCError(.unavailable, "volume \(request.name) is still being copied from \(sourceID); try again")
+        }
+        let name = String(volid.split(separator: ":", maxSplits: 1).last?.split(separator: "/").last ?? "")
+        let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : copy.vm.node, storage: storage.id, volume: name)
+        let current = try await volumes.size(of: handle, storage: storage) ?? sourceSize
+        if current < bytes {
+            try await volumes.client(cluster).resize(node: copy.vm.node, vmid: copy.vm.vmid, disk: "scsi0", size: "\(bytes >> 20)M")
+        }
+        var response = createdVolume(handle, bytes: max(current, bytes), storage: storage, parameters: parameters)
+        response.volume.contentSource = request.volumeContentSource
+        return response
+    }
+
+    /// The record VM owning a restored or cloned volume, if the handle names one.
+    func recordVM(of handle: VolumeHandle) async throws -> CopyVM? {
+        guard let owner = handle.ownerVMID, owner != config.ownerVMID,
+              let vm = try await volumes.vms(handle.cluster).first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) })
+        else { return nil }
+        return try await volumes.copyVM(vm)
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import ProxmoxAPI
+import UnaryGRPC
+
+/// Proxmox copies a volume only into a VM (`import-from` when a disk is
+/// added), and the copy is named and owned by that VM. So every copy the
+/// driver makes lives in a stopped VM of its own:
+/// - a snapshot: `csi-snap-<hash of the snapshot name>`, holding the copy as scsi0;
+/// - a volume restored from a snapshot or cloned: `csi-vol-<hash of the volume name>`.
+/// The VM's name makes creation idempotent; its description records what
+/// it is (name, source, time), so a restarted controller finds everything.
+/// Deleting the VM frees the copy: Proxmox frees the volumes a VM owns.
+public struct CopyVM: Sendable, Equatable {
+    public enum Kind: String, Sendable { case snapshot = "csi-snap-", volume = "csi-vol-" }
+
+    public var kind: Kind
+    public var vm: VMRef
+    /// The CSI name it was created for.
+    public var csiName: String
+    /// The CSI id of what was copied (a volume id, or a snapshot id).
+    public var source: String
+    public var createdAt: Int64
+    /// The copy's volume id (`storage:vm-<vmid>-disk-0`), once the VM has it.
+    public var volid: String?
+    /// True while Proxmox is still copying (the VM is locked by its creation).
+    public var copying: Bool
+
+    static func vmName(_ kind: Kind, csiName: String) -> String {
+        kind.rawValue + String(sha256Hex(csiName).prefix(24))
+    }
+
+    static func description(_ kind: Kind, csiName: String, source: String, createdAt: Int64) -> String {
+        "proxmox-csi \(kind == .snapshot ? "snapshot" : "volume")\nname: \(csiName)\nsource: \(source)\ncreated: \(createdAt)\n"
+            + "Managed by proxmox-csi: do not start or edit."
+    }
+
+    /// Reads a copy VM from its config; nil when the config is not one.
+    static func parse(_ vm: VMRef, config: VMConfig) -> CopyVM? {
+        guard let kind = [Kind.snapshot, .volume].first(where: { vm.name.hasPrefix($0.rawValue) }),
+              let text = config["description"] else { return nil }
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
+        }
+        guard let name = fields["name"], let source = fields["source"], vmName(kind, csiName: name) == vm.name else { return nil }
+        let disk = config["scsi0"].map { ProxmoxVolumes.volid(of: $0) }
+        return CopyVM(kind: kind, vm: vm, csiName: name, source: source,
+                      createdAt: Int64(fields["created"] ?? "") ?? 0, volid: disk, copying: config["lock"] != nil)
+    }
+}
+
+extension ProxmoxVolumes {
+    static func isCopyVM(_ vm: VMRef) -> Bool {
+        vm.name.hasPrefix(CopyVM.Kind.snapshot.rawValue) || vm.name.hasPrefix(CopyVM.Kind.volume.rawValue)
+    }
+
+    /// The copy VM made for `csiName`, if there is one.
+    func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String) async throws -> CopyVM? {
+        let name = CopyVM.vmName(kind, csiName: csiName)
+        guard let vm = try await vms(cluster, fresh: true).first(where: { $0.name == name }) else { return nil }
+        return try await copyVM(vm)
+    }
+
+    /// Reads one copy VM; nil when it vanished or is not one.
+    func copyVM(_ vm: VMRef) async throws -> CopyVM? {
+        do {
+            return CopyVM.parse(vm, config: try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid))
+        } catch ProxmoxError.notFound {
+            return nil
+        }
+    }
+
+    /// Every copy VM of a kind, in every cluster.
+    func copyVMs(_ kind: CopyVM.Kind) async throws -> [CopyVM] {
+        var out: [CopyVM] = []
+        for cluster in config.clusters.map(\.name) {
+            for vm in try await vms(cluster, fresh: true) where vm.name.hasPrefix(kind.rawValue) {
+                if let copy = try await copyVM(vm) { out.append(copy) }
+            }
+        }
+        return out
+    }
+
+    /// Creates a copy VM on `node` whose scsi0 is a full copy of `sourceVolid`
+    /// on `storage`, and waits for the copy up to `wait` seconds.
+    func createCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
+                      storage: String, sourceVolid: String, wait: Double) async throws -> CopyVM {
+        let client = try client(cluster)
+        let name = CopyVM.vmName(kind, csiName: csiName)
+        let created = Int64(Date().timeIntervalSince1970)
+        for _ in 0..<5 {
+            let vmid = try await client.nextVMID()
+            let settings = [
+                ("name", name), ("memory", "64"), ("cores", "1"),
+                ("description", CopyVM.description(kind, csiName: csiName, source: source, createdAt: created)),
+                ("scsi0", "\(storage):0,import-from=\(sourceVolid)"),
+            ]
+            do {
+                let upid = try await client.startCreateVM(node: node, vmid: vmid, settings: settings)
+                invalidate(cluster)
+                if let upid {
+                    // A copy still running after `wait` is reported as not ready yet.
+                    do {
+                        try await client.waitForTask(upid, timeout: wait)
+                    } catch ProxmoxError.taskTimedOut {
+                    }
+                }
+                let vm = VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
+                guard let copy = try await copyVM(vm) else {
+                    throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
+                }
+                return copy
+            } catch let error as ProxmoxError where error.description.contains("already exists") {
+                continue  // the vmid was taken between nextid and create
+            }
+        }
+        throw RPCError(.unavailable, "could not create a VM for \(csiName): vmids kept being taken")
+    }
+
+    /// Destroys a copy VM and with it the copy it owns.
+    func destroy(_ copy: CopyVM) async throws {
+        do {
+            try await client(copy.vm.cluster).destroyVM(node: copy.vm.node, vmid: copy.vm.vmid, timeout: config.taskTimeout)
+        } catch ProxmoxError.notFound {
+            // Already gone.
+        }
+        invalidate(copy.vm.cluster)
+    }
+}
