@@ -95,6 +95,11 @@ public struct VMConfig: Sendable, Equatable {
     public var values: [String: String]
     public var digest: String
 
+    public init(values: [String: String], digest: String) {
+        self.values = values
+        self.digest = digest
+    }
+
     public subscript(key: String) -> String? { values[key] }
 }
 

@@ -1,4 +1,5 @@
 @testable import CSIDriver
+import ProxmoxAPI
 import CSIProto
 import Testing
 import UnaryGRPC
@@ -140,5 +141,37 @@ import UnaryGRPC
         } throws: { error in
             (error as? RPCError).map { $0.code == .invalidArgument && $0.message.contains(message) } ?? false
         }
+    }
+}
+
+@Suite struct CopyVMTests {
+    let vm = VMRef(cluster: "sim", node: "pve1", vmid: 120, name: CopyVM.vmName(.snapshot, csiName: "snap-1"))
+
+    @Test func readsBackWhatItWrote() throws {
+        let description = CopyVM.description(.snapshot, csiName: "snap-1", source: "sim//ceph/vm-9999-pvc-1", createdAt: 1_700_000_000)
+        let config = VMConfig(values: ["name": vm.name, "description": description, "scsi0": "ceph:vm-120-disk-0,size=1G"], digest: "x")
+        let copy = try #require(CopyVM.parse(vm, config: config))
+        #expect(copy.kind == .snapshot && copy.csiName == "snap-1" && copy.source == "sim//ceph/vm-9999-pvc-1")
+        #expect(copy.createdAt == 1_700_000_000 && copy.volid == "ceph:vm-120-disk-0" && !copy.copying)
+    }
+
+    @Test func aCopyStillBeingMadeIsNotReady() throws {
+        let description = CopyVM.description(.snapshot, csiName: "snap-1", source: "s", createdAt: 1)
+        let config = VMConfig(values: ["description": description, "lock": "create"], digest: "x")
+        let copy = try #require(CopyVM.parse(vm, config: config))
+        #expect(copy.copying && copy.volid == nil)
+    }
+
+    @Test func aVMWhoseNameDoesNotMatchItsRecordIsNotACopy() {
+        let description = CopyVM.description(.snapshot, csiName: "another-name", source: "s", createdAt: 1)
+        #expect(CopyVM.parse(vm, config: VMConfig(values: ["description": description], digest: "x")) == nil)
+        let plain = VMRef(cluster: "sim", node: "pve1", vmid: 100, name: "k8s-node-1")
+        #expect(CopyVM.parse(plain, config: VMConfig(values: ["description": description], digest: "x")) == nil)
+    }
+
+    @Test func restoredVolumesKnowTheirOwner() {
+        #expect(VolumeHandle(cluster: "c", node: nil, storage: "ceph", volume: "vm-123-disk-0").ownerVMID == 123)
+        #expect(VolumeHandle(cluster: "c", node: nil, storage: "ceph", volume: "vm-9999-pvc-1").ownerVMID == 9999)
+        #expect(VolumeHandle(cluster: "c", node: nil, storage: "ceph", volume: "pvc-1.raw").ownerVMID == nil)
     }
 }
