@@ -26,7 +26,7 @@ public struct ControllerService: Sendable {
     public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [
         .createDeleteVolume, .publishUnpublishVolume, .listVolumes, .listVolumesPublishedNodes,
         .getCapacity, .publishReadonly, .singleNodeMultiWriter, .expandVolume, .getVolume, .volumeCondition,
-        .createDeleteSnapshot, .listSnapshots, .cloneVolume,
+        .createDeleteSnapshot, .listSnapshots, .cloneVolume, .modifyVolume,
     ]
 
     public func register(into router: inout Router) {
@@ -40,6 +40,7 @@ public struct ControllerService: Sendable {
         router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await expand(request) }
         router.register("/csi.v1.Controller/ControllerGetVolume") { request, _ in try await getVolume(request) }
         registerSnapshots(into: &router)
+        router.register("/csi.v1.Controller/ControllerModifyVolume") { request, _ in try await modify(request) }
         router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
@@ -54,7 +55,10 @@ public struct ControllerService: Sendable {
         try CapabilityCheck.require(request.volumeCapabilities, field: "volume_capabilities")
         let bytes = try Self.size(for: request.capacityRange)
         let cluster = try chooseCluster(request.accessibilityRequirements)
-        let parameters = try VolumeParameters.parse(request.parameters, config: config, cluster: cluster)
+        // A VolumeAttributesClass given at creation sets the same options a later modify would.
+        try VolumeParameters.checkMutable(request.mutableParameters, config: config, cluster: cluster)
+        let parameters = try VolumeParameters.parse(request.parameters.merging(request.mutableParameters) { $1 },
+                                                    config: config, cluster: cluster)
         let what = "CreateVolume \(request.name)"
         do {
             if request.hasVolumeContentSource {
@@ -165,6 +169,9 @@ public struct ControllerService: Sendable {
                 throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
                     + "unpublish it first")
             }
+            if let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, cluster: handle.cluster) {
+                try await volumes.destroy(recorded)
+            }
             // A restored or cloned volume belongs to its record VM: destroying that frees it.
             if let record = try await recordVM(of: handle) {
                 try await volumes.destroy(record)
@@ -203,6 +210,10 @@ public struct ControllerService: Sendable {
             // volumes made by other drivers carry other keys, which are ignored.
             var context = request.volumeContext.filter { VolumeParameters.knownKeys.contains($0.key) && $0.key != "profile" }
             context["storage"] = handle.storage
+            // Options changed by ControllerModifyVolume since creation win.
+            if let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, cluster: handle.cluster, fresh: false) {
+                context.merge(recorded.options) { $1 }
+            }
             let parameters = try VolumeParameters.parse(context, config: config, cluster: handle.cluster)
             let attachments = try await volumes.attachments(of: handle, storage: storage)
             let elsewhere = try await volumes.releaseFromHolders(handle, storage: storage, attachments: attachments).filter { $0.0 != vm }
@@ -320,6 +331,48 @@ public struct ControllerService: Sendable {
             return .with { $0.capacityBytes = bytes; $0.nodeExpansionRequired = needsNode }
         } catch {
             throw rpcError(error, what)
+        }
+    }
+
+    // MARK: - ModifyVolume
+
+    /// Changes a volume's mutable options (VolumeAttributesClass): recorded for
+    /// every later attach, and applied at once to the VM it is attached to.
+    func modify(_ request: Csi_V1_ControllerModifyVolumeRequest) async throws -> Csi_V1_ControllerModifyVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        do {
+            guard let (handle, storage, _) = try await volumes.existing(request.volumeID) else {
+                throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+            }
+            try VolumeParameters.checkMutable(request.mutableParameters, config: config, cluster: handle.cluster)
+            guard !request.mutableParameters.isEmpty else { return .init() }
+            let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+            try await volumes.recordOptions(request.mutableParameters, volumeID: request.volumeID, cluster: handle.cluster, node: node)
+
+            let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, cluster: handle.cluster)?.options
+                ?? request.mutableParameters
+            let changed = try VolumeParameters.parse(recorded.merging(["storage": handle.storage]) { a, _ in a },
+                                                     config: config, cluster: handle.cluster).diskOptions
+            let replaced: Set<String> = ["cache", "backup", "iops_rd", "iops_wr", "mbps_rd", "mbps_wr"]
+            let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+            let client = try volumes.client(handle.cluster)
+            for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
+                try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                    try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
+                        guard let (key, value) = vmConfig.values.first(where: {
+                            ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
+                        }) else { return nil }
+                        let kept = value.split(separator: ",").dropFirst().filter { option in
+                            let name = String(option.split(separator: "=").first ?? "")
+                            return !replaced.contains(name) && name != "size"
+                        }.map(String.init)
+                        return ([(key, ([volid] + kept + changed.map { "\($0.0)=\($0.1)" }).joined(separator: ","))], [])
+                    }
+                }
+            }
+            return .init()
+        } catch {
+            throw rpcError(error, "ControllerModifyVolume \(request.volumeID)")
         }
     }
 

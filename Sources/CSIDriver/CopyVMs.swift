@@ -11,7 +11,11 @@ import UnaryGRPC
 /// it is (name, source, time), so a restarted controller finds everything.
 /// Deleting the VM frees the copy: Proxmox frees the volumes a VM owns.
 public struct CopyVM: Sendable, Equatable {
-    public enum Kind: String, Sendable { case snapshot = "csi-snap-", volume = "csi-vol-" }
+    public enum Kind: String, Sendable {
+        case snapshot = "csi-snap-", volume = "csi-vol-"
+        /// Holds no disk: records a modified volume's options (ControllerModifyVolume).
+        case options = "csi-opt-"
+    }
 
     public var kind: Kind
     public var vm: VMRef
@@ -24,19 +28,26 @@ public struct CopyVM: Sendable, Equatable {
     public var volid: String?
     /// True while Proxmox is still copying (the VM is locked by its creation).
     public var copying: Bool
+    /// For `.options`: the disk options recorded for the volume.
+    public var options: [String: String] = [:]
 
     static func vmName(_ kind: Kind, csiName: String) -> String {
         kind.rawValue + String(sha256Hex(csiName).prefix(24))
     }
 
-    static func description(_ kind: Kind, csiName: String, source: String, createdAt: Int64) -> String {
-        "proxmox-csi \(kind == .snapshot ? "snapshot" : "volume")\nname: \(csiName)\nsource: \(source)\ncreated: \(createdAt)\n"
-            + "Managed by proxmox-csi: do not start or edit."
+    static func description(_ kind: Kind, csiName: String, source: String, createdAt: Int64,
+                            options: [String: String] = [:]) -> String {
+        let what = switch kind { case .snapshot: "snapshot"; case .volume: "volume"; case .options: "volume options" }
+        var text = "proxmox-csi \(what)\nname: \(csiName)\nsource: \(source)\ncreated: \(createdAt)\n"
+        if !options.isEmpty {
+            text += "options: " + options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ";") + "\n"
+        }
+        return text + "Managed by proxmox-csi: do not start or edit."
     }
 
     /// Reads a copy VM from its config; nil when the config is not one.
     static func parse(_ vm: VMRef, config: VMConfig) -> CopyVM? {
-        guard let kind = [Kind.snapshot, .volume].first(where: { vm.name.hasPrefix($0.rawValue) }),
+        guard let kind = [Kind.snapshot, .volume, .options].first(where: { vm.name.hasPrefix($0.rawValue) }),
               let text = config["description"] else { return nil }
         var fields: [String: String] = [:]
         for line in text.split(separator: "\n") {
@@ -45,20 +56,25 @@ public struct CopyVM: Sendable, Equatable {
         }
         guard let name = fields["name"], let source = fields["source"], vmName(kind, csiName: name) == vm.name else { return nil }
         let disk = config["scsi0"].map { ProxmoxVolumes.volid(of: $0) }
-        return CopyVM(kind: kind, vm: vm, csiName: name, source: source,
-                      createdAt: Int64(fields["created"] ?? "") ?? 0, volid: disk, copying: config["lock"] != nil)
+        var options: [String: String] = [:]
+        for pair in (fields["options"] ?? "").split(separator: ";") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { options[String(parts[0])] = String(parts[1]) }
+        }
+        return CopyVM(kind: kind, vm: vm, csiName: name, source: source, createdAt: Int64(fields["created"] ?? "") ?? 0,
+                      volid: disk, copying: config["lock"] != nil, options: options)
     }
 }
 
 extension ProxmoxVolumes {
     static func isCopyVM(_ vm: VMRef) -> Bool {
-        vm.name.hasPrefix(CopyVM.Kind.snapshot.rawValue) || vm.name.hasPrefix(CopyVM.Kind.volume.rawValue)
+        [CopyVM.Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
     }
 
     /// The copy VM made for `csiName`, if there is one.
-    func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String) async throws -> CopyVM? {
+    func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
-        guard let vm = try await vms(cluster, fresh: true).first(where: { $0.name == name }) else { return nil }
+        guard let vm = try await vms(cluster, fresh: fresh).first(where: { $0.name == name }) else { return nil }
         return try await copyVM(vm)
     }
 
@@ -116,6 +132,34 @@ extension ProxmoxVolumes {
             }
         }
         throw RPCError(.unavailable, "could not create a VM for \(csiName): vmids kept being taken")
+    }
+
+    /// Records options for a volume in its options VM (created on first use).
+    func recordOptions(_ options: [String: String], volumeID: String, cluster: String, node: String) async throws {
+        let client = try client(cluster)
+        try await vmLocks.run("\(cluster)/options/\(volumeID)") {
+            if let existing = try await self.copyVM(.options, csiName: volumeID, cluster: cluster) {
+                let merged = existing.options.merging(options) { $1 }
+                let text = CopyVM.description(.options, csiName: volumeID, source: volumeID, createdAt: existing.createdAt, options: merged)
+                try await client.updateVMConfigSync(node: existing.vm.node, vmid: existing.vm.vmid, set: [("description", text)])
+                return
+            }
+            let text = CopyVM.description(.options, csiName: volumeID, source: volumeID,
+                                          createdAt: Int64(Date().timeIntervalSince1970), options: options)
+            for _ in 0..<5 {
+                let vmid = try await client.nextVMID()
+                do {
+                    try await client.createVM(node: node, vmid: vmid, settings: [
+                        ("name", CopyVM.vmName(.options, csiName: volumeID)), ("memory", "64"), ("cores", "1"), ("description", text),
+                    ])
+                    self.invalidate(cluster)
+                    return
+                } catch let error as ProxmoxError where error.description.contains("already exists") {
+                    continue
+                }
+            }
+            throw RPCError(.unavailable, "could not create the options VM for \(volumeID): vmids kept being taken")
+        }
     }
 
     /// Destroys a copy VM and with it the copy it owns.

@@ -90,11 +90,17 @@ public final class ProxmoxVolumes: Sendable {
     // MARK: - Volumes
 
     /// The volume a CSI id names and its storage, whether or not the volume
-    /// still exists; nil for ids this driver cannot have made.
+    /// still exists; nil for ids this driver cannot have made. A volume owned
+    /// by any VM other than the driver's own record VMs — a VM's own disk — is
+    /// never the driver's, whatever id names it.
     func locate(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef)? {
         guard let handle = try? VolumeHandle(parsing: volumeID),
               config.clusters.contains(where: { $0.name == handle.cluster }),
               let storage = try await storage(handle.cluster, handle.storage) else { return nil }
+        if let owner = handle.ownerVMID, owner != config.ownerVMID {
+            let records = try await vms(handle.cluster).filter { $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }
+            guard records.contains(where: { $0.vmid == owner }) else { return nil }
+        }
         return (handle, storage)
     }
 

@@ -28,6 +28,18 @@ public struct VolumeParameters: Sendable, Equatable {
         "diskIOPS", "diskMBps", "blockSize", "inodeSize",
     ]
 
+    /// What a VolumeAttributesClass may change after creation.
+    public static let mutableKeys: Set<String> = ["diskIOPS", "diskMBps", "backup", "cache"]
+
+    /// Checks mutable parameters (CreateVolume's or ControllerModifyVolume's):
+    /// only `mutableKeys`, with valid values; InvalidArgument naming the key.
+    public static func checkMutable(_ parameters: [String: String], config: DriverConfig, cluster: String) throws(RPCError) {
+        for key in parameters.keys.sorted() where !mutableKeys.contains(key) {
+            throw RPCError(.invalidArgument, "mutable parameter \"\(key)\" is not supported; a VolumeAttributesClass may set \(mutableKeys.sorted().joined(separator: ", "))")
+        }
+        _ = try parse(parameters.merging(["storage": "placeholder"]) { a, _ in a }, config: config, cluster: cluster)
+    }
+
     /// Reads `parameters` for `cluster`; errors are InvalidArgument naming the key.
     public static func parse(_ parameters: [String: String], config: DriverConfig, cluster: String) throws(RPCError) -> VolumeParameters {
         func invalid(_ key: String, _ problem: String) -> RPCError {

@@ -48,7 +48,7 @@ def test_capabilities_list_what_is_served(controller):
     RPC = csi_pb2.ControllerServiceCapability.RPC
     assert {RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY} <= caps
     assert {RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.EXPAND_VOLUME, RPC.GET_VOLUME} <= caps
-    assert RPC.MODIFY_VOLUME not in caps, "ControllerModifyVolume is not served yet"
+    assert RPC.MODIFY_VOLUME in caps
 
 
 @pytest.mark.parametrize("overrides, code, words", [
@@ -312,6 +312,68 @@ def test_clone_a_volume(controller):
     assert clone.volume_id != volume.volume_id and clone.capacity_bytes == GiB
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=clone.volume_id), timeout=60)
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def disk_value(vmid, volume_id):
+    name = volume_id.rsplit("/", 1)[1]
+    values = [v for k, v in simulator_state()["vms"][str(vmid)]["config"].items() if name in v and not k.startswith("unused")]
+    return values[0] if values else None
+
+
+def test_modify_a_detached_volume_applies_at_the_next_attach(controller):
+    volume = controller.CreateVolume(create_request(parameters={"storage": "ceph", "diskIOPS": "100"}), timeout=30).volume
+    controller.ControllerModifyVolume(csi_pb2.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters={"diskIOPS": "800", "cache": "writeback"}), timeout=60)
+    controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume.volume_id, node_id="k8s-node-2", volume_capability=mount_capability(),
+        volume_context=volume.volume_context), timeout=30)
+    value = disk_value(101, volume.volume_id)
+    assert "iops_rd=800" in value and "iops_wr=800" in value and "cache=writeback" in value and "iops_rd=100" not in value
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-2"), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+    names = [vm["config"]["name"] for vm in simulator_state()["vms"].values()]
+    assert not any(n.startswith("csi-opt-") for n in names), "the options record goes with the volume"
+
+
+def test_modify_an_attached_volume_changes_the_disk_live(controller):
+    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume.volume_id, node_id="k8s-node-2", volume_capability=mount_capability()), timeout=30)
+    serial_before = disk_value(101, volume.volume_id).split("serial=")[1].split(",")[0]
+    controller.ControllerModifyVolume(csi_pb2.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters={"diskMBps": "250", "backup": "false"}), timeout=60)
+    value = disk_value(101, volume.volume_id)
+    assert "mbps_rd=250" in value and "mbps_wr=250" in value and "backup=0" in value
+    assert f"serial={serial_before}" in value, "the disk keeps its identity"
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id="k8s-node-2"), timeout=30)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
+
+
+@pytest.mark.parametrize("parameters, words", [
+    ({"ssd": "true"}, "\"ssd\" is not supported"),
+    ({"diskIOPS": "lots"}, "\"diskIOPS\" must be a whole number"),
+])
+def test_modify_refuses_what_cannot_change(controller, parameters, words):
+    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    got, details = code_of(controller.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters=parameters))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and words in details, details
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_a_vms_own_disk_is_never_touched(controller):
+    own = "sim/pve1/local-lvm/vm-100-disk-0"
+    before = simulator_state()
+    publish = csi_pb2.ControllerPublishVolumeRequest(volume_id=own, node_id="k8s-node-3", volume_capability=mount_capability())
+    assert code_of(controller.ControllerPublishVolume, publish)[0] == grpc.StatusCode.NOT_FOUND
+    expand = csi_pb2.ControllerExpandVolumeRequest(volume_id=own, capacity_range=csi_pb2.CapacityRange(required_bytes=64 * GiB))
+    assert code_of(controller.ControllerExpandVolume, expand)[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(controller.CreateSnapshot, snapshot_request(f"s-{uuid.uuid4()}", own))[0] == grpc.StatusCode.NOT_FOUND
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=own), timeout=30)
+    after = simulator_state()
+    assert "local-lvm:vm-100-disk-0" in after["storages"]["local-lvm@pve1"]["volumes"]
+    assert after["vms"]["100"]["config"] == before["vms"]["100"]["config"]
+    assert after["vms"]["102"]["config"] == before["vms"]["102"]["config"]
 
 
 def test_zz_proxmox_never_saw_a_request_its_schema_rejects():
