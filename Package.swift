@@ -73,6 +73,7 @@ let package = Package(
 
         .testTarget(name: "CModulesTests", dependencies: ["CNGHTTP2", "CCurl", "CBlkid"], swiftSettings: strict),
         .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI"], swiftSettings: strict),
+        .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
         .testTarget(
             name: "UnaryGRPCTests",

@@ -1,0 +1,49 @@
+import CBlkid
+
+/// What libblkid finds on a device: a filesystem, a partition table, or nothing.
+public struct ProbeResult: Sendable, Equatable {
+    /// Filesystem (or other superblock) type, e.g. `xfs`, `ext4`, `LVM2_member`.
+    public var type: String?
+    /// Partition table type, e.g. `gpt`, `dos`.
+    public var partitionTable: String?
+
+    /// Blank means nothing libblkid recognises: the only state the driver formats.
+    public var isBlank: Bool { type == nil && partitionTable == nil }
+}
+
+public enum BlockProbe {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Probes superblocks and partition tables (libblkid's safe probe, which
+    /// reports ambiguous signatures instead of guessing).
+    public static func probe(_ path: String) throws(Failure) -> ProbeResult {
+        guard let probe = blkid_new_probe_from_filename(path) else {
+            throw Failure(description: "cannot open \(path) for probing")
+        }
+        defer { blkid_free_probe(probe) }
+        blkid_probe_enable_superblocks(probe, 1)
+        blkid_probe_set_superblocks_flags(probe, Int32(BLKID_SUBLKS_TYPE))
+        blkid_probe_enable_partitions(probe, 1)
+        blkid_probe_set_partitions_flags(probe, Int32(BLKID_PARTS_MAGIC))
+        switch blkid_do_safeprobe(probe) {
+        case 0:
+            return ProbeResult(type: value(probe, "TYPE"), partitionTable: value(probe, "PTTYPE"))
+        case 1:
+            return ProbeResult(type: nil, partitionTable: nil)
+        case -2:
+            // Several signatures that contradict each other: certainly not blank.
+            return ProbeResult(type: "ambivalent", partitionTable: nil)
+        default:
+            throw Failure(description: "probing \(path) failed")
+        }
+    }
+
+    private static func value(_ probe: blkid_probe, _ name: String) -> String? {
+        var data: UnsafePointer<CChar>?
+        var length = 0
+        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
+        return String(cString: data)
+    }
+}

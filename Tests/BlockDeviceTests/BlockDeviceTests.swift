@@ -1,0 +1,143 @@
+@testable import BlockDevice
+import Foundation
+import Testing
+
+func scratch(_ name: String) throws -> String {
+    let path = NSTemporaryDirectory() + "blockdevice-\(name)-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func shell(_ arguments: [String]) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw ProbeSetupError(command: arguments.joined(separator: " ")) }
+}
+
+struct ProbeSetupError: Error { let command: String }
+
+func sparseFile(_ path: String, bytes: Int64) throws {
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    try handle.truncate(atOffset: UInt64(bytes))
+    try handle.close()
+}
+
+@Suite struct DeviceFinderTests {
+    /// A sysfs tree shaped as GUEST-DEVICES.md describes.
+    func tree() throws -> String {
+        let root = try scratch("sys")
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: root + "/block/vda", withIntermediateDirectories: true)
+        try "pvc-abc123def4567890\n".write(toFile: root + "/block/vda/serial", atomically: true, encoding: .utf8)
+        try fm.createDirectory(atPath: root + "/block/sda/device", withIntermediateDirectories: true)
+        let serial = Array("pvc-scsi-serial-0001".utf8)
+        try Data([0x00, 0x80, 0x00, UInt8(serial.count)] + serial).write(to: URL(fileURLWithPath: root + "/block/sda/device/vpd_pg80"))
+        try "naa.5056432d49443031\n".write(toFile: root + "/block/sda/device/wwid", atomically: true, encoding: .utf8)
+        try fm.createDirectory(atPath: root + "/block/sdb/device", withIntermediateDirectories: true)
+        try "naa.5056432d49443099\n".write(toFile: root + "/block/sdb/device/wwid", atomically: true, encoding: .utf8)
+        return root
+    }
+
+    @Test func findsVirtioBlkBySerialScsiByVPDAndByWWN() throws {
+        let finder = DeviceFinder(sysRoot: try tree(), devRoot: "/dev")
+        #expect(finder.find(serial: "pvc-abc123def4567890") == "/dev/vda")
+        #expect(finder.find(serial: "pvc-scsi-serial-0001") == "/dev/sda")
+        #expect(finder.find(serial: "not-this-one", wwn: "0x5056432D49443099") == "/dev/sdb")
+        #expect(finder.find(serial: "absent") == nil)
+    }
+
+    @Test func findsUdevLinksWhenThereAreSome() throws {
+        let dev = try scratch("dev")
+        try FileManager.default.createDirectory(atPath: dev + "/disk/by-id", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dev + "/disk/by-id/virtio-csi-0000000000000001", withDestinationPath: "../../vdc")
+        let finder = DeviceFinder(sysRoot: try scratch("empty-sys"), devRoot: dev)
+        #expect(finder.find(serial: "csi-0000000000000001") == dev + "/vdc")
+    }
+
+    @Test func waitsBoundedForAHotPluggedDisk() async throws {
+        let root = try tree()
+        let finder = DeviceFinder(sysRoot: root)
+        let started = Date()
+        #expect(try await finder.waitFor(serial: "never", timeout: 0.3, pollInterval: 0.05) == nil)
+        #expect(Date().timeIntervalSince(started) < 2)
+        // The disk shows up while we wait.
+        Task {
+            try await Task.sleep(nanoseconds: 150_000_000)
+            try FileManager.default.createDirectory(atPath: root + "/block/vdb", withIntermediateDirectories: true)
+            try "late-disk\n".write(toFile: root + "/block/vdb/serial", atomically: true, encoding: .utf8)
+        }
+        #expect(try await finder.waitFor(serial: "late-disk", timeout: 5, pollInterval: 0.05) == "/dev/vdb")
+    }
+
+    @Test func vpdPagesAreParsedByTheirLength() {
+        #expect(DeviceFinder.serial(fromVPD80: [0, 0x80, 0, 3] + Array("abcdef".utf8)) == "abc")
+        #expect(DeviceFinder.serial(fromVPD80: [0, 0x83, 0, 3] + Array("abc".utf8)) == nil)
+    }
+}
+
+@Suite struct BlockProbeTests {
+    @Test func zeroedDeviceIsBlank() throws {
+        let file = try scratch("probe") + "/blank.img"
+        try sparseFile(file, bytes: 64 << 20)
+        #expect(try BlockProbe.probe(file) == ProbeResult(type: nil, partitionTable: nil))
+        #expect(try BlockProbe.probe(file).isBlank)
+    }
+
+    @Test(arguments: [("ext4", ["mkfs.ext4", "-q", "-F"]), ("xfs", ["mkfs.xfs", "-q", "-f"])])
+    func filesystemsAreRecognised(type: String, mkfs: [String]) throws {
+        let file = try scratch("probe") + "/\(type).img"
+        try sparseFile(file, bytes: 320 << 20)
+        try shell(mkfs + [file])
+        let result = try BlockProbe.probe(file)
+        #expect(result.type == type && !result.isBlank)
+    }
+
+    @Test func partitionTableIsNotBlank() throws {
+        let file = try scratch("probe") + "/gpt.img"
+        try sparseFile(file, bytes: 64 << 20)
+        let script = try scratch("sfdisk") + "/layout"
+        try "label: gpt\n,,L\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try shell(["sh", "-c", "sfdisk --quiet '\(file)' < '\(script)'"])
+        let result = try BlockProbe.probe(file)
+        #expect(result.partitionTable == "gpt" && !result.isBlank)
+    }
+
+    @Test func missingDeviceIsAnError() {
+        #expect(throws: BlockProbe.Failure.self) { try BlockProbe.probe("/nonexistent/disk") }
+    }
+}
+
+@Suite struct MountTableTests {
+    @Test func parsesMountinfoWithEscapesAndOptionalFields() {
+        let text = """
+        36 35 98:0 /mnt1 /mnt/my\\040volume rw,noatime master:1 - ext4 /dev/vdb rw,errors=continue
+        40 22 0:41 / /var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pvc/mount ro,relatime shared:5 - xfs /dev/sda ro,nouuid
+        """
+        let entries = MountTable.parse(text)
+        #expect(entries.count == 2)
+        #expect(entries[0] == MountEntry(mountPoint: "/mnt/my volume", source: "/dev/vdb", fsType: "ext4", options: ["rw", "noatime"], device: "98:0"))
+        #expect(MountTable.mount(at: "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pvc/mount", in: entries)?.fsType == "xfs")
+    }
+
+    @Test func readsThisProcesssTable() throws {
+        #expect(try MountTable.read().contains { $0.mountPoint == "/" })
+    }
+}
+
+@Suite struct RequestPathTests {
+    @Test(arguments: ["relative/path", "/var/lib/kubelet/../etc", "/etc/passwd"])
+    func refuses(_ path: String) {
+        #expect(throws: RequestPath.Problem.self) { try RequestPath.check(path, allowedRoots: ["/var/lib/kubelet"]) }
+    }
+
+    @Test func acceptsPathsInsideTheRoots() throws {
+        try RequestPath.check("/var/lib/kubelet/plugins/x/globalmount", allowedRoots: ["/var/lib/kubelet"])
+        try RequestPath.check("/anything/absolute")
+    }
+}
