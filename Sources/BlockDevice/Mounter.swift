@@ -1,0 +1,47 @@
+import Foundation
+
+/// Mounts through util-linux's mount(8), which knows every filesystem's
+/// option syntax; failures carry the tool's own message.
+public struct Mounter: Sendable {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    let runner: any CommandRunning
+
+    public init(runner: any CommandRunning = ProcessRunner()) {
+        self.runner = runner
+    }
+
+    public func mount(_ source: String, at target: String, fsType: String?, options: [String]) async throws {
+        var arguments: [String] = []
+        if let fsType { arguments += ["-t", fsType] }
+        if !options.isEmpty { arguments += ["-o", options.joined(separator: ",")] }
+        try await run(arguments + [source, target], "mount \(source) at \(target)")
+    }
+
+    /// Bind-mounts `source` (a directory or a device node) onto `target`;
+    /// read-only through a remount, as the kernel requires for binds.
+    public func bind(_ source: String, at target: String, readonly: Bool) async throws {
+        try await run(["--bind", source, target], "bind \(source) at \(target)")
+        if readonly {
+            try await run(["-o", "remount,bind,ro", target], "remount \(target) read-only")
+        }
+    }
+
+    /// ext4 is checked and repaired before a read-write mount (fsck -p: 0 and 1 are fine).
+    public func checkExt4(_ device: String) async throws {
+        let result = try await runner.run("fsck.ext4", ["-p", device])
+        guard result.status <= 1 else {
+            throw Failure(description: "fsck.ext4 \(device) found errors it could not repair (exit \(result.status)): "
+                + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
+    private func run(_ arguments: [String], _ what: String) async throws {
+        let result = try await runner.run("mount", arguments)
+        guard result.succeeded else {
+            throw Failure(description: "\(what) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+}

@@ -1,0 +1,64 @@
+/// Formats a device only when it holds nothing libblkid recognises, the way
+/// k8s mount-utils' SafeFormatAndMount does: a device with a filesystem or a
+/// partition table is never formatted.
+public struct SafeFormat: Sendable {
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        /// The device holds something else: refused, untouched.
+        case holdsData(device: String, found: String, wanted: String)
+        case tool(String)
+        case probe(String)
+
+        public var description: String {
+            switch self {
+            case let .holdsData(device, found, wanted):
+                "\(device) holds \(found), not \(wanted); refusing to format a device that holds data"
+            case let .tool(message): message
+            case let .probe(message): message
+            }
+        }
+    }
+
+    let runner: any CommandRunning
+
+    public init(runner: any CommandRunning = ProcessRunner()) {
+        self.runner = runner
+    }
+
+    /// Ensures `device` carries `fsType` (xfs or ext4): formats a blank one,
+    /// accepts one already formatted so, refuses anything else. Returns
+    /// whether it formatted.
+    @discardableResult
+    public func ensureFilesystem(_ device: String, fsType: String, blockSize: Int? = nil, inodeSize: Int? = nil) async throws -> Bool {
+        let found: ProbeResult
+        do {
+            found = try BlockProbe.probe(device)
+        } catch {
+            throw Failure.probe(error.description)
+        }
+        if found.type == fsType, found.partitionTable == nil { return false }
+        guard found.isBlank else {
+            let what = [found.type.map { "a \($0) filesystem" }, found.partitionTable.map { "a \($0) partition table" }]
+                .compactMap { $0 }.joined(separator: " and ")
+            throw Failure.holdsData(device: device, found: what, wanted: fsType)
+        }
+        let (tool, arguments) = Self.mkfs(fsType, device: device, blockSize: blockSize, inodeSize: inodeSize)
+        let result = try await runner.run(tool, arguments)
+        guard result.succeeded else {
+            throw Failure.tool("\(tool) \(device) failed (exit \(result.status)): \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return true
+    }
+
+    static func mkfs(_ fsType: String, device: String, blockSize: Int?, inodeSize: Int?) -> (String, [String]) {
+        if fsType == "xfs" {
+            var arguments = ["-q"]
+            if let blockSize { arguments += ["-b", "size=\(blockSize)"] }
+            if let inodeSize { arguments += ["-i", "size=\(inodeSize)"] }
+            return ("mkfs.xfs", arguments + [device])
+        }
+        var arguments = ["-q"]
+        if let blockSize { arguments += ["-b", String(blockSize)] }
+        if let inodeSize { arguments += ["-I", String(inodeSize)] }
+        return ("mkfs.\(fsType)", arguments + [device])
+    }
+}
