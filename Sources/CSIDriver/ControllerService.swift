@@ -438,23 +438,13 @@ public struct ControllerService: Sendable {
     }
 
     func listVolumes(_ request: Csi_V1_ListVolumesRequest) async throws -> Csi_V1_ListVolumesResponse {
-        guard request.maxEntries >= 0 else { throw RPCError(.invalidArgument, "max_entries cannot be negative") }
-        var start = 0
-        if !request.startingToken.isEmpty {
-            guard let index = Int(request.startingToken), index >= 0 else {
-                throw RPCError(.aborted, "starting_token \"\(request.startingToken)\" is not a token ListVolumes gave out")
-            }
-            start = index
-        }
+        let start = try Paging.start(request.startingToken, maxEntries: request.maxEntries, what: "ListVolumes")
         do {
             let entries = try await allVolumes()
-            guard start <= entries.count else {
-                throw RPCError(.aborted, "starting_token \(start) is past the end of the \(entries.count) volumes")
-            }
-            let end = request.maxEntries > 0 ? min(entries.count, start + Int(request.maxEntries)) : entries.count
+            let page = try Paging.page(count: entries.count, start: start, maxEntries: request.maxEntries, what: "ListVolumes")
             return .with {
-                $0.entries = Array(entries[start..<end])
-                $0.nextToken = end < entries.count ? String(end) : ""
+                $0.entries = Array(entries[page.range])
+                $0.nextToken = page.next
             }
         } catch {
             throw rpcError(error, "ListVolumes")

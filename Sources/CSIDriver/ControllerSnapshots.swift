@@ -88,14 +88,7 @@ extension ControllerService {
     }
 
     func listSnapshots(_ request: Csi_V1_ListSnapshotsRequest) async throws -> Csi_V1_ListSnapshotsResponse {
-        guard request.maxEntries >= 0 else { throw RPCError(.invalidArgument, "max_entries cannot be negative") }
-        var start = 0
-        if !request.startingToken.isEmpty {
-            guard let index = Int(request.startingToken), index >= 0 else {
-                throw RPCError(.aborted, "starting_token \"\(request.startingToken)\" is not a token ListSnapshots gave out")
-            }
-            start = index
-        }
+        let start = try Paging.start(request.startingToken, maxEntries: request.maxEntries, what: "ListSnapshots")
         do {
             var copies: [CopyVM]
             if !request.snapshotID.isEmpty {
@@ -105,18 +98,15 @@ extension ControllerService {
             }
             if !request.sourceVolumeID.isEmpty { copies = copies.filter { $0.source == request.sourceVolumeID } }
             copies.sort { Self.snapshotID($0) < Self.snapshotID($1) }
-            guard start <= copies.count else {
-                throw RPCError(.aborted, "starting_token \(start) is past the end of the \(copies.count) snapshots")
-            }
-            let end = request.maxEntries > 0 ? min(copies.count, start + Int(request.maxEntries)) : copies.count
+            let page = try Paging.page(count: copies.count, start: start, maxEntries: request.maxEntries, what: "ListSnapshots")
             var entries: [Csi_V1_ListSnapshotsResponse.Entry] = []
-            for copy in copies[start..<end] {
+            for copy in copies[page.range] {
                 let size = try await size(of: copy, fallback: 0)
                 entries.append(.with { $0.snapshot = message(copy, size: size) })
             }
             return .with {
                 $0.entries = entries
-                $0.nextToken = end < copies.count ? String(end) : ""
+                $0.nextToken = page.next
             }
         } catch {
             throw rpcError(error, "ListSnapshots")
