@@ -67,7 +67,7 @@ public struct ControllerService: Sendable {
             guard let storage = try await volumes.storage(cluster, parameters.storage) else {
                 throw RPCError(.invalidArgument, "StorageClass parameter \"storage\": no storage \"\(parameters.storage)\" in cluster \"\(cluster)\"")
             }
-            if let copy = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster) {
+            if let copy = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster, fresh: false) {
                 throw RPCError(.alreadyExists, "volume \(request.name) exists as a copy of \(copy.source); this request names no content source")
             }
             let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type)

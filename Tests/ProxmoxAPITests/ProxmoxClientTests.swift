@@ -234,12 +234,11 @@ func expectProxmoxError(_ body: () async throws -> Void, _ check: (ProxmoxError)
         let sim = try faulty.get()
         try await sim.injectFaults(#"[{"path": "^/version$", "status": "timeout", "seconds": 30}]"#)
         let client = sim.client()
-        let started = Date()
         let task = Task { try await client.version() }
         try await Task.sleep(nanoseconds: 200_000_000)
         task.cancel()
+        // Left alone, the hang would end in a transport error after 30 s, not in cancellation.
         await #expect(throws: CancellationError.self) { _ = try await task.value }
-        #expect(Date().timeIntervalSince(started) < 5)
         try await sim.injectFaults("[]")
     }
 
