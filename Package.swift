@@ -47,7 +47,7 @@ let package = Package(
         // Block devices on the node: mounts, probing, formatting. Knows no CSI.
         .target(
             name: "BlockDevice",
-            dependencies: ["CBlkid"],
+            dependencies: ["CBlkid", "CLinux"],
             swiftSettings: strict
         ),
         // The CSI services and everything that translates CSI onto Proxmox and the node.

@@ -9,9 +9,13 @@ public struct MountEntry: Sendable, Equatable {
     /// The mounted source (a device path for block filesystems).
     public var source: String
     public var fsType: String
+    /// Options of this mount point (a read-only bind of a writable fs says `ro` here).
     public var options: [String]
     /// "major:minor" of the filesystem's device.
     public var device: String
+    /// Options of the filesystem itself: `ro` here under an `rw` mount means
+    /// the kernel made the filesystem read-only (errors=remount-ro).
+    public var superOptions: [String] = []
 }
 
 /// What is mounted where, read from the kernel (mountinfo), never from
@@ -28,7 +32,8 @@ public enum MountTable {
             guard fields.count >= 10, let separator = fields.firstIndex(of: "-"), separator + 2 < fields.count else { return nil }
             return MountEntry(mountPoint: unescape(fields[4]), source: unescape(fields[separator + 2]),
                               fsType: fields[separator + 1], options: fields[5].split(separator: ",").map(String.init),
-                              device: fields[2])
+                              device: fields[2],
+                              superOptions: separator + 3 < fields.count ? fields[separator + 3].split(separator: ",").map(String.init) : [])
         }
     }
 
@@ -87,16 +92,20 @@ public enum Unmounter {
         public let description: String
     }
 
+    /// Unmounts `path` if something is mounted there; nothing there is success.
+    public static func unmount(_ path: String, mountTable: () throws -> [MountEntry] = { try MountTable.read() }) throws(Failure) {
+        let entries: [MountEntry]
+        do { entries = try mountTable() } catch { throw Failure(description: "cannot read the mount table: \(error)") }
+        guard MountTable.mount(at: path, in: entries) != nil else { return }
+        if umount2(path, 0) != 0 {
+            throw Failure(description: "umount \(path) failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Unmounts `path` if something is mounted there, then removes the
     /// (empty) directory or file. A missing path is success.
     public static func unmountAndRemove(_ path: String, mountTable: () throws -> [MountEntry] = { try MountTable.read() }) throws(Failure) {
-        let entries: [MountEntry]
-        do { entries = try mountTable() } catch { throw Failure(description: "cannot read the mount table: \(error)") }
-        if MountTable.mount(at: path, in: entries) != nil {
-            if umount2(path, 0) != 0 {
-                throw Failure(description: "umount \(path) failed: \(String(cString: strerror(errno)))")
-            }
-        }
+        try unmount(path, mountTable: mountTable)
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         let removed = info.st_mode & S_IFMT == S_IFDIR ? rmdir(path) : unlink(path)

@@ -5,6 +5,8 @@ public struct SafeFormat: Sendable {
     public enum Failure: Error, Equatable, CustomStringConvertible {
         /// The device holds something else: refused, untouched.
         case holdsData(device: String, found: String, wanted: String)
+        /// Blank, but formatting was not allowed (a read-only stage).
+        case blank(device: String, wanted: String)
         case tool(String)
         case probe(String)
 
@@ -12,6 +14,8 @@ public struct SafeFormat: Sendable {
             switch self {
             case let .holdsData(device, found, wanted):
                 "\(device) holds \(found), not \(wanted); refusing to format a device that holds data"
+            case let .blank(device, wanted):
+                "\(device) is blank; it is not formatted as \(wanted) because it is to be mounted read-only"
             case let .tool(message): message
             case let .probe(message): message
             }
@@ -26,9 +30,10 @@ public struct SafeFormat: Sendable {
 
     /// Ensures `device` carries `fsType` (xfs or ext4): formats a blank one,
     /// accepts one already formatted so, refuses anything else. Returns
-    /// whether it formatted.
+    /// whether it formatted. With `mayFormat` false a blank device is refused too.
     @discardableResult
-    public func ensureFilesystem(_ device: String, fsType: String, blockSize: Int? = nil, inodeSize: Int? = nil) async throws -> Bool {
+    public func ensureFilesystem(_ device: String, fsType: String, blockSize: Int? = nil, inodeSize: Int? = nil,
+                                 mayFormat: Bool = true) async throws -> Bool {
         let found: ProbeResult
         do {
             found = try BlockProbe.probe(device)
@@ -41,6 +46,7 @@ public struct SafeFormat: Sendable {
                 .compactMap { $0 }.joined(separator: " and ")
             throw Failure.holdsData(device: device, found: what, wanted: fsType)
         }
+        guard mayFormat else { throw Failure.blank(device: device, wanted: fsType) }
         let (tool, arguments) = Self.mkfs(fsType, device: device, blockSize: blockSize, inodeSize: inodeSize)
         let result = try await runner.run(tool, arguments)
         guard result.succeeded else {

@@ -1,6 +1,9 @@
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <linux/fs.h>
+#include <stdint.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include "CLinux.h"
 
@@ -10,4 +13,11 @@ const int CLinux_EFD_NONBLOCK = EFD_NONBLOCK;
 const int CLinux_EFD_CLOEXEC = EFD_CLOEXEC;
 int CLinux_pthread_setname(unsigned long thread, const char *name) {
     return pthread_setname_np((pthread_t)thread, name);
+}
+
+int CLinux_block_device_bytes(int fd, unsigned long long *bytes) {
+    uint64_t size = 0;
+    int result = ioctl(fd, BLKGETSIZE64, &size);
+    *bytes = size;
+    return result;
 }

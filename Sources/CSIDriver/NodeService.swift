@@ -2,63 +2,72 @@ import BlockDevice
 import CSIProto
 import UnaryGRPC
 
-/// The CSI Node service. So far: who this node is. Staging, publishing,
-/// expansion and stats come with the block-device layer, and the
-/// capabilities claim only what is served.
+/// Where the node service looks and what it may touch.
+public struct NodeSettings: Sendable {
+    /// This node's name as Kubernetes knows it.
+    public var nodeName: String
+    /// sysfs (`/sys`); the simulator's local mode and tests point it elsewhere.
+    public var sysRoot = "/sys"
+    /// Device nodes (`/dev`).
+    public var devRoot = "/dev"
+    /// Request paths must lie inside one of these: what kubelet hands out.
+    public var allowedRoots = ["/var/lib/kubelet"]
+    /// Topology when the node cannot ask Proxmox (no config): cluster and Proxmox node.
+    public var region: String?
+    public var zone: String?
+    /// How long NodeStage waits for a hot-plugged disk to appear.
+    public var deviceWaitSeconds: Double = 60
+
+    public init(nodeName: String) {
+        self.nodeName = nodeName
+    }
+}
+
+/// The CSI Node service: finds the volume's disk on this VM, formats it only
+/// when blank, mounts, binds, grows and reports it. Calls for one volume run
+/// one at a time, so two stages never race to format the same disk.
 public struct NodeService: Sendable {
-    public let nodeID: String
-    /// Resolves this node's VM for its topology; nil without a config.
+    let settings: NodeSettings
+    /// Resolves this node's VM for its id and topology; nil without a config.
     let volumes: ProxmoxVolumes?
+    let finder: DeviceFinder
+    let format: SafeFormat
+    let mounter: Mounter
+    let grower: FilesystemGrower
+    let volumeLocks = KeyedSerializer<String>()
 
-    /// virtio-scsi has 31 slots; the VM's own disk takes at least one.
-    public static let maxVolumesPerNode: Int64 = 30
+    public var nodeID: String { settings.nodeName }
 
-    public init(nodeID: String, volumes: ProxmoxVolumes?) {
-        self.nodeID = nodeID
+    public static let capabilities: [Csi_V1_NodeServiceCapability.RPC.TypeEnum] = [
+        .stageUnstageVolume, .expandVolume, .getVolumeStats, .volumeCondition, .singleNodeMultiWriter,
+    ]
+
+    public init(settings: NodeSettings, volumes: ProxmoxVolumes?, runner: any CommandRunning = ProcessRunner()) {
+        self.settings = settings
         self.volumes = volumes
+        finder = DeviceFinder(sysRoot: settings.sysRoot, devRoot: settings.devRoot)
+        format = SafeFormat(runner: runner)
+        mounter = Mounter(runner: runner)
+        grower = FilesystemGrower(runner: runner)
     }
 
     public func register(into router: inout Router) {
         router.register("/csi.v1.Node/NodeGetCapabilities") { (_: Csi_V1_NodeGetCapabilitiesRequest, _) in
-            Csi_V1_NodeGetCapabilitiesResponse()
-        }
-        router.register("/csi.v1.Node/NodeGetInfo") { (_: Csi_V1_NodeGetInfoRequest, _) in try await getInfo() }
-        router.register("/csi.v1.Node/NodeUnpublishVolume") { request, _ in try unpublish(request) }
-    }
-
-    /// Unmounts the target if mounted and removes it; a missing target is done.
-    func unpublish(_ request: Csi_V1_NodeUnpublishVolumeRequest) throws -> Csi_V1_NodeUnpublishVolumeResponse {
-        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
-        guard !request.targetPath.isEmpty else { throw RPCError(.invalidArgument, "target_path is required") }
-        do {
-            try RequestPath.check(request.targetPath)
-        } catch {
-            throw RPCError(.invalidArgument, "target_path: \(error)")
-        }
-        do {
-            try Unmounter.unmountAndRemove(request.targetPath)
-        } catch {
-            throw RPCError(.internal, "NodeUnpublishVolume \(request.volumeID): \(error)")
-        }
-        return .init()
-    }
-
-    func getInfo() async throws -> Csi_V1_NodeGetInfoResponse {
-        var response = Csi_V1_NodeGetInfoResponse.with {
-            $0.nodeID = nodeID
-            $0.maxVolumesPerNode = Self.maxVolumesPerNode
-        }
-        if let volumes {
-            do {
-                if let vm = try await volumes.vm(forNodeID: nodeID) {
-                    response.accessibleTopology = .with {
-                        $0.segments = [TopologyKey.region: vm.cluster, TopologyKey.zone: vm.node]
-                    }
-                }
-            } catch {
-                throw rpcError(error, "NodeGetInfo: finding the VM of node \(nodeID)")
+            Csi_V1_NodeGetCapabilitiesResponse.with {
+                $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
             }
         }
-        return response
+        router.register("/csi.v1.Node/NodeGetInfo") { (_: Csi_V1_NodeGetInfoRequest, _) in try await getInfo() }
+        router.register("/csi.v1.Node/NodeStageVolume") { request, _ in try await stage(request) }
+        router.register("/csi.v1.Node/NodeUnstageVolume") { request, _ in try await unstage(request) }
+        router.register("/csi.v1.Node/NodePublishVolume") { request, _ in try await publish(request) }
+        router.register("/csi.v1.Node/NodeUnpublishVolume") { request, _ in try await unpublish(request) }
+        router.register("/csi.v1.Node/NodeExpandVolume") { request, _ in try await expand(request) }
+        router.register("/csi.v1.Node/NodeGetVolumeStats") { request, _ in try await volumeStats(request) }
+    }
+
+    /// Runs `body` while no other call works on `volumeID`.
+    func serialized<T: Sendable>(_ volumeID: String, _ body: @Sendable () async throws -> T) async throws -> T {
+        try await volumeLocks.run(volumeID, body)
     }
 }

@@ -40,6 +40,24 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight calls get to finish after SIGTERM.")
     var shutdownGrace: Double = 10
 
+    @Option(name: .customLong("kubelet-dir"), help: "Node: staging and target paths must lie inside this directory.")
+    var kubeletDir: String = "/var/lib/kubelet"
+
+    @Option(name: .customLong("sys-root"), help: "Node: where sysfs is (disks are found under <sys-root>/block).")
+    var sysRoot: String = "/sys"
+
+    @Option(name: .customLong("dev-root"), help: "Node: where device nodes are.")
+    var devRoot: String = "/dev"
+
+    @Option(name: .customLong("device-wait"), help: "Node: seconds NodeStageVolume waits for a hot-plugged disk to appear.")
+    var deviceWait: Double = 60
+
+    @Option(help: "Node: topology region (the Proxmox cluster) when the node has no config to ask Proxmox. Default: $NODE_REGION.")
+    var region: String?
+
+    @Option(help: "Node: topology zone (the Proxmox node) when the node has no config to ask Proxmox. Default: $NODE_ZONE.")
+    var zone: String?
+
     func validate() throws {
         _ = try resolvedEndpoint()
         if let problem = DriverInfo.problem(withName: driverName) {
@@ -49,6 +67,21 @@ struct Serve: ParsableCommand {
             throw ValidationError("--shutdown-grace must be between 0 and 3600 seconds")
         }
         if let config { try checkConfigFile(config) }
+        guard deviceWait > 0, deviceWait <= 600 else { throw ValidationError("--device-wait must be between 0 and 600 seconds") }
+        for (flag, path) in [("--kubelet-dir", kubeletDir), ("--sys-root", sysRoot), ("--dev-root", devRoot)] where !path.hasPrefix("/") {
+            throw ValidationError("\(flag) must be an absolute path, not \"\(path)\"")
+        }
+    }
+
+    func nodeSettings(nodeName: String) -> NodeSettings {
+        var settings = NodeSettings(nodeName: nodeName)
+        settings.allowedRoots = [kubeletDir]
+        settings.sysRoot = sysRoot
+        settings.devRoot = devRoot
+        settings.deviceWaitSeconds = deviceWait
+        settings.region = region ?? environment("NODE_REGION")
+        settings.zone = zone ?? environment("NODE_ZONE")
+        return settings
     }
 
     func resolvedEndpoint() throws -> Endpoint {
@@ -106,7 +139,7 @@ struct Serve: ParsableCommand {
         }
         defer { keepAlive?.cancel() }
         let driver = Driver(name: driverName, mode: mode, readiness: readiness, controller: controller,
-                            node: NodeService(nodeID: nodeName, volumes: volumes))
+                            node: NodeService(settings: nodeSettings(nodeName: nodeName), volumes: volumes))
         let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
         do {
             try server.start()

@@ -120,7 +120,8 @@ func sparseFile(_ path: String, bytes: Int64) throws {
         """
         let entries = MountTable.parse(text)
         #expect(entries.count == 2)
-        #expect(entries[0] == MountEntry(mountPoint: "/mnt/my volume", source: "/dev/vdb", fsType: "ext4", options: ["rw", "noatime"], device: "98:0"))
+        #expect(entries[0] == MountEntry(mountPoint: "/mnt/my volume", source: "/dev/vdb", fsType: "ext4", options: ["rw", "noatime"], device: "98:0",
+                                          superOptions: ["rw", "errors=continue"]))
         #expect(MountTable.mount(at: "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pvc/mount", in: entries)?.fsType == "xfs")
     }
 

@@ -7,4 +7,6 @@ int CLinux_eventfd(unsigned int initial, int flags);
 extern const int CLinux_EFD_NONBLOCK;
 extern const int CLinux_EFD_CLOEXEC;
 int CLinux_pthread_setname(unsigned long thread, const char *name);
+/* A block device's size in bytes (BLKGETSIZE64; ioctl is variadic, which Swift cannot call). */
+int CLinux_block_device_bytes(int fd, unsigned long long *bytes);
 #endif

@@ -1,0 +1,106 @@
+import BlockDevice
+import CSIProto
+import Foundation
+import UnaryGRPC
+
+extension NodeService {
+    /// Mount access: binds the staged filesystem onto the target directory.
+    /// Block access: binds the disk's device node onto a target file.
+    /// Read-only when the request or the access mode says so.
+    func publish(_ request: Csi_V1_NodePublishVolumeRequest) async throws -> Csi_V1_NodePublishVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkPath(request.targetPath, field: "target_path")
+        try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
+        let isBlock = if case .block = request.volumeCapability.accessType { true } else { false }
+        if !isBlock { try checkPath(request.stagingTargetPath, field: "staging_target_path") }
+        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext)
+        let readonly = request.readonly || Self.readsOnly(request.volumeCapability)
+        let what = "NodePublishVolume \(volume.id)"
+        return try await serialized(volume.id) {
+            let source: (path: String, number: String)
+            if isBlock {
+                source = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            } else {
+                guard case let .filesystem(entry, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
+                    throw RPCError(.failedPrecondition, "\(what): the volume is not staged at staging_target_path "
+                        + "\(request.stagingTargetPath); NodeStageVolume comes first")
+                }
+                source = (request.stagingTargetPath, entry.device)
+            }
+            let mounted = try inspect(request.targetPath)
+            if let entry = mounted.entry {
+                let sameDisk = switch mounted {
+                case let .blockDevice(_, number, _): isBlock && number == source.number
+                case .filesystem: !isBlock && entry.device == source.number
+                case .nothing: false
+                }
+                guard sameDisk else {
+                    throw RPCError(.alreadyExists, "\(what): target_path \(request.targetPath) already holds \(mounted.summary)"
+                        + (mounted.disk.map(volume.isOn) == true ? " (this volume with another access type)" : ""))
+                }
+                guard entry.options.contains("ro") == readonly else {
+                    throw RPCError(.alreadyExists, "\(what): already published at \(request.targetPath) "
+                        + "\(readonly ? "read-write" : "read-only"), now asked \(readonly ? "read-only" : "read-write")")
+                }
+                return .init()
+            }
+            try createTarget(request.targetPath, asFile: isBlock, what: what)
+            do {
+                try await mounter.bind(source.path, at: request.targetPath, readonly: readonly)
+            } catch let failure as Mounter.Failure {
+                // A bind that half-happened (bound, remount ro failed) must not stay writable.
+                try? Unmounter.unmount(request.targetPath)
+                throw RPCError(.internal, "\(what): \(failure)")
+            }
+            return .init()
+        }
+    }
+
+    /// Unmounts the target if the volume is mounted there and removes it; a
+    /// missing target is done. Never unmounts another disk.
+    func unpublish(_ request: Csi_V1_NodeUnpublishVolumeRequest) async throws -> Csi_V1_NodeUnpublishVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkPath(request.targetPath, field: "target_path")
+        return try await serialized(request.volumeID) {
+            let mounted = try inspect(request.targetPath)
+            if mounted.entry != nil {
+                let volume = try NodeVolume(id: request.volumeID)
+                guard mounted.mayBeUnmounted(for: volume) else {
+                    throw RPCError(.failedPrecondition, "NodeUnpublishVolume \(volume.id): \(request.targetPath) holds "
+                        + "\(mounted.summary), not this volume's disk (serial \(volume.serial)); left mounted")
+                }
+            }
+            do {
+                try Unmounter.unmountAndRemove(request.targetPath)
+            } catch {
+                throw RPCError(.internal, "NodeUnpublishVolume \(request.volumeID): \(error)")
+            }
+            return .init()
+        }
+    }
+
+    /// The target is the SP's to create: a directory for a filesystem, an empty file for a device.
+    private func createTarget(_ path: String, asFile: Bool, what: String) throws(RPCError) {
+        let manager = FileManager.default
+        var isDirectory: ObjCBool = false
+        let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
+        if exists, isDirectory.boolValue == asFile {
+            throw RPCError(.alreadyExists, "\(what): target_path \(path) exists as a \(asFile ? "directory" : "file"); "
+                + "a \(asFile ? "block" : "mount") volume needs a \(asFile ? "file" : "directory")")
+        }
+        guard !exists else { return }
+        do {
+            let parent = (path as NSString).deletingLastPathComponent
+            try manager.createDirectory(atPath: parent, withIntermediateDirectories: true)
+            if asFile {
+                guard manager.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                    throw CocoaError(.fileWriteUnknown)
+                }
+            } else {
+                try manager.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o750])
+            }
+        } catch {
+            throw RPCError(.internal, "\(what): cannot create target_path \(path): \(error.localizedDescription)")
+        }
+    }
+}

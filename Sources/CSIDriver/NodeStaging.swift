@@ -1,0 +1,128 @@
+import BlockDevice
+import CSIProto
+import Foundation
+import UnaryGRPC
+
+extension NodeService {
+    static let supportedFilesystems = ["xfs", "ext4"]
+
+    /// Finds the volume's disk, makes sure it carries the filesystem (formatting
+    /// only a blank disk) and mounts it at the staging path. Block access needs
+    /// no staging mount: the disk is only looked for, so a missing one fails here.
+    func stage(_ request: Csi_V1_NodeStageVolumeRequest) async throws -> Csi_V1_NodeStageVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkPath(request.stagingTargetPath, field: "staging_target_path")
+        try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
+        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext)
+        let capability = request.volumeCapability
+        guard case .mount = capability.accessType else {
+            _ = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            return .init()
+        }
+        let fsType = try Self.filesystem(capability, context: request.volumeContext)
+        let options = try Self.mkfsOptions(request.volumeContext)
+        return try await serialized(volume.id) {
+            let device = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            try await mountFilesystem(volume, device: device, at: request.stagingTargetPath, fsType: fsType,
+                                      readonly: Self.readsOnly(capability), flags: capability.mount.mountFlags, mkfs: options)
+            return .init()
+        }
+    }
+
+    private func mountFilesystem(_ volume: NodeVolume, device: (path: String, number: String), at path: String, fsType: String,
+                                 readonly: Bool, flags: [String], mkfs: (blockSize: Int?, inodeSize: Int?)) async throws {
+        let what = "NodeStageVolume \(volume.id)"
+        switch try inspect(path) {
+        case .nothing: break
+        case let .filesystem(entry, _) where entry.device == device.number:
+            guard entry.options.contains("ro") == readonly else {
+                throw RPCError(.alreadyExists, "\(what): already staged at \(path) \(readonly ? "read-write" : "read-only"), "
+                    + "now asked \(readonly ? "read-only" : "read-write")")
+            }
+            guard entry.fsType == fsType else {
+                throw RPCError(.alreadyExists, "\(what): already staged at \(path) as \(entry.fsType), now asked \(fsType)")
+            }
+            return
+        case let other:
+            throw RPCError(.alreadyExists, "\(what): staging_target_path \(path) already holds \(other.summary), not this volume's disk")
+        }
+        if !FileManager.default.fileExists(atPath: path) {
+            do {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            } catch {
+                throw RPCError(.internal, "\(what): cannot create staging_target_path \(path): \(error.localizedDescription)")
+            }
+        }
+        let formatted: Bool
+        do {
+            formatted = try await format.ensureFilesystem(device.path, fsType: fsType, blockSize: mkfs.blockSize,
+                                                          inodeSize: mkfs.inodeSize, mayFormat: !readonly)
+        } catch let failure as SafeFormat.Failure {
+            switch failure {
+            case .holdsData, .blank: throw RPCError(.failedPrecondition, "\(what): \(failure)")
+            case .tool, .probe: throw RPCError(.internal, "\(what): \(failure)")
+            }
+        }
+        do {
+            if fsType == "ext4", !readonly, !formatted { try await mounter.checkExt4(device.path) }
+            try await mounter.mount(device.path, at: path, fsType: fsType,
+                                    options: Self.mountOptions(fsType: fsType, readonly: readonly, flags: flags))
+        } catch let failure as Mounter.Failure {
+            throw RPCError(.internal, "\(what): \(failure)")
+        }
+    }
+
+    /// Unmounts the staging path if the volume's filesystem is there. The
+    /// directory stays: kubelet made it and removes it.
+    func unstage(_ request: Csi_V1_NodeUnstageVolumeRequest) async throws -> Csi_V1_NodeUnstageVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkPath(request.stagingTargetPath, field: "staging_target_path")
+        return try await serialized(request.volumeID) {
+            let mounted = try inspect(request.stagingTargetPath)
+            guard mounted.entry != nil else { return .init() }
+            let volume = try NodeVolume(id: request.volumeID)
+            guard mounted.mayBeUnmounted(for: volume) else {
+                throw RPCError(.failedPrecondition, "NodeUnstageVolume \(volume.id): \(request.stagingTargetPath) holds "
+                    + "\(mounted.summary), not this volume's disk (serial \(volume.serial)); left mounted")
+            }
+            do {
+                try Unmounter.unmount(request.stagingTargetPath)
+            } catch {
+                throw RPCError(.internal, "NodeUnstageVolume \(volume.id): \(error)")
+            }
+            return .init()
+        }
+    }
+
+    /// The filesystem a mount capability asks for: its fs_type, else the
+    /// StorageClass's (in the volume context), else ext4.
+    static func filesystem(_ capability: Csi_V1_VolumeCapability, context: [String: String]) throws(RPCError) -> String {
+        let fromContext = context[VolumeParameters.fsTypeKey].flatMap { $0.isEmpty ? nil : $0 }
+        let fsType = capability.mount.fsType.isEmpty ? (fromContext ?? "ext4") : capability.mount.fsType
+        guard supportedFilesystems.contains(fsType) else {
+            throw RPCError(.invalidArgument, "volume_context[\(VolumeParameters.fsTypeKey)]: \"\(fsType)\" is not supported (xfs or ext4)")
+        }
+        return fsType
+    }
+
+    /// blockSize and inodeSize from the StorageClass, carried in the volume context.
+    static func mkfsOptions(_ context: [String: String]) throws(RPCError) -> (blockSize: Int?, inodeSize: Int?) {
+        func size(_ key: String) throws(RPCError) -> Int? {
+            guard let text = context[key] else { return nil }
+            guard let value = Int(text), value > 0, value & (value - 1) == 0 else {
+                throw RPCError(.invalidArgument, "volume_context[\(key)]: \"\(text)\" is not a power of two")
+            }
+            return value
+        }
+        return (try size("blockSize"), try size("inodeSize"))
+    }
+
+    /// The capability's flags, `ro` for readers, and `nouuid` for xfs so a
+    /// restored copy can be mounted beside its original (same fs UUID).
+    static func mountOptions(fsType: String, readonly: Bool, flags: [String]) -> [String] {
+        var options = flags.filter { !$0.isEmpty }
+        if readonly, !options.contains("ro") { options.append("ro") }
+        if fsType == "xfs", !options.contains("nouuid") { options.append("nouuid") }
+        return options
+    }
+}

@@ -1,0 +1,147 @@
+import BlockDevice
+import CSIProto
+import Foundation
+import UnaryGRPC
+
+/// The disk a volume id stands for, as the guest sees it: the serial (and
+/// for SCSI the WWN) the controller put on the Proxmox disk.
+struct NodeVolume: Sendable {
+    let id: String
+    let serial: String
+    let wwn: String?
+
+    /// The identity derives from the id; a publish context (what the
+    /// controller actually set) wins when it has one.
+    init(id: String, publishContext: [String: String] = [:]) throws(RPCError) {
+        guard let handle = try? VolumeHandle(parsing: id) else {
+            throw RPCError(.notFound, "volume_id \"\(id)\" is not a proxmox-csi volume (expected cluster/node/storage/volume)")
+        }
+        self.id = id
+        serial = publishContext["serial"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.serial(for: handle)
+        wwn = publishContext["wwn"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.wwn(for: handle)
+    }
+
+    func isOn(_ disk: DiskEntry) -> Bool {
+        disk.matches(serial: serial, wwn: wwn)
+    }
+}
+
+/// What a path from a request holds right now.
+enum MountedThing {
+    /// Nothing is mounted there (it may still exist as a directory or file).
+    case nothing
+    /// A filesystem (or a bind of one); `disk` is nil when its device has vanished.
+    case filesystem(MountEntry, disk: DiskEntry?)
+    /// A device node bound onto a file (block access).
+    case blockDevice(MountEntry, number: String, disk: DiskEntry?)
+
+    var entry: MountEntry? {
+        switch self {
+        case .nothing: nil
+        case let .filesystem(entry, _), let .blockDevice(entry, _, _): entry
+        }
+    }
+
+    var disk: DiskEntry? {
+        switch self {
+        case .nothing: nil
+        case let .filesystem(_, disk), let .blockDevice(_, _, disk): disk
+        }
+    }
+
+    /// Whether it may be unmounted for `volume`: its disk, or a disk that has
+    /// vanished (a stale mount). Another disk, or something that is not a
+    /// disk at all (tmpfs, overlay), is never the volume's.
+    func mayBeUnmounted(for volume: NodeVolume) -> Bool {
+        switch self {
+        case .nothing:
+            return true
+        case let .filesystem(entry, disk):
+            if let disk { return volume.isOn(disk) }
+            return !entry.device.hasPrefix("0:")
+        case let .blockDevice(_, _, disk):
+            return disk.map(volume.isOn) ?? true
+        }
+    }
+
+    var summary: String {
+        switch self {
+        case .nothing: "nothing"
+        case let .filesystem(entry, disk):
+            "a \(entry.fsType) filesystem from \(entry.source)" + (disk.map { " (disk \($0.name), serial \($0.serial ?? "none"))" } ?? "")
+        case let .blockDevice(_, number, disk):
+            "block device \(disk?.name ?? number)" + (disk.map { " (serial \($0.serial ?? "none"))" } ?? "")
+        }
+    }
+}
+
+extension NodeService {
+    func mountTable() throws(RPCError) -> [MountEntry] {
+        do {
+            return try MountTable.read()
+        } catch {
+            throw RPCError(.internal, "cannot read /proc/self/mountinfo: \(error)")
+        }
+    }
+
+    func inspect(_ path: String) throws(RPCError) -> MountedThing {
+        guard let entry = MountTable.mount(at: path, in: try mountTable()) else { return .nothing }
+        if let number = DeviceFacts.blockDeviceNumber(path) {
+            return .blockDevice(entry, number: number, disk: finder.disk(number: number))
+        }
+        return .filesystem(entry, disk: finder.disk(number: entry.device))
+    }
+
+    /// Absolute, no `..`, inside kubelet's directory; InvalidArgument naming the field.
+    func checkPath(_ path: String, field: String) throws(RPCError) {
+        guard !path.isEmpty else { throw RPCError(.invalidArgument, "\(field) is required") }
+        do {
+            try RequestPath.check(path, allowedRoots: settings.allowedRoots)
+        } catch {
+            throw RPCError(.invalidArgument, "\(field): \(error)")
+        }
+        // A symlink on the way could lead the mount anywhere: the real path must stay inside too.
+        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        do {
+            try RequestPath.check(resolved, allowedRoots: settings.allowedRoots.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path })
+        } catch {
+            throw RPCError(.invalidArgument, "\(field): \"\(path)\" leads through a symbolic link to \(error)")
+        }
+    }
+
+    /// A path a stats or expand call names: where no volume can be is NotFound (as csi-sanity expects).
+    func checkVolumePath(_ path: String, of volumeID: String) throws(RPCError) {
+        guard !path.isEmpty else { throw RPCError(.invalidArgument, "volume_path is required") }
+        guard path.hasPrefix("/"), !path.split(separator: "/").contains(".."),
+              FileManager.default.fileExists(atPath: path) else {
+            throw RPCError(.notFound, "volume \(volumeID) is not at volume_path \"\(path)\": no such absolute path")
+        }
+        try checkPath(path, field: "volume_path")
+    }
+
+    func checkCapability(_ request: Csi_V1_VolumeCapability, present: Bool) throws(RPCError) {
+        guard present else { throw RPCError(.invalidArgument, "volume_capability is required") }
+        if let problem = CapabilityCheck.problem(with: request) {
+            throw RPCError(.invalidArgument, "volume_capability: \(problem)")
+        }
+    }
+
+    /// Whether the access mode only reads: then nothing is formatted or written.
+    static func readsOnly(_ capability: Csi_V1_VolumeCapability) -> Bool {
+        [.singleNodeReaderOnly, .multiNodeReaderOnly].contains(capability.accessMode.mode)
+    }
+
+    /// The disk for `volume` on this VM, waiting for its hot-plug up to `timeout`.
+    func device(of volume: NodeVolume, timeout: Double) async throws -> (path: String, number: String) {
+        guard let path = try await finder.waitFor(serial: volume.serial, wwn: volume.wwn, timeout: timeout) else {
+            throw RPCError(.notFound, "volume \(volume.id): no disk with serial \(volume.serial)"
+                + (volume.wwn.map { " or WWN \($0)" } ?? "") + " appeared on this VM within \(Int(timeout)) s "
+                + "(looked in \(settings.sysRoot)/block/*/serial, device/vpd_pg80, device/wwid and \(settings.devRoot)/disk/by-id); "
+                + "is the volume attached to this node's VM?")
+        }
+        guard let number = DeviceFacts.blockDeviceNumber(path) else {
+            throw RPCError(.internal, "volume \(volume.id): \(path) is not a block device")
+        }
+        return (path, number)
+    }
+}

@@ -1,0 +1,103 @@
+import BlockDevice
+import CSIProto
+import Foundation
+import UnaryGRPC
+
+extension NodeService {
+    /// Bytes and inodes of a mounted volume, the size of a block one, and
+    /// whether it is healthy: mounted, its disk present, its filesystem writable.
+    func volumeStats(_ request: Csi_V1_NodeGetVolumeStatsRequest) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkVolumePath(request.volumePath, of: request.volumeID)
+        let volume = try NodeVolume(id: request.volumeID)
+        let path = request.volumePath
+        let mounted = try inspect(path)
+        if let disk = mounted.disk, !volume.isOn(disk) {
+            throw RPCError(.notFound, "volume \(volume.id) is not at volume_path \(path): it holds \(mounted.summary)")
+        }
+        func abnormal(_ message: String) -> Csi_V1_NodeGetVolumeStatsResponse {
+            .with { $0.volumeCondition = .with { $0.abnormal = true; $0.message = message } }
+        }
+        switch mounted {
+        case .nothing:
+            return abnormal("nothing is mounted at \(path): the volume's mount is gone")
+        case let .blockDevice(_, number, disk):
+            guard disk != nil else { return abnormal("the disk (device \(number)) is gone from this VM") }
+            do {
+                let bytes = try DeviceFacts.blockDeviceBytes(path)
+                return .with {
+                    $0.usage = [.with { $0.unit = .bytes; $0.total = bytes }]
+                    $0.volumeCondition = .with { $0.abnormal = false; $0.message = "block device \(disk!.name) present" }
+                }
+            } catch {
+                return abnormal("cannot read the device: \(error)")
+            }
+        case let .filesystem(entry, disk):
+            guard disk != nil else { return abnormal("the disk (device \(entry.device)) is gone from this VM; \(path) is a stale mount") }
+            let usage: FilesystemUsage
+            do {
+                usage = try DeviceFacts.usage(at: path)
+            } catch {
+                return abnormal("the filesystem does not answer: \(error)")
+            }
+            var response = Csi_V1_NodeGetVolumeStatsResponse.with {
+                $0.usage = [
+                    .with { $0.unit = .bytes; $0.total = usage.totalBytes; $0.available = usage.availableBytes; $0.used = usage.usedBytes },
+                    .with { $0.unit = .inodes; $0.total = usage.totalInodes; $0.available = usage.freeInodes; $0.used = usage.usedInodes },
+                ]
+                $0.volumeCondition = .with { $0.abnormal = false; $0.message = "\(entry.fsType) on \(disk!.name) mounted" }
+            }
+            // The kernel turned the filesystem read-only under a writable mount: it met errors.
+            if entry.superOptions.contains("ro"), !entry.options.contains("ro") {
+                response.volumeCondition = .with {
+                    $0.abnormal = true
+                    $0.message = "the \(entry.fsType) filesystem on \(disk!.name) went read-only (the kernel met errors; see dmesg)"
+                }
+            }
+            return response
+        }
+    }
+
+    /// Re-reads the disk's size and grows the filesystem on it to match;
+    /// a block volume only reports its size.
+    func expand(_ request: Csi_V1_NodeExpandVolumeRequest) async throws -> Csi_V1_NodeExpandVolumeResponse {
+        guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        try checkVolumePath(request.volumePath, of: request.volumeID)
+        if !request.stagingTargetPath.isEmpty { try checkPath(request.stagingTargetPath, field: "staging_target_path") }
+        if request.hasVolumeCapability { try checkCapability(request.volumeCapability, present: true) }
+        let volume = try NodeVolume(id: request.volumeID)
+        let what = "NodeExpandVolume \(volume.id)"
+        return try await serialized(volume.id) {
+            let mounted = try inspect(request.volumePath)
+            guard let disk = mounted.disk else {
+                throw RPCError(mounted.entry == nil ? .notFound : .failedPrecondition,
+                               "\(what): volume_path \(request.volumePath) holds \(mounted.entry == nil ? "no mounted volume" : "a volume whose disk is gone")")
+            }
+            guard volume.isOn(disk) else {
+                throw RPCError(.notFound, "\(what): volume_path \(request.volumePath) holds \(mounted.summary)")
+            }
+            finder.rescan(disk)
+            let bytes: Int64
+            do {
+                bytes = try DeviceFacts.blockDeviceBytes(disk.devicePath)
+            } catch {
+                throw RPCError(.internal, "\(what): \(error)")
+            }
+            let required = request.capacityRange.requiredBytes
+            guard required <= bytes else {
+                throw RPCError(.failedPrecondition, "\(what): disk \(disk.name) is \(bytes) bytes, less than the "
+                    + "\(required) asked; the controller's resize has not reached this VM yet")
+            }
+            if case let .filesystem(entry, _) = mounted {
+                // Grow through the writable staging mount when given: the published bind may be read-only.
+                let mountPoint = request.stagingTargetPath.isEmpty ? request.volumePath : request.stagingTargetPath
+                do {
+                    try await grower.grow(fsType: entry.fsType, device: disk.devicePath, mountPoint: mountPoint)
+                } catch let failure as FilesystemGrower.Failure {
+                    throw RPCError(.internal, "\(what): \(failure)")
+                }
+            }
+            return .with { $0.capacityBytes = bytes }
+        }
+    }
+}
