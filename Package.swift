@@ -82,7 +82,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CSIDriverTests",
-            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", "BlockDevice", "ProxmoxAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ],

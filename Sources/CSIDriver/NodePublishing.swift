@@ -17,26 +17,12 @@ extension NodeService {
         let readonly = request.readonly || Self.readsOnly(request.volumeCapability)
         let what = "NodePublishVolume \(volume.id)"
         return try await serialized(volume.id) {
-            let source: (path: String, number: String)
-            if isBlock {
-                source = try await device(of: volume, timeout: settings.deviceWaitSeconds)
-            } else {
-                guard case let .filesystem(entry, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
-                    throw RPCError(.failedPrecondition, "\(what): the volume is not staged at staging_target_path "
-                        + "\(request.stagingTargetPath); NodeStageVolume comes first")
-                }
-                source = (request.stagingTargetPath, entry.device)
-            }
             let mounted = try inspect(request.targetPath)
             if let entry = mounted.entry {
-                let sameDisk = switch mounted {
-                case let .blockDevice(_, number, _): isBlock && number == source.number
-                case .filesystem: !isBlock && entry.device == source.number
-                case .nothing: false
-                }
-                guard sameDisk else {
+                let publishedAsBlock = if case .blockDevice = mounted { true } else { false }
+                guard let disk = mounted.disk, volume.isOn(disk), publishedAsBlock == isBlock else {
                     throw RPCError(.alreadyExists, "\(what): target_path \(request.targetPath) already holds \(mounted.summary)"
-                        + (mounted.disk.map(volume.isOn) == true ? " (this volume with another access type)" : ""))
+                        + (mounted.disk.map(volume.isOn) == true ? " (this volume, published for \(publishedAsBlock ? "block" : "mount") access)" : ""))
                 }
                 guard entry.options.contains("ro") == readonly else {
                     throw RPCError(.alreadyExists, "\(what): already published at \(request.targetPath) "
@@ -44,9 +30,19 @@ extension NodeService {
                 }
                 return .init()
             }
+            let source: String
+            if isBlock {
+                source = try await device(of: volume, timeout: settings.deviceWaitSeconds).path
+            } else {
+                guard case let .filesystem(_, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
+                    throw RPCError(.failedPrecondition, "\(what): the volume is not staged at staging_target_path "
+                        + "\(request.stagingTargetPath); NodeStageVolume comes first")
+                }
+                source = request.stagingTargetPath
+            }
             try createTarget(request.targetPath, asFile: isBlock, what: what)
             do {
-                try await mounter.bind(source.path, at: request.targetPath, readonly: readonly)
+                try await mounter.bind(source, at: request.targetPath, readonly: readonly)
             } catch let failure as Mounter.Failure {
                 // A bind that half-happened (bound, remount ro failed) must not stay writable.
                 try? Unmounter.unmount(request.targetPath)

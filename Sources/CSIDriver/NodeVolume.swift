@@ -101,12 +101,27 @@ extension NodeService {
             throw RPCError(.invalidArgument, "\(field): \(error)")
         }
         // A symlink on the way could lead the mount anywhere: the real path must stay inside too.
-        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
         do {
-            try RequestPath.check(resolved, allowedRoots: settings.allowedRoots.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path })
+            try RequestPath.check(Self.resolvingSymlinks(path), allowedRoots: settings.allowedRoots.map(Self.resolvingSymlinks))
         } catch {
             throw RPCError(.invalidArgument, "\(field): \"\(path)\" leads through a symbolic link to \(error)")
         }
+    }
+
+    /// `path` with every symbolic link in its existing part resolved; the
+    /// part that does not exist yet is appended as it is.
+    static func resolvingSymlinks(_ path: String) -> String {
+        var existing = path
+        var missing: [String] = []
+        while existing != "/" {
+            if let real = realpath(existing, nil) {
+                defer { free(real) }
+                return ([String(cString: real)] + missing.reversed()).joined(separator: "/").replacingOccurrences(of: "//", with: "/")
+            }
+            missing.append((existing as NSString).lastPathComponent)
+            existing = (existing as NSString).deletingLastPathComponent
+        }
+        return path
     }
 
     /// A path a stats or expand call names: where no volume can be is NotFound (as csi-sanity expects).

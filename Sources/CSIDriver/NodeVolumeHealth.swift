@@ -48,7 +48,9 @@ extension NodeService {
                 $0.volumeCondition = .with { $0.abnormal = false; $0.message = "\(entry.fsType) on \(disk!.name) mounted" }
             }
             // The kernel turned the filesystem read-only under a writable mount: it met errors.
-            if entry.superOptions.contains("ro"), !entry.options.contains("ro") {
+            // (Older kernels flip the superblock to `ro`; ext4 on 6.x says `emergency_ro`.)
+            let wentReadOnly = entry.superOptions.contains("ro") || entry.superOptions.contains("emergency_ro")
+            if wentReadOnly, !entry.options.contains("ro") {
                 response.volumeCondition = .with {
                     $0.abnormal = true
                     $0.message = "the \(entry.fsType) filesystem on \(disk!.name) went read-only (the kernel met errors; see dmesg)"

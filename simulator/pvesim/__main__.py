@@ -74,7 +74,9 @@ def main(argv=None):
         if not (args.sysfs_root and args.data_dir):
             parser.error("--local-vm needs --sysfs-root and --data-dir")
         from .localmode import LocalHost
-        local = LocalHost(args.local_vm, args.sysfs_root)
+        if args.local_vm not in cluster.vms:
+            parser.error(f"--local-vm {args.local_vm}: the scenario has no such VM")
+        local = LocalHost(args.local_vm, args.sysfs_root, cluster.vms[args.local_vm].config.get("smbios1", ""))
         cluster.listeners.append(local)
     host, _, port = args.listen.rpartition(":")
     server = serve(simulator, host, int(port), args.tls_cert, args.tls_key)

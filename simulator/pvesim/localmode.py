@@ -9,11 +9,13 @@ guest kernel would (see shared GUEST-DEVICES.md):
                          ROOT/block/loopK/device/wwid      naa.<wwn> (when a wwn is set)
                          ROOT/block/loopK/device/vendor, model
   both:                  ROOT/block/loopK/size  (512-byte sectors), ROOT/block/loopK/dev
+  the VM itself:         ROOT/class/dmi/id/product_uuid, product_serial  (from its smbios1)
 
 The node service, pointed at ROOT instead of /sys, finds the disk by its
 serial and opens /dev/loopK. Detaching removes the loop device and the entry;
 resizing grows the loop device. Needs root and the losetup command.
 """
+import base64
 import os
 import shutil
 import subprocess
@@ -22,12 +24,24 @@ import urllib.parse
 
 
 class LocalHost:
-    def __init__(self, vmid, sysfs_root):
+    def __init__(self, vmid, sysfs_root, smbios1=""):
         self.vmid = vmid
         self.root = sysfs_root
         self.attached = {}  # config key -> loop device path
         self.lock = threading.Lock()
         os.makedirs(os.path.join(self.root, "block"), exist_ok=True)
+        self.describe_smbios(smbios1)
+
+    def describe_smbios(self, smbios1):
+        """What QEMU's -smbios type=1 shows the guest, as Proxmox builds it from smbios1."""
+        fields = dict(part.split("=", 1) for part in smbios1.split(",") if "=" in part)
+        dmi = os.path.join(self.root, "class", "dmi", "id")
+        os.makedirs(dmi, exist_ok=True)
+        serial = fields.get("serial", "")
+        if fields.get("base64") == "1":
+            serial = base64.b64decode(serial).decode(errors="replace")
+        self.write(dmi, "product_uuid", fields.get("uuid", "").lower())
+        self.write(dmi, "product_serial", serial)
 
     def __call__(self, event, vm, key, volume):
         if vm.vmid != self.vmid:

@@ -372,8 +372,11 @@ def test_local_mode_turns_hotplugged_disks_into_loop_devices(tmp_path):
     import os
     from pvesim.localmode import LocalHost
     cluster, schema, users, tokens = load_scenario(DEFAULT_SCENARIO, {}, 0.01, data_dir=str(tmp_path / "data"))
-    local = LocalHost(100, str(tmp_path / "sys"))
+    local = LocalHost(100, str(tmp_path / "sys"), cluster.vms[100].config["smbios1"] + ",serial=dm0tMTAw,base64=1")
     cluster.listeners.append(local)
+    dmi = tmp_path / "sys" / "class" / "dmi" / "id"
+    assert "uuid=" + (dmi / "product_uuid").read_text().strip() in cluster.vms[100].config["smbios1"]
+    assert (dmi / "product_serial").read_text().strip() == "vm-100"
     simulator = Simulator(cluster, schema, tokens, users, auth_failure_delay=0.1)
     server = serve(simulator, "127.0.0.1", 0)
     api = Client(f"http://127.0.0.1:{server.server_address[1]}")
