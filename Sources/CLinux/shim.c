@@ -4,7 +4,9 @@
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include "CLinux.h"
 
 int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
@@ -21,3 +23,5 @@ int CLinux_block_device_bytes(int fd, unsigned long long *bytes) {
     *bytes = size;
     return result;
 }
+
+int CLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -141,3 +141,39 @@ func sparseFile(_ path: String, bytes: Int64) throws {
         try RequestPath.check("/anything/absolute")
     }
 }
+
+@Suite struct ProcessRunnerTests {
+    @Test func runsSystemToolsAndReportsTheirOutput() async throws {
+        let result = try await ProcessRunner().run("sh", ["-c", "echo out; echo err >&2; exit 3"])
+        #expect(result.status == 3 && result.output.contains("out") && result.output.contains("err"))
+    }
+
+    @Test func aToolStartsWithNoInputDefaultSignalsAndTheCLocale() throws {
+        // Block and ignore here what the driver blocks and ignores, then spawn from this thread.
+        var blocked = sigset_t(), previous = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
+        let oldPipe = signal(SIGPIPE, SIG_IGN)
+        defer {
+            pthread_sigmask(SIG_SETMASK, &previous, nil)
+            signal(SIGPIPE, oldPipe)
+        }
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "cat; echo \"locale=$LC_ALL\"; grep -E '^Sig(Blk|Ign)' /proc/self/status"])
+        #expect(result.succeeded)
+        #expect(result.output.hasPrefix("locale=C\n"))
+        // Nothing blocked (the driver blocks SIGTERM for sigwait), SIGPIPE (13) not ignored.
+        #expect(result.output.contains("SigBlk:\t0000000000000000"))
+        let ignored = result.output.split(separator: "\n").first { $0.hasPrefix("SigIgn") }.flatMap { UInt64($0.split(separator: "\t").last!, radix: 16) }
+        #expect(ignored.map { $0 & (1 << 12) == 0 } == true)
+    }
+
+    @Test func aSignalledToolReportsOneHundredTwentyEightPlusTheSignal() async throws {
+        #expect(try await ProcessRunner().run("sh", ["-c", "kill -TERM $$"]).status == 128 + 15)
+    }
+
+    @Test func aToolOutsideTheSystemDirectoriesIsNotRun() async throws {
+        let result = try await ProcessRunner().run("no-such-tool-xyz", [])
+        #expect(result.status == 127 && result.output.contains("not found in /usr/sbin:/usr/bin:/sbin:/bin"))
+    }
+}

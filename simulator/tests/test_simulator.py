@@ -410,3 +410,19 @@ def test_local_mode_turns_hotplugged_disks_into_loop_devices(tmp_path):
     finally:
         local.close()
         server.shutdown()
+
+
+def test_copies_carry_data_extents_and_keep_holes(tmp_path):
+    from types import SimpleNamespace
+    from pvesim.api import copy_data
+    source, target = tmp_path / "src", tmp_path / "dst"
+    for path in (source, target):
+        with open(path, "wb") as f:
+            f.truncate(64 << 20)
+    with open(source, "r+b") as f:
+        f.write(b"head")
+        f.seek(40 << 20)
+        f.write(b"middle" * 1000)
+    copy_data(SimpleNamespace(path=str(source)), SimpleNamespace(path=str(target)))
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_blocks * 512 < 1 << 20, "holes stay holes"

@@ -7,6 +7,8 @@ int CLinux_eventfd(unsigned int initial, int flags);
 extern const int CLinux_EFD_NONBLOCK;
 extern const int CLinux_EFD_CLOEXEC;
 int CLinux_pthread_setname(unsigned long thread, const char *name);
+/* pipe2(O_CLOEXEC): both ends close on exec, so no concurrently spawned child inherits them. */
+int CLinux_pipe_cloexec(int fds[2]);
 /* A block device's size in bytes (BLKGETSIZE64; ioctl is variadic, which Swift cannot call). */
 int CLinux_block_device_bytes(int fd, unsigned long long *bytes);
 #endif
