@@ -50,11 +50,17 @@ let package = Package(
             dependencies: ["CBlkid", "CLinux"],
             swiftSettings: strict
         ),
+        // Prometheus metrics: counters, histograms, the text format and a small HTTP endpoint.
+        .target(
+            name: "Metrics",
+            dependencies: ["UnaryGRPC", "CLinux"],
+            swiftSettings: strict
+        ),
         // The CSI services and everything that translates CSI onto Proxmox and the node.
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "BlockDevice",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "BlockDevice", "Metrics",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -64,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC", "ProxmoxAPI",
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "Metrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -75,6 +81,7 @@ let package = Package(
         .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI"], swiftSettings: strict),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "UnaryGRPC"], swiftSettings: strict),
         .testTarget(
             name: "UnaryGRPCTests",
             dependencies: ["UnaryGRPC", "CNGHTTP2", .product(name: "Logging", package: "swift-log")],

@@ -9,9 +9,12 @@ public struct Driver: Sendable {
     /// Served when the mode includes it and a config names Proxmox clusters.
     public let controller: ControllerService?
     public let node: NodeService?
+    /// Counts every call when given.
+    public let metrics: DriverMetrics?
 
     public init(name: String, mode: DriverMode, readiness: Readiness = Readiness([]), controller: ControllerService? = nil,
-                node: NodeService? = nil) {
+                node: NodeService? = nil, metrics: DriverMetrics? = nil) {
+        self.metrics = metrics
         self.name = name
         self.mode = mode
         self.readiness = readiness
@@ -31,7 +34,7 @@ public struct Driver: Sendable {
     }
 
     public func makeRouter() -> Router {
-        var router = Router()
+        var router = Router(observer: metrics)
         IdentityService(driverName: name, mode: mode, capabilities: pluginCapabilities, readiness: readiness)
             .register(into: &router)
         controller?.register(into: &router)

@@ -7,7 +7,7 @@ public final class ProxmoxClusters: Sendable {
     public let clients: [String: ProxmoxClient]
     public let checks: [RecentSuccess]
 
-    public init(config: DriverConfig) {
+    public init(config: DriverConfig, metrics: DriverMetrics? = nil) {
         self.config = config
         var clients: [String: ProxmoxClient] = [:]
         var checks: [RecentSuccess] = []
@@ -15,7 +15,8 @@ public final class ProxmoxClusters: Sendable {
             let check = RecentSuccess(name: "proxmox-api \(cluster.name)", maxAgeSeconds: 3 * config.probeInterval)
             checks.append(check)
             clients[cluster.name] = ProxmoxClient(endpoint: cluster.endpoint(requestTimeout: config.requestTimeout),
-                                                  onAnswer: { check.recordSuccess() })
+                                                  onAnswer: { check.recordSuccess() },
+                                                  observer: metrics?.proxmoxObserver(cluster: cluster.name))
         }
         self.clients = clients
         self.checks = checks

@@ -41,6 +41,13 @@ public enum Idempotency: Sendable {
     case notIdempotent
 }
 
+/// Told about every HTTP request a client made (metrics); must return quickly.
+public protocol ProxmoxRequestObserver: Sendable {
+    /// `path` is a template (`/nodes/{node}/qemu/{vmid}/config`), `status`
+    /// nil when no answer came, `error` the classification of a failure.
+    func requestFinished(method: String, path: String, status: Int?, error: ProxmoxError?, seconds: Double)
+}
+
 /// A Proxmox VE API client: authentication, the JSON envelope, one error
 /// taxonomy, retries and task waits. Typed calls live in ProxmoxCalls.swift.
 public final class ProxmoxClient: Sendable {
@@ -58,14 +65,16 @@ public final class ProxmoxClient: Sendable {
     private let ticket = Mutex<Ticket?>(nil)
     /// Called after every request the API answered: the controller's readiness.
     private let onAnswer: (@Sendable () -> Void)?
+    private let observer: (any ProxmoxRequestObserver)?
 
     /// Tickets live 2 h; renew well before.
     static let ticketRenewAfter = 3600.0
 
     public init(endpoint: ClusterEndpoint, transport: (any HTTPTransport)? = nil, sleeper: any Sleeper = TaskSleeper(),
                 retry: RetryPolicy = RetryPolicy(), now: @escaping @Sendable () -> Double = { ProcessInfo.processInfo.systemUptime },
-                onAnswer: (@Sendable () -> Void)? = nil) {
+                onAnswer: (@Sendable () -> Void)? = nil, observer: (any ProxmoxRequestObserver)? = nil) {
         self.endpoint = endpoint
+        self.observer = observer
         self.transport = transport ?? CurlTransport(options: endpoint.transport)
         self.sleeper = sleeper
         self.retry = retry
@@ -120,16 +129,29 @@ public final class ProxmoxClient: Sendable {
             headers.append(("Content-Type", "application/x-www-form-urlencoded"))
             body = Array(encoded.utf8)
         }
+        let started = ProcessInfo.processInfo.systemUptime
+        func observe(_ status: Int?, _ error: ProxmoxError?) {
+            observer?.requestFinished(method: method, path: ProxmoxPath.template(path), status: status, error: error,
+                                      seconds: ProcessInfo.processInfo.systemUptime - started)
+        }
         let response: HTTPResponse
         do {
             response = try await transport.send(HTTPRequest(method: method, url: url, headers: headers, body: body,
                                                              timeout: endpoint.requestTimeout))
         } catch let error as TransportError {
+            observe(nil, .transport(error))
             throw ProxmoxError.transport(error)
         }
         // Alive means answering as an API: not refusing us, not a proxy failure.
         if ![401, 403, 595, 596, 597].contains(response.status) { onAnswer?() }
-        return try Self.interpret(response, path: path)
+        do {
+            let data = try Self.interpret(response, path: path)
+            observe(response.status, nil)
+            return data
+        } catch {
+            observe(response.status, error)
+            throw error
+        }
     }
 
     /// The envelope's data, or the error the answer stands for.

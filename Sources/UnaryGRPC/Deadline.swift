@@ -27,6 +27,10 @@ public struct MonotonicInstant: Sendable, Comparable, Hashable {
         later.nanoseconds > nanoseconds ? later.nanoseconds - nanoseconds : 0
     }
 
+    public func seconds(until later: MonotonicInstant) -> Double {
+        Double(nanoseconds(until: later)) / 1_000_000_000
+    }
+
     public static func < (a: MonotonicInstant, b: MonotonicInstant) -> Bool { a.nanoseconds < b.nanoseconds }
 }
 

@@ -25,10 +25,10 @@ public enum ListenError: Error, CustomStringConvertible {
 
 /// A bound, listening, non-blocking socket. On close a unix socket file is
 /// removed, but only if it is still the one this process created.
-final class ListeningSocket: Sendable {
-    let fd: Int32
+public final class ListeningSocket: Sendable {
+    public let fd: Int32
     /// The endpoint as bound (a tcp port 0 replaced by the real port).
-    let endpoint: Endpoint
+    public let endpoint: Endpoint
     private let socketFileIdentity: (device: UInt, inode: UInt)?
 
     private init(fd: Int32, endpoint: Endpoint, socketFileIdentity: (UInt, UInt)?) {
@@ -39,14 +39,14 @@ final class ListeningSocket: Sendable {
 
     static let backlog: Int32 = 256
 
-    static func open(_ endpoint: Endpoint) throws(ListenError) -> ListeningSocket {
+    public static func open(_ endpoint: Endpoint) throws(ListenError) -> ListeningSocket {
         switch endpoint {
         case let .unix(path): try openUnix(path: path)
         case let .tcp(host, port): try openTCP(host: host, port: port)
         }
     }
 
-    func close() {
+    public func close() {
         _ = Glibc.close(fd)
         guard case let .unix(path) = endpoint, let identity = socketFileIdentity,
               let current = Self.fileIdentity(path), current == identity else { return }

@@ -28,14 +28,22 @@ public protocol LogRedactable {
     func redactedForLog() -> Self
 }
 
+/// Told about every finished call (metrics); must return quickly.
+public protocol CallObserver: Sendable {
+    func callFinished(method: String, code: StatusCode, seconds: Double)
+}
+
 /// Maps method paths to handlers. Handlers are plain async functions, so the
 /// services can be exercised with no socket at all (`Router.handle`).
 public struct Router: Sendable {
     public typealias RawHandler = @Sendable ([UInt8], CallContext) async -> Result<[UInt8], RPCError>
 
     private var handlers: [String: RawHandler] = [:]
+    private let observer: (any CallObserver)?
 
-    public init() {}
+    public init(observer: (any CallObserver)? = nil) {
+        self.observer = observer
+    }
 
     /// Registers a unary method. Decoding, encoding and the per-call log
     /// line are done here, once for every method.
@@ -44,6 +52,7 @@ public struct Router: Sendable {
         _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
     ) {
         precondition(handlers[path] == nil, "method \(path) registered twice")
+        let observer = observer
         handlers[path] = { bytes, context in
             let started = MonotonicInstant.now()
             let request: Request
@@ -53,6 +62,7 @@ public struct Router: Sendable {
                 let failure = Result<[UInt8], RPCError>.failure(
                     RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
                 CallLog.record(context: context, started: started, result: failure, request: nil)
+                observer?.callFinished(method: path, code: .internal, seconds: started.seconds(until: .now()))
                 return failure
             }
             let result: Result<[UInt8], RPCError>
@@ -63,6 +73,13 @@ public struct Router: Sendable {
                 result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
             }
             CallLog.record(context: context, started: started, result: result, request: request)
+            if let observer {
+                let code: StatusCode = switch result {
+                case .success: .ok
+                case let .failure(error): error.code
+                }
+                observer.callFinished(method: path, code: code, seconds: started.seconds(until: .now()))
+            }
             return result
         }
     }

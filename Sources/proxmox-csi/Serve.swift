@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import CSIDriver
 import Logging
+import Metrics
 import UnaryGRPC
 
 extension DriverMode: ExpressibleByArgument {}
@@ -40,6 +41,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight calls get to finish after SIGTERM.")
     var shutdownGrace: Double = 10
 
+    @Option(name: .customLong("metrics-address"), help: "Serve Prometheus metrics at http://HOST:PORT/metrics (\":9809\" = every address). Default: off.")
+    var metricsAddress: String?
+
     @Option(name: .customLong("kubelet-dir"), help: "Node: staging and target paths must lie inside this directory.")
     var kubeletDir: String = "/var/lib/kubelet"
 
@@ -67,9 +71,21 @@ struct Serve: ParsableCommand {
             throw ValidationError("--shutdown-grace must be between 0 and 3600 seconds")
         }
         if let config { try checkConfigFile(config) }
+        if metricsAddress != nil { _ = try metricsEndpoint() }
         guard deviceWait > 0, deviceWait <= 600 else { throw ValidationError("--device-wait must be between 0 and 600 seconds") }
         for (flag, path) in [("--kubelet-dir", kubeletDir), ("--sys-root", sysRoot), ("--dev-root", devRoot)] where !path.hasPrefix("/") {
             throw ValidationError("\(flag) must be an absolute path, not \"\(path)\"")
+        }
+    }
+
+    /// `HOST:PORT`, `:PORT` (every address) or `[v6]:PORT`, as a TCP endpoint.
+    func metricsEndpoint() throws -> Endpoint? {
+        guard let address = metricsAddress else { return nil }
+        let text = address.hasPrefix(":") ? "0.0.0.0" + address : address
+        do {
+            return try Endpoint(parsing: "tcp://" + text)
+        } catch {
+            throw ValidationError("--metrics-address \"\(address)\": expected HOST:PORT or :PORT")
         }
     }
 
@@ -126,10 +142,11 @@ struct Serve: ParsableCommand {
         if config == nil, mode.servesController {
             logger.warning("no --config: the Controller service is off until a config names the Proxmox clusters")
         }
+        let metrics = metricsAddress == nil ? nil : DriverMetrics(driverName: driverName, mode: mode)
         if let config {
             let loaded = try DriverConfig.load(path: config)
             for warning in loaded.warnings { logger.warning("config", metadata: ["config.warning": "\(warning)"]) }
-            let clusters = ProxmoxClusters(config: loaded)
+            let clusters = ProxmoxClusters(config: loaded, metrics: metrics)
             volumes = ProxmoxVolumes(clusters: clusters)
             if mode.servesController {
                 readiness = clusters.readiness
@@ -139,12 +156,22 @@ struct Serve: ParsableCommand {
         }
         defer { keepAlive?.cancel() }
         let driver = Driver(name: driverName, mode: mode, readiness: readiness, controller: controller,
-                            node: NodeService(settings: nodeSettings(nodeName: nodeName), volumes: volumes))
+                            node: NodeService(settings: nodeSettings(nodeName: nodeName), volumes: volumes), metrics: metrics)
         let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
         do {
             try server.start()
         } catch {
             throw RuntimeFailure(description: "\(error)")
+        }
+        var metricsServer: MetricsServer?
+        if let metrics, let endpoint = try metricsEndpoint() {
+            do {
+                metricsServer = try MetricsServer(endpoint: endpoint, registry: metrics.registry)
+            } catch {
+                throw RuntimeFailure(description: "--metrics-address: \(error)")
+            }
+            metricsServer?.start()
+            logger.info("metrics", metadata: ["metrics.url": "http://\(metricsServer!.endpoint.description.dropFirst("tcp://".count))/metrics"])
         }
         logger.info("serving", metadata: [
             "csi.driver": "\(driverName)", "csi.version": "\(DriverInfo.version)", "csi.node": "\(nodeName)",
@@ -154,6 +181,7 @@ struct Serve: ParsableCommand {
         sigwait(&signals, &received)
         logger.info("shutting down", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
         server.shutdown(gracePeriodNanoseconds: UInt64(shutdownGrace * 1_000_000_000))
+        metricsServer?.stop()
     }
 }
 
