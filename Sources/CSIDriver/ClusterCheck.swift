@@ -38,6 +38,10 @@ public let requiredPrivileges: [(path: String, privilege: String, why: String)] 
     ("/vms", "VM.Config.Disk", "attach and detach disks"),
     ("/vms", "VM.Audit", "read VM configs"),
     ("/vms", "VM.Allocate", "create the VMs that hold snapshots"),
+    // Creating those VMs sets their name, description, memory and cores.
+    ("/vms", "VM.Config.Options", "name and describe the VMs that hold snapshots"),
+    ("/vms", "VM.Config.Memory", "create the VMs that hold snapshots (64 MiB)"),
+    ("/vms", "VM.Config.CPU", "create the VMs that hold snapshots (1 core)"),
     ("/vms", "VM.Snapshot", "snapshots"),
     ("/vms", "VM.Clone", "restore snapshots"),
 ]

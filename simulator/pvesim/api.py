@@ -15,7 +15,8 @@ from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, format_si
 from .schema import parse_property_string
 
 ALL_PRIVILEGES = ["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit", "VM.Allocate",
-                  "VM.Audit", "VM.Clone", "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Options",
+                  "VM.Audit", "VM.Clone", "VM.Config.CPU", "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory",
+                  "VM.Config.Options",
                   "VM.PowerMgmt", "VM.Snapshot"]
 VERSION = {"version": "9.1.1", "release": "9.1", "repoid": "pvesim00"}
 SIZE_IN_GIB = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(\d+(?:\.\d+)?)")
