@@ -188,3 +188,45 @@ def test_helm_renders_what_the_renderer_renders():
     built = subprocess.run(["helm", "template", "proxmox-csi", str(render.CHART), "--namespace", "proxmox-csi"],
                            capture_output=True, text=True, check=True).stdout
     assert {(d["kind"], d["metadata"]["name"]): d for d in documents(built)} == objects(render.render())
+
+
+SWIFT_RUNTIME = ("libswift", "libFoundation", "lib_Foundation", "libdispatch", "libBlocksRuntime")
+# In every Debian image: the C library and its companions.
+ESSENTIAL = {"libc6", "libgcc-s1"}
+
+
+def runtime_packages():
+    """The packages the Dockerfile's final stage installs."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    final = text[text.rindex("FROM "):]
+    install = final[final.index("apt-get install"):final.index("rm -rf")]
+    return {word for word in install.replace("\\", " ").split() if not word.startswith("-") and word not in ("apt-get", "install", "&&")}
+
+
+def owner_package(path):
+    """The Debian package that ships a library (merged /usr: try the path as found and as resolved)."""
+    for candidate in (path, os.path.realpath(path), "*/" + os.path.basename(path)):
+        owner = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+        if owner.returncode == 0:
+            return owner.stdout.split(":")[0]
+    return ""
+
+
+@pytest.mark.skipif(not (os.path.exists(os.environ.get("DRIVER_BIN", "/nonexistent")) and shutil.which("dpkg")),
+                    reason="needs DRIVER_BIN and dpkg")
+def test_the_image_installs_every_library_the_binary_links():
+    needed = [line.split("[")[1].rstrip("]") for line in subprocess.run(
+        ["readelf", "-d", os.environ["DRIVER_BIN"]], capture_output=True, text=True, check=True).stdout.splitlines()
+        if "(NEEDED)" in line]
+    resolved = dict(line.split(" => ") for line in (l.strip().split(" (")[0] for l in subprocess.run(
+        ["ldd", os.environ["DRIVER_BIN"]], capture_output=True, text=True, check=True).stdout.splitlines()) if " => " in line)
+    packages = runtime_packages()
+    missing = []
+    for library in needed:
+        if library.startswith(SWIFT_RUNTIME) or library.startswith("ld-linux"):
+            continue  # the Swift runtime is linked statically into the image's binary; ld.so is libc6's
+        package = owner_package(resolved[library])
+        if package not in packages | ESSENTIAL:
+            missing.append(f"{library} ({package or 'no package'})")
+    assert not missing, f"the Dockerfile's runtime stage lacks {missing}"
+    assert {"xfsprogs", "e2fsprogs", "util-linux", "ca-certificates"} <= packages
