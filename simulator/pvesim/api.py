@@ -243,6 +243,10 @@ class Api:
         parts = [volume.volid] + [f"{k}={_option_text(v)}" for k, v in sorted(options.items())]
         parts.append(f"size={format_size(volume.size)}")
         vm.config[key] = ",".join(parts)
+        # Proxmox lets two VMs use one volume; the driver must never make it so.
+        users = {vmid for vmid, _ in self.cluster.users_of(volume)}
+        if len(users) > 1:
+            self.cluster.double_attachments.append({"volume": volume.volid, "vms": sorted(users)})
         if vm.hotplug_disks():
             self.cluster.notify("attach", vm, key, volume)
 

@@ -258,6 +258,7 @@ class Cluster:
         self.task_seconds = dict(task_seconds or {})
         self.default_task_seconds = default_task_seconds
         self.listeners = []  # callables(event, vm, key, volume) for local mode
+        self.double_attachments = []  # every time a volume was in two VMs' configs at once
 
     # ---------------------------------------------------------------- tasks
 

@@ -356,6 +356,7 @@ def snapshot_state(cluster):
                      for s in cluster.storages.values()},
         "vms": {str(vm.vmid): {"node": vm.node, "status": vm.status, "config": dict(vm.config),
                                "snapshots": sorted(vm.snapshots)} for vm in cluster.vms.values()},
+        "double_attachments": list(cluster.double_attachments),
         "tasks": {"running": sum(t.status == "running" for t in cluster.tasks.values()),
                   "total": len(cluster.tasks)},
     }

@@ -339,6 +339,14 @@ def test_snapshots_need_capable_storage_and_clones_from_snapshots_need_copyable_
 
 # ------------------------------------------------------------------ faults and log
 
+def test_a_volume_in_two_vms_at_once_is_recorded(sim, api):
+    api.ok("POST", "/nodes/pve1/storage/ceph/content", vmid=9999, filename="vm-9999-shared", size="1G")
+    attach(api, "scsi5", "ceph:vm-9999-shared", vmid=100)
+    assert control(sim, "GET", "/_sim/state")["double_attachments"] == []
+    attach(api, "scsi5", "ceph:vm-9999-shared", vmid=102)
+    assert control(sim, "GET", "/_sim/state")["double_attachments"] == [{"volume": "ceph:vm-9999-shared", "vms": [100, 102]}]
+
+
 def control(sim, method, path, **params):
     request = urllib.request.Request(sim.base + path, data=urllib.parse.urlencode(params).encode(), method=method)
     with urllib.request.urlopen(request) as response:

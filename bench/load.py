@@ -1,0 +1,240 @@
+"""Many volume lifecycles at once against the simulator, as the CSI sidecars
+drive them: create → publish → unpublish → delete, plus snapshot → restore →
+delete for a share, every call retried the way the sidecars retry (each
+attempt with a deadline; any failure but INVALID_ARGUMENT / ALREADY_EXISTS
+requeued with exponential backoff).
+
+Reports wall time, p50/p99 per RPC, Proxmox calls per lifecycle, and the ratio
+of wall time to the lower bound set by per-VM serialization (the config-task
+time of the busiest VM). With --faults, the simulator injects errors, lock
+holds and slow tasks. Afterwards a leak check finds anything driver-made that
+Proxmox still holds (every lifecycle deleted what it made, so there should be
+nothing), and the simulator reports every moment a volume was in two VMs'
+configs at once. Run by scripts/benchmark-load.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "csi-sanity" / "_gen"))
+import grpc  # noqa: E402
+from grpc import aio  # noqa: E402
+
+import csi_pb2  # noqa: E402
+import csi_pb2_grpc  # noqa: E402
+
+GiB = 1 << 30
+# Task durations seen on small Proxmox clusters (as in benchmark-controller).
+TASKS = {"qmconfig": 0.5, "resize": 1.0, "qmcreate": 3.0, "qmdestroy": 1.0, "imgdel": 0.5}
+# The sidecars requeue a failed operation whatever the code, with backoff; only
+# answers that cannot change on a retry end a lifecycle here.
+FINAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+WRITER = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
+                                  access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1))
+
+
+def scenario(vms, path):
+    """The default scenario with `vms` Kubernetes-node VMs spread over the two Proxmox nodes."""
+    spec = json.loads((ROOT / "simulator" / "scenarios" / "default.json").read_text())
+    spec["vms"] = [{"vmid": 100 + i, "node": "pve1" if i % 2 == 0 else "pve2", "name": f"k8s-node-{i + 1}",
+                    "status": "running", "disks": {"scsi0": "local-lvm:32"}} for i in range(vms)]
+    for storage in spec["storages"]:
+        if storage["id"] == "ceph":
+            storage["total"] = "65536G"
+    path.write_text(json.dumps(spec))
+
+
+class Sidecar:
+    """Calls with a per-attempt timeout and the sidecars' retry-with-backoff."""
+
+    def __init__(self, stub, timeout, stats):
+        self.stub, self.timeout, self.stats = stub, timeout, stats
+
+    async def call(self, name, request):
+        delay, attempts = 0.5, 0
+        started = time.perf_counter()
+        while True:
+            attempts += 1
+            try:
+                response = await getattr(self.stub, name)(request, timeout=self.timeout)
+                self.stats.setdefault(name, []).append(time.perf_counter() - started)
+                if attempts > 1:
+                    self.stats.setdefault("_retries", []).append(attempts - 1)
+                return response
+            except aio.AioRpcError as error:
+                if error.code() in FINAL or attempts >= 60:
+                    raise
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 8)
+
+
+async def lifecycle(index, sidecar, vms, with_snapshot, failures):
+    node = f"k8s-node-{index % vms + 1}"
+    name = f"pvc-{uuid.uuid4()}"
+    try:
+        volume = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
+            name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
+            parameters={"storage": "ceph"}))).volume
+        await sidecar.call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
+        await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
+            volume_id=volume.volume_id, node_id=node))
+        if with_snapshot:
+            snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
+                name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
+            restored = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
+                name=f"restore-{name}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
+                parameters={"storage": "ceph"}, volume_content_source=csi_pb2.VolumeContentSource(
+                    snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot.snapshot_id))))).volume
+            await sidecar.call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
+            await sidecar.call("DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
+        await sidecar.call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
+    except aio.AioRpcError as error:
+        failures.append(f"lifecycle {index} ({name}): {error.code().name}: {error.details()}")
+
+
+def sim(url, path, method="GET", body=None):
+    request = urllib.request.Request(url + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"{}").get("data")
+
+
+def leak_check(url):
+    """Driver-made things Proxmox still holds after every lifecycle ended: volumes, attachments, copy VMs."""
+    state = sim(url, "/_sim/state")
+    volumes = [v for s in state["storages"].values() for v in s["volumes"] if "vm-9999-" in v]
+    copies = [vm["config"].get("name") for vm in state["vms"].values() if str(vm["config"].get("name", "")).startswith("csi-")]
+    attached = [(vmid, key) for vmid, vm in state["vms"].items() for key, value in vm["config"].items()
+                if key[:4] in ("scsi", "virt") and "vm-9999-" in str(value)]
+    locked = [vmid for vmid, vm in state["vms"].items() if vm["config"].get("lock")]
+    return {"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked}, state["double_attachments"]
+
+
+async def hold_locks(sim_url, vms, stop):
+    """Now and then a VM is locked for a while, as a backup or a migration locks it."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        vmid = 100 + random.randrange(vms)
+        await loop.run_in_executor(None, sim, sim_url, "/_sim/lock", "PUT", {"vmid": vmid, "lock": "backup"})
+        await asyncio.sleep(1.5)
+        await loop.run_in_executor(None, sim, sim_url, "/_sim/lock", "PUT", {"vmid": vmid, "lock": ""})
+        await asyncio.sleep(2)
+
+
+async def run(args, endpoint, sim_url):
+    stats, failures = {}, []
+    stop = asyncio.Event()
+    locker = asyncio.create_task(hold_locks(sim_url, args.vms, stop)) if args.faults else None
+    async with aio.insecure_channel(endpoint) as channel:
+        sidecar = Sidecar(csi_pb2_grpc.ControllerStub(channel), args.timeout, stats)
+        started = time.perf_counter()
+        snapshots = set(random.Random(7).sample(range(args.lifecycles), int(args.lifecycles * args.snapshot_share)))
+        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, failures) for i in range(args.lifecycles)))
+        wall = time.perf_counter() - started
+    if locker:
+        stop.set()
+        await locker
+    return wall, stats, failures, len(snapshots)
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lifecycles", type=int, default=500)
+    parser.add_argument("--vms", type=int, default=10)
+    parser.add_argument("--snapshot-share", type=float, default=0.1)
+    parser.add_argument("--timeout", type=float, default=30, help="seconds per attempt, as a sidecar's --timeout")
+    parser.add_argument("--faults", action="store_true", help="10%% 500/596 errors, lock holds and slow tasks")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="load-"))
+    scenario(args.vms, work / "scenario.json")
+    tasks = ",".join(f"{k}={v}" for k, v in TASKS.items())
+    simulator = subprocess.Popen([sys.executable, "-m", "pvesim", "--listen", "127.0.0.1:0", "--port-file", str(work / "port"),
+                                  "--scenario", str(work / "scenario.json"), "--task-seconds", tasks, "--exit-on-stdin-eof",
+                                  "--auth-failure-delay", "0.2"],
+                                 cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if (work / "port").exists() and (work / "port").read_text():
+            break
+        time.sleep(0.05)
+    sim_url = f"http://127.0.0.1:{(work / 'port').read_text()}"
+    (work / "config.yaml").write_text(f"clusters:\n  - name: sim\n    url: {sim_url}\n    tokenID: csi@pve!csi\n"
+                                      "    tokenSecret: 5ba0d1b4-8d0e-4c61-9a8f-3d2f1c7e6b21\n")
+    socket = work / "csi.sock"
+    log = open(work / "driver.log", "w")
+    driver = subprocess.Popen([os.environ["DRIVER_BIN"], "--mode", "controller", "--endpoint", f"unix://{socket}",
+                               "--config", str(work / "config.yaml"), "--log-level", "warning"], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        if args.faults:
+            # 10% of requests fail (500 on writes, 596 on reads: a node's proxy lost), 5% are slow.
+            sim(sim_url, "/_sim/faults", "PUT", {"rules": json.dumps([
+                {"method": "GET", "rate": 0.10, "status": 596},
+                {"method": "POST", "rate": 0.10, "status": 500, "message": "injected failure"},
+                {"method": "PUT", "rate": 0.10, "status": 500, "message": "injected failure"},
+                {"method": "DELETE", "rate": 0.10, "status": 500, "message": "injected failure"},
+                {"rate": 0.05, "delay_ms": 2000},
+            ])})
+        sim(sim_url, "/_sim/log", "DELETE")
+        wall, stats, failures, snapshots = asyncio.run(run(args, f"unix://{socket}", sim_url))
+        if args.faults:
+            sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
+        log_entries = sim(sim_url, "/_sim/log") or []
+        leaks, doubles = leak_check(sim_url)
+    finally:
+        simulator.stdin.close()
+        driver.terminate()
+        driver.wait()
+        simulator.wait(10)
+
+    per_vm = {}
+    for entry in log_entries:
+        if entry["status"] == 200 and entry["method"] in ("POST", "PUT") and "/qemu/" in entry["path"] and entry["path"].endswith("/config"):
+            vmid = entry["path"].split("/qemu/")[1].split("/")[0]
+            if int(vmid) < 100 + args.vms:
+                per_vm[vmid] = per_vm.get(vmid, 0) + 1
+    bound = max(per_vm.values(), default=0) * TASKS["qmconfig"]
+    rpcs = {name: {"count": len(v), "p50": statistics.median(v), "p99": percentile(v, 0.99)}
+            for name, v in sorted(stats.items()) if not name.startswith("_")}
+    result = {
+        "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots, "faults": args.faults,
+        "wall_seconds": round(wall, 2), "lower_bound_seconds": bound, "ratio": round(wall / bound, 3) if bound else None,
+        "failed_lifecycles": len(failures), "failures": failures[:20], "retries": sum(stats.get("_retries", [])),
+        "proxmox_calls": len(log_entries), "proxmox_calls_per_lifecycle": round(len(log_entries) / args.lifecycles, 1),
+        "rpcs": rpcs, "leaks": leaks, "double_attachments": doubles,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "rpcs"}, indent=1))
+    print(f"{'rpc':28}{'count':>7}{'p50 s':>9}{'p99 s':>9}")
+    for name, r in rpcs.items():
+        print(f"{name:28}{r['count']:>7}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{'-faults' if args.faults else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"results: {out}")
+    clean = not failures and not any(leaks.values()) and not result["double_attachments"]
+    sys.exit(0 if clean else 1)
+
+
+if __name__ == "__main__":
+    main()
