@@ -56,10 +56,16 @@ def scenario(vms, path):
 
 
 class Sidecar:
-    """Calls with a per-attempt timeout and the sidecars' retry-with-backoff."""
+    """Calls with a per-attempt timeout and the sidecars' retry-with-backoff,
+    each sidecar with its pool of workers (`--worker-threads`): csi-provisioner
+    creates and deletes volumes, csi-attacher attaches, csi-snapshotter snapshots."""
 
-    def __init__(self, stub, timeout, stats):
+    POOLS = {"CreateVolume": "provisioner", "DeleteVolume": "provisioner", "ControllerPublishVolume": "attacher",
+             "ControllerUnpublishVolume": "attacher", "CreateSnapshot": "snapshotter", "DeleteSnapshot": "snapshotter"}
+
+    def __init__(self, stub, timeout, stats, workers):
         self.stub, self.timeout, self.stats = stub, timeout, stats
+        self.pools = {name: asyncio.Semaphore(count) for name, count in workers.items()}
 
     async def call(self, name, request):
         delay, attempts = 0.5, 0
@@ -67,29 +73,35 @@ class Sidecar:
         while True:
             attempts += 1
             try:
-                response = await getattr(self.stub, name)(request, timeout=self.timeout)
+                async with self.pools[self.POOLS[name]]:
+                    response = await getattr(self.stub, name)(request, timeout=self.timeout)
                 self.stats.setdefault(name, []).append(time.perf_counter() - started)
                 if attempts > 1:
                     self.stats.setdefault("_retries", []).append(attempts - 1)
                 return response
             except aio.AioRpcError as error:
+                key = f"{name} {error.code().name}"
+                self.stats.setdefault("_errors", {}).setdefault(key, 0)
+                self.stats["_errors"][key] += 1
                 if error.code() in FINAL or attempts >= 60:
                     raise
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 8)
 
 
-async def lifecycle(index, sidecar, vms, with_snapshot, failures):
+async def lifecycle(index, sidecar, vms, with_snapshot, failures, node_slots):
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
     try:
         volume = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
             name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
             parameters={"storage": "ceph"}))).volume
-        await sidecar.call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
-            volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
-        await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
-            volume_id=volume.volume_id, node_id=node))
+        # The scheduler places no more volumes on a node than its CSINode limit.
+        async with node_slots[index % vms]:
+            await sidecar.call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
+                volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
+            await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
+                volume_id=volume.volume_id, node_id=node))
         if with_snapshot:
             snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
                 name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
@@ -138,15 +150,29 @@ async def run(args, endpoint, sim_url):
     stop = asyncio.Event()
     locker = asyncio.create_task(hold_locks(sim_url, args.vms, stop)) if args.faults else None
     async with aio.insecure_channel(endpoint) as channel:
-        sidecar = Sidecar(csi_pb2_grpc.ControllerStub(channel), args.timeout, stats)
+        workers = {"provisioner": args.provisioner_workers, "attacher": args.attacher_workers,
+                   "snapshotter": args.snapshotter_workers}
+        sidecar = Sidecar(csi_pb2_grpc.ControllerStub(channel), args.timeout, stats, workers)
         started = time.perf_counter()
         snapshots = set(random.Random(7).sample(range(args.lifecycles), int(args.lifecycles * args.snapshot_share)))
-        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, failures) for i in range(args.lifecycles)))
+        # max_volumes_per_node as NodeGetInfo reports it for these VMs (scsi0 is their own disk).
+        node_slots = [asyncio.Semaphore(30) for _ in range(args.vms)]
+        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, failures, node_slots)
+                               for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
     if locker:
         stop.set()
         await locker
     return wall, stats, failures, len(snapshots)
+
+
+def template(path):
+    """An API path with its variable parts named, as the driver's metrics name them."""
+    names = {"nodes": "{node}", "qemu": "{vmid}", "storage": "{storage}", "content": "{volume}", "tasks": "{upid}"}
+    out = []
+    for part in path.replace("/api2/json", "").split("/"):
+        out.append(names[out[-1]] if out and out[-1] in names and part else part)
+    return "/".join(out)
 
 
 def percentile(values, share):
@@ -160,6 +186,10 @@ def main():
     parser.add_argument("--vms", type=int, default=10)
     parser.add_argument("--snapshot-share", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=30, help="seconds per attempt, as a sidecar's --timeout")
+    # The sidecars' --worker-threads as deploy/ sets them (provisioner and snapshotter: their defaults).
+    parser.add_argument("--provisioner-workers", type=int, default=100)
+    parser.add_argument("--attacher-workers", type=int, default=50)
+    parser.add_argument("--snapshotter-workers", type=int, default=10)
     parser.add_argument("--faults", action="store_true", help="10%% 500/596 errors, lock holds and slow tasks")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
@@ -215,16 +245,36 @@ def main():
             if int(vmid) < 100 + args.vms:
                 per_vm[vmid] = per_vm.get(vmid, 0) + 1
     bound = max(per_vm.values(), default=0) * TASKS["qmconfig"]
+    # How the busiest VM's config changes followed each other: idle gaps between them are lost time.
+    busiest = max(per_vm, key=per_vm.get) if per_vm else None
+    changes = sorted((e["time"], e["time"] + e["ms"] / 1000) for e in log_entries
+                     if e["status"] == 200 and e["method"] == "POST" and e["path"].endswith(f"/qemu/{busiest}/config"))
+    gaps = [b[0] - a[1] for a, b in zip(changes, changes[1:])]
+    first_change = changes[0][0] - min(e["time"] for e in log_entries) if changes else 0
+    by_path, server_ms = {}, {}
+    for entry in log_entries:
+        key = entry["method"] + " " + template(entry["path"])
+        by_path[key] = by_path.get(key, 0) + 1
+        server_ms.setdefault(key, []).append(entry.get("ms", 0))
     rpcs = {name: {"count": len(v), "p50": statistics.median(v), "p99": percentile(v, 0.99)}
             for name, v in sorted(stats.items()) if not name.startswith("_")}
     result = {
         "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots, "faults": args.faults,
-        "wall_seconds": round(wall, 2), "lower_bound_seconds": bound, "ratio": round(wall / bound, 3) if bound else None,
+        "wall_seconds": round(wall, 2), "lower_bound_seconds": bound,
+        "busiest_vm": {"vmid": busiest, "config_changes": per_vm.get(busiest), "first_change_after_s": round(first_change, 2),
+                       "gap_ms_p50": round(statistics.median(gaps) * 1000, 1) if gaps else None,
+                       "gap_ms_p99": round(percentile(gaps, 0.99) * 1000, 1) if gaps else None,
+                       "idle_s": round(sum(gaps), 2)}, "ratio": round(wall / bound, 3) if bound else None,
         "failed_lifecycles": len(failures), "failures": failures[:20], "retries": sum(stats.get("_retries", [])),
+        "errors_retried": stats.get("_errors", {}),
         "proxmox_calls": len(log_entries), "proxmox_calls_per_lifecycle": round(len(log_entries) / args.lifecycles, 1),
+        "proxmox_calls_by_path": dict(sorted(by_path.items(), key=lambda kv: -kv[1])),
+        "simulator_ms_p50_p99": {k: [statistics.median(v), percentile(v, 0.99)] for k, v in server_ms.items()},
         "rpcs": rpcs, "leaks": leaks, "double_attachments": doubles,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "rpcs"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rpcs", "proxmox_calls_by_path", "simulator_ms_p50_p99")}, indent=1))
+    print("simulator ms p50/p99:", json.dumps(result["simulator_ms_p50_p99"]))
+    print("proxmox calls by path:", json.dumps(dict(list(result["proxmox_calls_by_path"].items())[:12]), indent=1))
     print(f"{'rpc':28}{'count':>7}{'p50 s':>9}{'p99 s':>9}")
     for name, r in rpcs.items():
         print(f"{name:28}{r['count']:>7}{r['p50']:>9.2f}{r['p99']:>9.2f}")

@@ -31,16 +31,20 @@ public struct ControllerService: Sendable {
 
     public func register(into router: inout Router) {
         router.register("/csi.v1.Controller/CreateVolume") { request, _ in try await createVolume(request) }
-        router.register("/csi.v1.Controller/DeleteVolume") { request, _ in try await deleteVolume(request) }
-        router.register("/csi.v1.Controller/ControllerPublishVolume") { request, _ in try await publish(request) }
-        router.register("/csi.v1.Controller/ControllerUnpublishVolume") { request, _ in try await unpublish(request) }
+        // Calls that change where a volume is attached, or whether it exists, run one at a time per volume.
+        let one = volumes.volumeLocks
+        router.register("/csi.v1.Controller/DeleteVolume") { request, _ in try await one.run(request.volumeID) { try await deleteVolume(request) } }
+        router.register("/csi.v1.Controller/ControllerPublishVolume") { request, _ in try await one.run(request.volumeID) { try await publish(request) } }
+        router.register("/csi.v1.Controller/ControllerUnpublishVolume") { request, _ in
+            try await one.run(request.volumeID) { try await unpublish(request) }
+        }
         router.register("/csi.v1.Controller/ValidateVolumeCapabilities") { request, _ in try await validate(request) }
         router.register("/csi.v1.Controller/ListVolumes") { request, _ in try await listVolumes(request) }
         router.register("/csi.v1.Controller/GetCapacity") { request, _ in try await getCapacity(request) }
-        router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await expand(request) }
+        router.register("/csi.v1.Controller/ControllerExpandVolume") { request, _ in try await one.run(request.volumeID) { try await expand(request) } }
         router.register("/csi.v1.Controller/ControllerGetVolume") { request, _ in try await getVolume(request) }
         registerSnapshots(into: &router)
-        router.register("/csi.v1.Controller/ControllerModifyVolume") { request, _ in try await modify(request) }
+        router.register("/csi.v1.Controller/ControllerModifyVolume") { request, _ in try await one.run(request.volumeID) { try await modify(request) } }
         router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
@@ -234,7 +238,7 @@ public struct ControllerService: Sendable {
                         options: [(String, String)]) async throws {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         let client = try volumes.client(vm.cluster)
-        try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+        try await volumes.changingVM(vm) {
             try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
                 if let (key, value) = vmConfig.values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
                     let attachedReadonly = value.split(separator: ",").contains("ro=1")
@@ -265,7 +269,7 @@ public struct ControllerService: Sendable {
                   let vm = try await volumes.vm(forNodeID: request.nodeID) else { return .init() }
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             let client = try volumes.client(vm.cluster)
-            try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+            try await volumes.changingVM(vm) {
                 do {
                     try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
                         let keys = vmConfig.values.filter { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }.map(\.key)
@@ -313,12 +317,12 @@ public struct ControllerService: Sendable {
             let attachments = try await volumes.releaseFromHolders(handle, storage: storage,
                                                                    attachments: volumes.attachments(of: handle, storage: storage))
             if let (vm, key) = attachments.first {
-                try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                try await volumes.changingVM(vm) {
                     try await client.resize(node: vm.node, vmid: vm.vmid, disk: key, size: size)
                 }
             } else if let record = try await recordVM(of: handle) {
                 // A restored volume's own (stopped) record VM already carries it as scsi0.
-                try await volumes.vmLocks.run("\(record.vm.cluster)/\(record.vm.vmid)") {
+                try await volumes.changingVM(record.vm) {
                     try await client.resize(node: record.vm.node, vmid: record.vm.vmid, disk: "scsi0", size: size)
                 }
             } else {
@@ -357,7 +361,7 @@ public struct ControllerService: Sendable {
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             let client = try volumes.client(handle.cluster)
             for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
-                try await volumes.vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                try await volumes.changingVM(vm) {
                     try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
                         guard let (key, value) = vmConfig.values.first(where: {
                             ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
@@ -458,8 +462,7 @@ public struct ControllerService: Sendable {
             let client = try volumes.client(cluster)
             let resources = try await volumes.resources(cluster, fresh: true)
             var published: [String: [String]] = [:]
-            for vm in try await volumes.vms(cluster) {
-                guard let vmConfig = try? await client.vmConfig(node: vm.node, vmid: vm.vmid) else { continue }
+            for (vm, vmConfig) in try await volumes.scanConfigs(volumes.vms(cluster).filter { !CopyVM.isCopyVM($0) }) {
                 for (key, value) in vmConfig.values where ProxmoxVolumes.isDiskKey(key) && !key.hasPrefix("unused") {
                     published["\(vm.node)|\(ProxmoxVolumes.volid(of: value))", default: []].append(vm.name)
                 }

@@ -19,6 +19,11 @@ public struct CopyVM: Sendable, Equatable {
 
     public var kind: Kind
     public var vm: VMRef
+
+    /// Whether a VM is one of these by its name (they hold only their own disks).
+    static func isCopyVM(_ vm: VMRef) -> Bool {
+        [Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
+    }
     /// The CSI name it was created for.
     public var csiName: String
     /// The CSI id of what was copied (a volume id, or a snapshot id).

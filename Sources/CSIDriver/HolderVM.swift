@@ -52,7 +52,7 @@ extension ProxmoxVolumes {
         let holder = try await holder(cluster: handle.cluster, node: node)
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         let client = try client(handle.cluster)
-        return try await vmLocks.run("\(holder.cluster)/\(holder.vmid)") {
+        return try await changingVM(holder) {
             let vmConfig = try await client.vmConfig(node: holder.node, vmid: holder.vmid)
             let key = vmConfig.values.first { Self.isDiskKey($0.key) && Self.volid(of: $0.value) == volid }?.key
                 ?? (0..<31).map { "scsi\($0)" }.first { vmConfig[$0] == nil }!
@@ -76,7 +76,7 @@ extension ProxmoxVolumes {
         var remaining: [(VMRef, String)] = []
         for (vm, key) in attachments {
             if Self.isHolder(vm) {
-                try await vmLocks.run("\(vm.cluster)/\(vm.vmid)") {
+                try await changingVM(vm) {
                     try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, delete: [key])
                 }
             } else {

@@ -27,6 +27,14 @@ public final class ProxmoxVolumes: Sendable {
     let clusters: ProxmoxClusters
     var config: DriverConfig { clusters.config }
     let vmLocks = KeyedSerializer<String>()
+    /// Operations on one volume run one at a time, so two of them never
+    /// decide from the same view of where it is attached.
+    let volumeLocks = KeyedSerializer<String>()
+    private let resourceReads = CoalescedReads<String, [ClusterResource]>()
+    /// Concurrent scans share their reads of a VM's config.
+    let configReads = CoalescedReads<String, VMConfig>()
+    /// VM configs as scans last read them; the driver's own changes drop an entry at once.
+    private let scannedConfigs = Mutex<[String: (at: Double, config: VMConfig)]>([:])
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
     /// Cluster resources are reread after this many seconds.
     let cacheSeconds: Double
@@ -50,7 +58,10 @@ public final class ProxmoxVolumes: Sendable {
         if !fresh, let cached = cache.withLock({ $0[cluster] }), now - cached.at < cacheSeconds {
             return cached.resources
         }
-        let resources = try await client(cluster).clusterResources()
+        // Callers that miss together share one request (one started after they asked when fresh is wanted).
+        let client = try client(cluster)
+        let asked = MonotonicInstant(nanoseconds: fresh ? MonotonicInstant.now().nanoseconds : 0)
+        let resources = try await resourceReads.read(cluster, asked: asked) { try await client.clusterResources() }
         cache.withLock { $0[cluster] = (now, resources) }
         return resources
     }
@@ -120,20 +131,62 @@ public final class ProxmoxVolumes: Sendable {
             .first { $0.volid == volid }?.size
     }
 
+    /// A VM's config as it is now (a read that started after this call, shared with concurrent callers).
+    func freshConfig(_ vm: VMRef) async throws -> VMConfig {
+        let client = try client(vm.cluster)
+        return try await configReads.read("\(vm.cluster)/\(vm.vmid)", asked: .now()) {
+            try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+        }
+    }
+
+    /// Runs a change of a VM's config while no other change of that VM runs
+    /// (Proxmox would answer with lock timeouts), then forgets the scanned config.
+    func changingVM<T: Sendable>(_ vm: VMRef, _ body: @Sendable () async throws -> T) async throws -> T {
+        let key = "\(vm.cluster)/\(vm.vmid)"
+        defer { _ = scannedConfigs.withLock { $0.removeValue(forKey: key) } }
+        return try await vmLocks.run(key, body)
+    }
+
+    /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
+    func scanConfig(_ vm: VMRef) async throws -> VMConfig {
+        let key = "\(vm.cluster)/\(vm.vmid)"
+        let now = ProcessInfo.processInfo.systemUptime
+        if let cached = scannedConfigs.withLock({ $0[key] }), now - cached.at < cacheSeconds { return cached.config }
+        let config = try await freshConfig(vm)
+        scannedConfigs.withLock { $0[key] = (now, config) }
+        return config
+    }
+
+    /// Configs of `vms` for a scan, read in parallel; VMs deleted meanwhile are left out.
+    func scanConfigs(_ vms: [VMRef]) async throws -> [(VMRef, VMConfig)] {
+        try await withThrowingTaskGroup(of: (VMRef, VMConfig)?.self) { group in
+            for vm in vms {
+                group.addTask {
+                    do {
+                        return (vm, try await self.scanConfig(vm))
+                    } catch ProxmoxError.notFound {
+                        return nil  // deleted since the listing
+                    }
+                }
+            }
+            var configs: [(VMRef, VMConfig)] = []
+            for try await entry in group { if let entry { configs.append(entry) } }
+            return configs.sorted { $0.0.vmid < $1.0.vmid }
+        }
+    }
+
     /// Every VM config that references the volume: (VM, config key). The
-    /// record VM that owns a restored volume is not an attachment.
+    /// record VM that owns a restored volume is not an attachment, and the
+    /// driver's snapshot and record VMs never hold another volume, so they
+    /// are not read.
     func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-        let client = try client(handle.cluster)
+        let candidates = try await vms(handle.cluster).filter {
+            (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !CopyVM.isCopyVM($0)
+        }
         var found: [(VMRef, String)] = []
-        for vm in try await vms(handle.cluster) where (handle.node == nil || vm.node == handle.node) && vm.vmid != handle.ownerVMID {
-            let vmConfig: VMConfig
-            do {
-                vmConfig = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
-            } catch ProxmoxError.notFound {
-                continue  // deleted since the listing
-            }
-            for (key, value) in vmConfig.values where Self.isDiskKey(key) && Self.volid(of: value) == volid {
+        for (vm, vmConfig) in try await scanConfigs(candidates) {
+            for (key, value) in vmConfig.values.sorted(by: { $0.key < $1.key }) where Self.isDiskKey(key) && Self.volid(of: value) == volid {
                 found.append((vm, key))
             }
         }

@@ -48,11 +48,17 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     private var idleHandles: [UnsafeMutableRawPointer] = []
     private let stopped = DispatchSemaphore(value: 0)
 
+    static let maxConnectionsPerHost = 48
+
     public init(options: TransportOptions = TransportOptions()) {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
         self.options = options
         multi = curl_multi_init()
         _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 64)
+        // pveproxy serves from a few worker processes: past a few dozen connections
+        // requests only wait at the server, and a flood of new connections overruns
+        // its listen queue. Beyond this many, requests wait here for a free connection.
+        _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, Self.maxConnectionsPerHost)
         let thread = Thread { [self] in run() }
         thread.name = "proxmox-http"
         thread.start()

@@ -362,10 +362,16 @@ def snapshot_state(cluster):
     }
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops connections under load (the
+    # client then waits a second for SYN retransmission); a real server listens deeper.
+    request_queue_size = 256
+
+
 def serve(simulator, host, port, certfile=None, keyfile=None):
     """Starts the server; returns it (serve_forever runs on a thread)."""
     handler = type("BoundHandler", (Handler,), {"sim": simulator})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = Server((host, port), handler)
     server.daemon_threads = True
     if certfile:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
