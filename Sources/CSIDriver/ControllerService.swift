@@ -262,21 +262,29 @@ public struct ControllerService: Sendable {
 
     func unpublish(_ request: Csi_V1_ControllerUnpublishVolumeRequest) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
-        guard !request.nodeID.isEmpty else { throw RPCError(.invalidArgument, "node_id is required") }
         do {
             // A volume or VM that no longer exists is not attached: done.
-            guard let (handle, storage) = try await volumes.locate(request.volumeID),
-                  let vm = try await volumes.vm(forNodeID: request.nodeID) else { return .init() }
+            guard let (handle, storage) = try await volumes.locate(request.volumeID) else { return .init() }
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-            let client = try volumes.client(vm.cluster)
-            try await volumes.changingVM(vm) {
-                do {
-                    try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
-                        let keys = vmConfig.values.filter { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }.map(\.key)
-                        return keys.isEmpty ? nil : ([], keys.sorted())
+            // No node_id: detach from every node's VM (the spec's "unpublish from all nodes").
+            let targets: [VMRef]
+            if request.nodeID.isEmpty {
+                targets = Array(Set(try await volumes.attachments(of: handle, storage: storage).map(\.0).filter { !ProxmoxVolumes.isHolder($0) }))
+            } else {
+                guard let vm = try await volumes.vm(forNodeID: request.nodeID) else { return .init() }
+                targets = [vm]
+            }
+            for vm in targets.sorted(by: { $0.vmid < $1.vmid }) {
+                let client = try volumes.client(vm.cluster)
+                try await volumes.changingVM(vm) {
+                    do {
+                        try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
+                            let keys = vmConfig.values.filter { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }.map(\.key)
+                            return keys.isEmpty ? nil : ([], keys.sorted())
+                        }
+                    } catch ProxmoxError.notFound {
+                        // The VM went away: nothing is attached any more.
                     }
-                } catch ProxmoxError.notFound {
-                    // The VM went away: nothing is attached any more.
                 }
             }
             return .init()
@@ -344,12 +352,14 @@ public struct ControllerService: Sendable {
     /// every later attach, and applied at once to the VM it is attached to.
     func modify(_ request: Csi_V1_ControllerModifyVolumeRequest) async throws -> Csi_V1_ControllerModifyVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard !request.mutableParameters.isEmpty else {
+            throw RPCError(.invalidArgument, "mutable_parameters is required (the VolumeAttributesClass's parameters)")
+        }
         do {
             guard let (handle, storage, _) = try await volumes.existing(request.volumeID) else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
             }
             try VolumeParameters.checkMutable(request.mutableParameters, config: config, cluster: handle.cluster)
-            guard !request.mutableParameters.isEmpty else { return .init() }
             let node = handle.node ?? storage.available.keys.sorted().first ?? ""
             try await volumes.recordOptions(request.mutableParameters, volumeID: request.volumeID, cluster: handle.cluster, node: node)
 
