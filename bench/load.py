@@ -145,10 +145,52 @@ async def hold_locks(sim_url, vms, stop):
         await asyncio.sleep(2)
 
 
-async def run(args, endpoint, sim_url):
+class DriverProcess:
+    """The controller under test; `--crash` kills it with SIGKILL now and then and starts it again."""
+
+    def __init__(self, work, config):
+        self.work, self.config, self.process, self.kills = work, config, None, 0
+        self.socket = work / "csi.sock"
+        self.log = open(work / "driver.log", "a")
+
+    def start(self):
+        self.process = subprocess.Popen([os.environ["DRIVER_BIN"], "--mode", "controller", "--endpoint", f"unix://{self.socket}",
+                                         "--config", str(self.config), "--log-level", "warning"],
+                                        stdout=self.log, stderr=self.log)
+        for _ in range(200):
+            if self.socket.exists() and self.process.poll() is None:
+                return
+            time.sleep(0.025)
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+        self.kills += 1
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+async def crash_now_and_then(driver, stop):
+    """kill -9 at random moments (every 3-10 s), restart after a moment, as a crashing pod would."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=random.uniform(3, 10))
+            return
+        except asyncio.TimeoutError:
+            pass
+        driver.kill()
+        await asyncio.sleep(random.uniform(0.2, 1.5))
+        await loop.run_in_executor(None, driver.start)
+
+
+async def run(args, endpoint, sim_url, driver):
     stats, failures = {}, []
     stop = asyncio.Event()
     locker = asyncio.create_task(hold_locks(sim_url, args.vms, stop)) if args.faults else None
+    crasher = asyncio.create_task(crash_now_and_then(driver, stop)) if args.crash else None
     async with aio.insecure_channel(endpoint) as channel:
         workers = {"provisioner": args.provisioner_workers, "attacher": args.attacher_workers,
                    "snapshotter": args.snapshotter_workers}
@@ -160,9 +202,10 @@ async def run(args, endpoint, sim_url):
         await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, failures, node_slots)
                                for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
-    if locker:
-        stop.set()
-        await locker
+    stop.set()
+    for helper in (locker, crasher):
+        if helper:
+            await helper
     return wall, stats, failures, len(snapshots)
 
 
@@ -191,6 +234,7 @@ def main():
     parser.add_argument("--attacher-workers", type=int, default=50)
     parser.add_argument("--snapshotter-workers", type=int, default=10)
     parser.add_argument("--faults", action="store_true", help="10%% 500/596 errors, lock holds and slow tasks")
+    parser.add_argument("--crash", action="store_true", help="kill -9 the controller every 3-10 s and restart it")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -208,15 +252,10 @@ def main():
     sim_url = f"http://127.0.0.1:{(work / 'port').read_text()}"
     (work / "config.yaml").write_text(f"clusters:\n  - name: sim\n    url: {sim_url}\n    tokenID: csi@pve!csi\n"
                                       "    tokenSecret: 5ba0d1b4-8d0e-4c61-9a8f-3d2f1c7e6b21\n")
-    socket = work / "csi.sock"
-    log = open(work / "driver.log", "w")
-    driver = subprocess.Popen([os.environ["DRIVER_BIN"], "--mode", "controller", "--endpoint", f"unix://{socket}",
-                               "--config", str(work / "config.yaml"), "--log-level", "warning"], stdout=log, stderr=log)
+    driver = DriverProcess(work, work / "config.yaml")
+    driver.start()
+    socket = driver.socket
     try:
-        for _ in range(100):
-            if socket.exists():
-                break
-            time.sleep(0.05)
         if args.faults:
             # 10% of requests fail (500 on writes, 596 on reads: a node's proxy lost), 5% are slow.
             sim(sim_url, "/_sim/faults", "PUT", {"rules": json.dumps([
@@ -227,15 +266,14 @@ def main():
                 {"rate": 0.05, "delay_ms": 2000},
             ])})
         sim(sim_url, "/_sim/log", "DELETE")
-        wall, stats, failures, snapshots = asyncio.run(run(args, f"unix://{socket}", sim_url))
+        wall, stats, failures, snapshots = asyncio.run(run(args, f"unix://{socket}", sim_url, driver))
         if args.faults:
             sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
         log_entries = sim(sim_url, "/_sim/log") or []
         leaks, doubles = leak_check(sim_url)
     finally:
         simulator.stdin.close()
-        driver.terminate()
-        driver.wait()
+        driver.stop()
         simulator.wait(10)
 
     per_vm = {}
@@ -260,6 +298,7 @@ def main():
             for name, v in sorted(stats.items()) if not name.startswith("_")}
     result = {
         "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots, "faults": args.faults,
+        "crash": args.crash, "controller_kills": driver.kills,
         "wall_seconds": round(wall, 2), "lower_bound_seconds": bound,
         "busiest_vm": {"vmid": busiest, "config_changes": per_vm.get(busiest), "first_change_after_s": round(first_change, 2),
                        "gap_ms_p50": round(statistics.median(gaps) * 1000, 1) if gaps else None,
@@ -279,7 +318,7 @@ def main():
     for name, r in rpcs.items():
         print(f"{name:28}{r['count']:>7}{r['p50']:>9.2f}{r['p99']:>9.2f}")
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{'-faults' if args.faults else ''}.json"
+    out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{'-faults' if args.faults else ''}{'-crash' if args.crash else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
     clean = not failures and not any(leaks.values()) and not result["double_attachments"]

@@ -80,7 +80,19 @@ extension ProxmoxVolumes {
     func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
         guard let vm = try await vms(cluster, fresh: fresh).first(where: { $0.name == name }) else { return nil }
-        return try await copyVM(vm)
+        let vmConfig: VMConfig
+        do {
+            vmConfig = try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
+        } catch ProxmoxError.notFound {
+            return nil
+        }
+        if let copy = CopyVM.parse(vm, config: vmConfig) { return copy }
+        // An earlier attempt's create is still running (Proxmox writes the description
+        // when it ends): making another would leave twins. The caller's retry finds it done.
+        if vmConfig["lock"] == "create" {
+            throw RPCError(.aborted, "\(name) (VM \(vm.vmid)) is still being created by an earlier attempt; try again shortly")
+        }
+        return nil
     }
 
     /// Reads one copy VM; nil when it vanished or is not one.
@@ -168,11 +180,20 @@ extension ProxmoxVolumes {
     }
 
     /// Destroys a copy VM and with it the copy it owns.
+    /// Destroys a copy VM, and with it any twin: a create retried after the
+    /// controller died can leave a second VM for the same name (Proxmox
+    /// registers a VM only once its create task runs), and it goes with the first.
     func destroy(_ copy: CopyVM) async throws {
-        do {
-            try await client(copy.vm.cluster).destroyVM(node: copy.vm.node, vmid: copy.vm.vmid, timeout: config.taskTimeout)
-        } catch ProxmoxError.notFound {
-            // Already gone.
+        var doomed = [copy.vm]
+        for vm in try await vms(copy.vm.cluster, fresh: true) where vm.name == copy.vm.name && vm.vmid != copy.vm.vmid {
+            if let twin = try await copyVM(vm), twin.kind == copy.kind, twin.csiName == copy.csiName { doomed.append(vm) }
+        }
+        for vm in doomed {
+            do {
+                try await client(vm.cluster).destroyVM(node: vm.node, vmid: vm.vmid, timeout: config.taskTimeout)
+            } catch ProxmoxError.notFound {
+                // Already gone.
+            }
         }
         invalidate(copy.vm.cluster)
     }
