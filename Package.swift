@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "proxmox-csi", targets: ["proxmox-csi"]),
+        // For the fuzz package (fuzz/), which builds them with libFuzzer.
+        .library(name: "UnaryGRPC", targets: ["UnaryGRPC"]),
+        .library(name: "CSIProto", targets: ["CSIProto"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
