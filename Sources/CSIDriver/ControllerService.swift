@@ -472,7 +472,7 @@ public struct ControllerService: Sendable {
             let client = try volumes.client(cluster)
             let resources = try await volumes.resources(cluster, fresh: true)
             var published: [String: [String]] = [:]
-            for (vm, vmConfig) in try await volumes.scanConfigs(volumes.vms(cluster).filter { !CopyVM.isCopyVM($0) }) {
+            for (vm, vmConfig) in try await volumes.scanConfigs(volumes.vms(cluster).filter { !ProxmoxVolumes.isCopyVM($0) }) {
                 for (key, value) in vmConfig.values where ProxmoxVolumes.isDiskKey(key) && !key.hasPrefix("unused") {
                     published["\(vm.node)|\(ProxmoxVolumes.volid(of: value))", default: []].append(vm.name)
                 }

@@ -19,11 +19,6 @@ public struct CopyVM: Sendable, Equatable {
 
     public var kind: Kind
     public var vm: VMRef
-
-    /// Whether a VM is one of these by its name (they hold only their own disks).
-    static func isCopyVM(_ vm: VMRef) -> Bool {
-        [Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
-    }
     /// The CSI name it was created for.
     public var csiName: String
     /// The CSI id of what was copied (a volume id, or a snapshot id).
@@ -72,6 +67,7 @@ public struct CopyVM: Sendable, Equatable {
 }
 
 extension ProxmoxVolumes {
+    /// Whether a VM is one of the driver's copy or record VMs, by its name (they hold only their own disks).
     static func isCopyVM(_ vm: VMRef) -> Bool {
         [CopyVM.Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
     }

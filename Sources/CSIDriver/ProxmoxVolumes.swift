@@ -182,7 +182,7 @@ public final class ProxmoxVolumes: Sendable {
     func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         let candidates = try await vms(handle.cluster).filter {
-            (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !CopyVM.isCopyVM($0)
+            (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !ProxmoxVolumes.isCopyVM($0)
         }
         var found: [(VMRef, String)] = []
         for (vm, vmConfig) in try await scanConfigs(candidates) {
