@@ -1,7 +1,8 @@
 import Foundation
 
 /// Mounts through util-linux's mount(8), which knows every filesystem's
-/// option syntax; failures carry the tool's own message.
+/// option syntax, and checks and grows filesystems with their own tools;
+/// failures carry the tool's own message.
 public struct Mounter: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
@@ -34,6 +35,21 @@ public struct Mounter: Sendable {
         let result = try await runner.run("fsck.ext4", ["-p", device])
         guard result.status <= 1 else {
             throw Failure(description: "fsck.ext4 \(device) found errors it could not repair (exit \(result.status)): "
+                + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
+    /// Grows a mounted filesystem to fill its (already larger) device, online:
+    /// xfs through its mount point, ext4 through its device.
+    public func grow(fsType: String, device: String, mountPoint: String) async throws {
+        let (tool, arguments): (String, [String]) = switch fsType {
+        case "xfs": ("xfs_growfs", ["-d", mountPoint])
+        case "ext4", "ext3", "ext2": ("resize2fs", [device])
+        default: throw Failure(description: "cannot grow a \(fsType) filesystem (xfs and ext4 can grow)")
+        }
+        let result = try await runner.run(tool, arguments)
+        guard result.succeeded else {
+            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(result.status)): "
                 + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
     }

@@ -58,14 +58,8 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.targetPath, field: "target_path")
         return try await serialized(request.volumeID) {
-            let mounted = try inspect(request.targetPath)
-            if mounted.entry != nil {
-                let volume = try NodeVolume(id: request.volumeID)
-                guard mounted.mayBeUnmounted(for: volume) else {
-                    throw RPCError(.failedPrecondition, "NodeUnpublishVolume \(volume.id): \(request.targetPath) holds "
-                        + "\(mounted.summary), not this volume's disk (serial \(volume.serial)); left mounted")
-                }
-            }
+            try requireOwnMount(inspect(request.targetPath), at: request.targetPath, volumeID: request.volumeID,
+                                what: "NodeUnpublishVolume")
             do {
                 try Unmounter.unmountAndRemove(request.targetPath)
             } catch {

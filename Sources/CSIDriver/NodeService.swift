@@ -33,7 +33,6 @@ public struct NodeService: Sendable {
     let finder: DeviceFinder
     let format: SafeFormat
     let mounter: Mounter
-    let grower: FilesystemGrower
     let volumeLocks = KeyedSerializer<String>()
 
     public var nodeID: String { settings.nodeName }
@@ -48,7 +47,6 @@ public struct NodeService: Sendable {
         finder = DeviceFinder(sysRoot: settings.sysRoot, devRoot: settings.devRoot)
         format = SafeFormat(runner: runner)
         mounter = Mounter(runner: runner)
-        grower = FilesystemGrower(runner: runner)
     }
 
     public func register(into router: inout Router) {

@@ -78,17 +78,12 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
         return try await serialized(request.volumeID) {
-            let mounted = try inspect(request.stagingTargetPath)
-            guard mounted.entry != nil else { return .init() }
-            let volume = try NodeVolume(id: request.volumeID)
-            guard mounted.mayBeUnmounted(for: volume) else {
-                throw RPCError(.failedPrecondition, "NodeUnstageVolume \(volume.id): \(request.stagingTargetPath) holds "
-                    + "\(mounted.summary), not this volume's disk (serial \(volume.serial)); left mounted")
-            }
+            try requireOwnMount(inspect(request.stagingTargetPath), at: request.stagingTargetPath, volumeID: request.volumeID,
+                                what: "NodeUnstageVolume")
             do {
                 try Unmounter.unmount(request.stagingTargetPath)
             } catch {
-                throw RPCError(.internal, "NodeUnstageVolume \(volume.id): \(error)")
+                throw RPCError(.internal, "NodeUnstageVolume \(request.volumeID): \(error)")
             }
             return .init()
         }

@@ -84,6 +84,16 @@ extension NodeService {
         }
     }
 
+    /// Refuses to unmount `path` unless what is mounted there is the volume's (or a vanished) disk.
+    func requireOwnMount(_ mounted: MountedThing, at path: String, volumeID: String, what: String) throws(RPCError) {
+        guard mounted.entry != nil else { return }
+        let volume = try NodeVolume(id: volumeID)
+        guard mounted.mayBeUnmounted(for: volume) else {
+            throw RPCError(.failedPrecondition, "\(what) \(volume.id): \(path) holds \(mounted.summary), "
+                + "not this volume's disk (serial \(volume.serial)); left mounted")
+        }
+    }
+
     func inspect(_ path: String) throws(RPCError) -> MountedThing {
         guard let entry = MountTable.mount(at: path, in: try mountTable()) else { return .nothing }
         if let number = DeviceFacts.blockDeviceNumber(path) {

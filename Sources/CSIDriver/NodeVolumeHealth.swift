@@ -94,8 +94,8 @@ extension NodeService {
                 // Grow through the writable staging mount when given: the published bind may be read-only.
                 let mountPoint = request.stagingTargetPath.isEmpty ? request.volumePath : request.stagingTargetPath
                 do {
-                    try await grower.grow(fsType: entry.fsType, device: disk.devicePath, mountPoint: mountPoint)
-                } catch let failure as FilesystemGrower.Failure {
+                    try await mounter.grow(fsType: entry.fsType, device: disk.devicePath, mountPoint: mountPoint)
+                } catch let failure as Mounter.Failure {
                     throw RPCError(.internal, "\(what): \(failure)")
                 }
             }
