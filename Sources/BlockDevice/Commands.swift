@@ -61,6 +61,11 @@ public struct ProcessRunner: CommandRunning {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 2)
+        // Nothing else the driver holds reaches the tool: a file descriptor
+        // opened without O_CLOEXEC (Foundation's temporary files are) would
+        // keep a mount busy until the tool exits, and an unmount meanwhile
+        // fails with EBUSY.
+        CLinux_spawn_close_from(&actions, 3)
 
         // The driver blocks SIGTERM/SIGINT (sigwait) and ignores SIGPIPE; a
         // tool starts with neither.

@@ -25,3 +25,7 @@ int CLinux_block_device_bytes(int fd, unsigned long long *bytes) {
 }
 
 int CLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

@@ -168,6 +168,17 @@ func sparseFile(_ path: String, bytes: Int64) throws {
         #expect(ignored.map { $0 & (1 << 12) == 0 } == true)
     }
 
+    @Test func aToolInheritsNoDescriptorButItsStandardStreams() throws {
+        // An inheritable descriptor, as Foundation's temporary files are: the
+        // tool must not hold it (it would keep a mount busy).
+        let inheritable = open("/proc/self/status", O_RDONLY)
+        #expect(inheritable > 2)
+        defer { close(inheritable) }
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "ls /proc/$$/fd"])
+        let descriptors = Set(result.output.split(separator: "\n").compactMap { Int32($0) })
+        #expect(descriptors == [0, 1, 2], "\(result.output)")
+    }
+
     @Test func aSignalledToolReportsOneHundredTwentyEightPlusTheSignal() async throws {
         #expect(try await ProcessRunner().run("sh", ["-c", "kill -TERM $$"]).status == 128 + 15)
     }

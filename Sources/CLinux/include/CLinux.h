@@ -2,6 +2,7 @@
 #define CLINUX_H
 /* Linux calls that Glibc's Swift module leaves out (GNU extensions).
    Declared with plain types so this header needs no _GNU_SOURCE. */
+#include <spawn.h>
 int CLinux_accept4(int fd, int flags);
 int CLinux_eventfd(unsigned int initial, int flags);
 extern const int CLinux_EFD_NONBLOCK;
@@ -11,4 +12,6 @@ int CLinux_pthread_setname(unsigned long thread, const char *name);
 int CLinux_pipe_cloexec(int fds[2]);
 /* A block device's size in bytes (BLKGETSIZE64; ioctl is variadic, which Swift cannot call). */
 int CLinux_block_device_bytes(int fd, unsigned long long *bytes);
+/* posix_spawn_file_actions_addclosefrom_np: the child keeps only the descriptors below `from`. */
+int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
 #endif
