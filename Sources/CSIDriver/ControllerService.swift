@@ -237,26 +237,24 @@ public struct ControllerService: Sendable {
     private func attach(_ handle: VolumeHandle, storage: StorageRef, to vm: VMRef, bus: String, readonly: Bool,
                         options: [(String, String)]) async throws {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-        let client = try volumes.client(vm.cluster)
-        try await volumes.changingVM(vm) {
-            try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
-                if let (key, value) = vmConfig.values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
-                    let attachedReadonly = value.split(separator: ",").contains("ro=1")
-                    guard attachedReadonly == readonly else {
-                        throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
-                    }
-                    return nil  // already there: publishing again changes nothing
+        var value = [volid, "serial=\(VolumeNaming.serial(for: handle))"]
+        if bus == "scsi" { value.append("wwn=\(VolumeNaming.wwn(for: handle))") }
+        value += options.map { "\($0.0)=\($0.1)" }
+        if readonly { value.append("ro=1") }
+        let diskValue = value.joined(separator: ",")
+        try await volumes.editConfig(vm) { values in
+            if let (key, value) = values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
+                let attachedReadonly = value.split(separator: ",").contains("ro=1")
+                guard attachedReadonly == readonly else {
+                    throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
                 }
-                let limit = bus == "virtio" ? 16 : 31
-                guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: { vmConfig[$0] == nil }) else {
-                    throw RPCError(.resourceExhausted, "VM \(vm.vmid) has no free \(bus) slot (\(limit) in use)")
-                }
-                var value = [volid, "serial=\(VolumeNaming.serial(for: handle))"]
-                if bus == "scsi" { value.append("wwn=\(VolumeNaming.wwn(for: handle))") }
-                value += options.map { "\($0.0)=\($0.1)" }
-                if readonly { value.append("ro=1") }
-                return ([(slot, value.joined(separator: ","))], [])
+                return  // already there: publishing again changes nothing
             }
+            let limit = bus == "virtio" ? 16 : 31
+            guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: { values[$0] == nil }) else {
+                throw RPCError(.resourceExhausted, "VM \(vm.vmid) has no free \(bus) slot (\(limit) in use)")
+            }
+            values[slot] = diskValue
         }
     }
 
@@ -275,16 +273,14 @@ public struct ControllerService: Sendable {
                 targets = [vm]
             }
             for vm in targets.sorted(by: { $0.vmid < $1.vmid }) {
-                let client = try volumes.client(vm.cluster)
-                try await volumes.changingVM(vm) {
-                    do {
-                        try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
-                            let keys = vmConfig.values.filter { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }.map(\.key)
-                            return keys.isEmpty ? nil : ([], keys.sorted())
+                do {
+                    try await volumes.editConfig(vm) { values in
+                        for (key, value) in values where ProxmoxVolumes.isDiskKey(key) && ProxmoxVolumes.volid(of: value) == volid {
+                            values[key] = nil
                         }
-                    } catch ProxmoxError.notFound {
-                        // The VM went away: nothing is attached any more.
                     }
+                } catch ProxmoxError.notFound {
+                    // The VM went away: nothing is attached any more.
                 }
             }
             return .init()
@@ -369,19 +365,16 @@ public struct ControllerService: Sendable {
                                                      config: config, cluster: handle.cluster).diskOptions
             let replaced: Set<String> = ["cache", "backup", "iops_rd", "iops_wr", "mbps_rd", "mbps_wr"]
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-            let client = try volumes.client(handle.cluster)
             for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
-                try await volumes.changingVM(vm) {
-                    try await client.modifyVMConfig(node: vm.node, vmid: vm.vmid) { vmConfig in
-                        guard let (key, value) = vmConfig.values.first(where: {
-                            ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
-                        }) else { return nil }
-                        let kept = value.split(separator: ",").dropFirst().filter { option in
-                            let name = String(option.split(separator: "=").first ?? "")
-                            return !replaced.contains(name) && name != "size"
-                        }.map(String.init)
-                        return ([(key, ([volid] + kept + changed.map { "\($0.0)=\($0.1)" }).joined(separator: ","))], [])
-                    }
+                try await volumes.editConfig(vm) { values in
+                    guard let (key, value) = values.first(where: {
+                        ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
+                    }) else { return }
+                    let kept = value.split(separator: ",").dropFirst().filter { option in
+                        let name = String(option.split(separator: "=").first ?? "")
+                        return !replaced.contains(name) && name != "size"
+                    }.map(String.init)
+                    values[key] = ([volid] + kept + changed.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
                 }
             }
             return .init()

@@ -27,6 +27,8 @@ public final class ProxmoxVolumes: Sendable {
     let clusters: ProxmoxClusters
     var config: DriverConfig { clusters.config }
     let vmLocks = KeyedSerializer<String>()
+    /// Attachments and detachments of one VM, merged into as few writes as possible.
+    private let configBatches = ConfigBatches()
     /// Operations on one volume run one at a time, so two of them never
     /// decide from the same view of where it is attached.
     let volumeLocks = KeyedSerializer<String>()
@@ -145,6 +147,12 @@ public final class ProxmoxVolumes: Sendable {
         let key = "\(vm.cluster)/\(vm.vmid)"
         defer { _ = scannedConfigs.withLock { $0.removeValue(forKey: key) } }
         return try await vmLocks.run(key, body)
+    }
+
+    /// Changes a VM's config with `edit`, in one write with the edits other
+    /// callers make to that VM meanwhile.
+    func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws {
+        try await configBatches.apply(vm, in: self, edit)
     }
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.

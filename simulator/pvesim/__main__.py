@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--scenario", default=str(DEFAULT_SCENARIO), help="cluster, storages, VMs, users, tokens")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); plain HTTP without")
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
-    parser.add_argument("--task-seconds", default="", help="per task type, e.g. qmconfig=0.5,resize=1")
+    parser.add_argument("--task-seconds", default="", help="per task type, e.g. qmconfig=0.5,resize=1; qmconfig-each=0.1 adds that per disk beyond the first a config change hot-plugs")
     parser.add_argument("--default-task-seconds", type=float, default=0.02)
     parser.add_argument("--auth-failure-delay", type=float, default=3.0, help="seconds before a 401 (Proxmox: 3)")
     parser.add_argument("--ticket-lifetime", type=float, default=7200, help="seconds a ticket is valid")

@@ -186,7 +186,8 @@ class Api:
         if sync:
             effect()
             return None
-        task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect)
+        disks = len(planned) + sum(1 for key in deletes if DISK_KEY.match(key))
+        task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect, items=disks)
         return self._maybe_wait(task, p.get("background_delay"))
 
     def unlink(self, p, caller):

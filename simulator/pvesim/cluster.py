@@ -262,9 +262,12 @@ class Cluster:
 
     # ---------------------------------------------------------------- tasks
 
-    def start_task(self, node, type, id, user, effect, not_before=None):
+    def start_task(self, node, type, id, user, effect, not_before=None, items=1):
+        """`items`: how many things the task does (disks a config change
+        hot-plugs); each beyond the first adds `<type>-each` seconds."""
         start = max(time.time(), not_before or 0)
         duration = self.task_seconds.get(type, self.default_task_seconds)
+        duration += max(0, items - 1) * self.task_seconds.get(f"{type}-each", 0)
         task = Task(node, type, id, user, start, duration, effect)
         self.tasks[task.upid] = task
         return task

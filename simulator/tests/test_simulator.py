@@ -289,6 +289,19 @@ def test_config_changes_of_one_vm_are_serialized(sim, api):
     assert second.start >= first.end - 0.01
 
 
+def test_a_config_change_takes_longer_for_each_disk_it_hot_plugs(sim, api):
+    sim.cluster.task_seconds.update({"qmconfig": 0.2, "qmconfig-each": 0.1})
+    for name in ("a", "b", "c"):
+        api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename=f"vm-9999-{name}", size="1G")
+    one = sim.cluster.tasks[api.ok("POST", "/nodes/pve1/qemu/100/config", scsi1="local-lvm:vm-9999-a")]
+    three = sim.cluster.tasks[api.ok("POST", "/nodes/pve1/qemu/100/config", scsi2="local-lvm:vm-9999-b",
+                                     scsi3="local-lvm:vm-9999-c", description="not a disk")]
+    plain = sim.cluster.tasks[api.ok("POST", "/nodes/pve1/qemu/100/config", description="d")]
+    assert round(one.end - one.start, 3) == 0.2
+    assert round(three.end - three.start, 3) == 0.3
+    assert round(plain.end - plain.start, 3) == 0.2
+
+
 def test_resize_grows_and_refuses_to_shrink_as_task_errors(api):
     api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-a", size="1G")
     attach(api, "scsi1", "local-lvm:vm-9999-a")

@@ -1,0 +1,121 @@
+import ProxmoxAPI
+import Synchronization
+
+/// One caller's change to a VM's config, made on a draft of the config's
+/// values in which the edits batched before it are already applied. It throws
+/// to refuse (a volume attached read-only, no free slot): its caller gets the
+/// error and the rest of the batch goes on without it.
+typealias ConfigEdit = @Sendable (inout [String: String]) throws -> Void
+
+/// Merges concurrent edits of one VM's config into one write. Every write is
+/// a Proxmox task that takes the VM's config lock and hot-plugs what changed,
+/// so writes to one VM run one after another however many callers wait; edits
+/// that arrive while a write runs go together in the next one. Forty pods'
+/// volumes landing on one node are then a handful of tasks, not forty.
+final class ConfigBatches: Sendable {
+    private struct Waiting {
+        let edit: ConfigEdit
+        let continuation: CheckedContinuation<Void, any Error>
+
+        func resume(_ result: Result<Void, any Error>) { continuation.resume(with: result) }
+    }
+
+    /// Edits not yet written, per VM. A key is present while a writer runs for
+    /// that VM; the caller that adds the key starts the writer.
+    private let queued = Mutex<[String: [Waiting]]>([:])
+    /// How often a write is redone when the config changed under it.
+    static let attempts = 5
+
+    /// Applies `edit` to the VM's config, together with whatever other edits
+    /// are waiting, and returns once the write that carried it is done.
+    func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws {
+        let key = "\(vm.cluster)/\(vm.vmid)"
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let startsWriter = queued.withLock { queues in
+                defer { queues[key, default: []].append(Waiting(edit: edit, continuation: continuation)) }
+                return queues[key] == nil
+            }
+            if startsWriter { Task { await self.writeBatches(vm, key: key, in: volumes) } }
+        }
+    }
+
+    private func writeBatches(_ vm: VMRef, key: String, in volumes: ProxmoxVolumes) async {
+        while true {
+            // The batch is whatever waits once the VM is free (a resize may hold it).
+            _ = try? await volumes.changingVM(vm) {
+                let batch = self.queued.withLock { queues in
+                    defer { queues[key] = [] }
+                    return queues[key] ?? []
+                }
+                await Self.write(batch, to: vm, in: volumes)
+            }
+            let idle = queued.withLock { queues in
+                guard queues[key]?.isEmpty ?? true else { return false }
+                queues[key] = nil
+                return true
+            }
+            if idle { return }
+        }
+    }
+
+    /// One write for the whole batch: read the config, let each edit change
+    /// the draft, send the difference with the config's digest.
+    private static func write(_ batch: [Waiting], to vm: VMRef, in volumes: ProxmoxVolumes) async {
+        guard !batch.isEmpty else { return }
+        let client: ProxmoxClient
+        do { client = try volumes.client(vm.cluster) } catch { return batch.forEach { $0.resume(.failure(error)) } }
+        var members = batch
+        for attempt in 1...attempts {
+            let config: VMConfig
+            do {
+                config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+            } catch {
+                return members.forEach { $0.resume(.failure(error)) }
+            }
+            var draft = config.values
+            var accepted: [Waiting] = []
+            for member in members {
+                var trial = draft
+                do {
+                    try member.edit(&trial)
+                    draft = trial
+                    accepted.append(member)
+                } catch {
+                    member.resume(.failure(error))
+                }
+            }
+            members = accepted
+            let (set, delete) = difference(from: config.values, to: draft)
+            if set.isEmpty && delete.isEmpty { return members.forEach { $0.resume(.success(())) } }
+            do {
+                try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, digest: config.digest)
+                return members.forEach { $0.resume(.success(())) }
+            } catch ProxmoxError.digestConflict where attempt < attempts {
+                continue  // someone else changed the config: decide again on the new one
+            } catch let error as ProxmoxError where members.count > 1 && mayConcernOneEdit(error) {
+                // Proxmox refused or failed part of the change: each edit again
+                // alone, so one bad edit cannot fail the others.
+                for member in members { await write([member], to: vm, in: volumes) }
+                return
+            } catch {
+                return members.forEach { $0.resume(.failure(error)) }
+            }
+        }
+    }
+
+    /// Errors that may come from one edit's values (a bad option, a failed
+    /// hot-plug) rather than from the VM or the connection.
+    static func mayConcernOneEdit(_ error: ProxmoxError) -> Bool {
+        switch error {
+        case .invalidParameters, .badRequest, .server, .taskFailed: true
+        default: false
+        }
+    }
+
+    /// The keys to set (sorted, for a stable request) and to delete that turn `old` into `new`.
+    static func difference(from old: [String: String], to new: [String: String]) -> (set: [(String, String)], delete: [String]) {
+        let set = new.filter { old[$0.key] != $0.value }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        let delete = old.keys.filter { new[$0] == nil }.sorted()
+        return (set, delete)
+    }
+}

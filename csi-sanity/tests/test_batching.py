@@ -1,0 +1,138 @@
+"""Attachments to one VM that wait for each other go to Proxmox in one config
+write, and one refused or failed change never fails the others (needs the
+runner's simulator and driver: SIM_URL is set by csi-sanity/run)."""
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+import csi_pb2
+import csi_pb2_grpc
+
+pytestmark = pytest.mark.skipif(not os.environ.get("SIM_URL"), reason="needs csi-sanity/run's simulator and driver")
+GiB = 1 << 30
+VMID, NODE = 102, "k8s-node-3"  # not the local-mode VM: no loop devices needed
+WRITER = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type="xfs"),
+                                  access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1))
+
+
+def simulator(method, path, **params):
+    request = urllib.request.Request(os.environ["SIM_URL"] + path, data=urllib.parse.urlencode(params).encode() if params else None,
+                                     method=method)
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())["data"]
+
+
+def config_writes(since):
+    """The HTTP status of each write of the VM's config since log entry `since`."""
+    return [entry["status"] for entry in simulator("GET", "/_sim/log")[since:]
+            if entry["method"] == "POST" and entry["path"].endswith(f"/qemu/{VMID}/config")]
+
+
+def attached_volids():
+    config = simulator("GET", "/_sim/state")["vms"][str(VMID)]["config"]
+    return {key: value.split(",")[0] for key, value in config.items() if key.startswith("scsi")}
+
+
+@pytest.fixture
+def controller(channel):
+    return csi_pb2_grpc.ControllerStub(channel)
+
+
+@pytest.fixture
+def volumes(controller):
+    made = []
+
+    def make(count):
+        for _ in range(count):
+            made.append(controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+                name=f"pvc-{uuid.uuid4()}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB),
+                volume_capabilities=[WRITER], parameters={"storage": "ceph"}), timeout=30).volume)
+        return made[-count:]
+    yield make
+    simulator("PUT", "/_sim/faults", rules="[]")
+    for volume in made:
+        controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id), timeout=30)
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def publish(controller, volume, readonly=False):
+    try:
+        controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=volume.volume_id, node_id=NODE, volume_capability=WRITER, readonly=readonly,
+            volume_context=volume.volume_context), timeout=30)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
+
+
+def unpublish(controller, volume):
+    controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id=NODE), timeout=30)
+    return grpc.StatusCode.OK
+
+
+def first_then_together(call, first, rest):
+    """`first` alone, then — while Proxmox still works on its write (held 2 s
+    by an injected delay) — all of `rest` at once. Returns every result."""
+    with ThreadPoolExecutor(len(rest) + 1) as pool:
+        leading = pool.submit(call, first)
+        time.sleep(0.3)
+        following = [pool.submit(call, item) for item in rest]
+        return [leading.result()] + [f.result() for f in following]
+
+
+def hold_first_write(then=()):
+    simulator("PUT", "/_sim/faults", rules=json.dumps(
+        [{"method": "POST", "path": f"/qemu/{VMID}/config$", "delay_ms": 2000, "count": 1}, *then]))
+
+
+def test_attachments_that_wait_together_are_one_write_and_so_are_detachments(controller, volumes):
+    made = volumes(6)
+    since = len(simulator("GET", "/_sim/log"))
+    hold_first_write()
+    assert first_then_together(lambda v: publish(controller, v), made[0], made[1:]) == [grpc.StatusCode.OK] * 6
+    # The first volume's write, then one for the five that waited behind it.
+    assert config_writes(since) == [200, 200]
+    slots = attached_volids()
+    wanted = {v.volume_id.split("/")[-1] for v in made}
+    assert {volid.split(":")[-1] for volid in slots.values()} >= wanted
+    assert len(set(slots)) == len(slots)
+
+    since = len(simulator("GET", "/_sim/log"))
+    hold_first_write()
+    assert first_then_together(lambda v: unpublish(controller, v), made[0], made[1:]) == [grpc.StatusCode.OK] * 6
+    assert config_writes(since) == [200, 200]
+    assert not {volid.split(":")[-1] for volid in attached_volids().values()} & wanted
+
+
+def test_a_refused_attachment_leaves_the_others_of_its_write_alone(controller, volumes):
+    attached, fresh_one, fresh_two = volumes(3)
+    assert publish(controller, attached) == grpc.StatusCode.OK
+    leader = volumes(1)[0]
+    since = len(simulator("GET", "/_sim/log"))
+    hold_first_write()
+    # Read-only where it is attached read-write: ALREADY_EXISTS for that one alone.
+    results = first_then_together(lambda job: publish(controller, *job),
+                                  (leader, False), [(fresh_one, False), (attached, True), (fresh_two, False)])
+    assert results == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OK]
+    assert config_writes(since) == [200, 200]
+    names = {volid.split(":")[-1] for volid in attached_volids().values()}
+    assert {v.volume_id.split("/")[-1] for v in (attached, leader, fresh_one, fresh_two)} <= names
+
+
+def test_a_failed_write_is_redone_one_change_at_a_time(controller, volumes):
+    made = volumes(4)
+    since = len(simulator("GET", "/_sim/log"))
+    # The write carrying the three that waited fails as a failed hot-plug would.
+    hold_first_write(then=[{"method": "POST", "path": f"/qemu/{VMID}/config$", "status": 500,
+                            "message": "hotplug problem - injected", "count": 1}])
+    assert first_then_together(lambda v: publish(controller, v), made[0], made[1:]) == [grpc.StatusCode.OK] * 4
+    assert config_writes(since) == [200, 500, 200, 200, 200]
+    names = {volid.split(":")[-1] for volid in attached_volids().values()}
+    assert {v.volume_id.split("/")[-1] for v in made} <= names
