@@ -113,7 +113,8 @@ public struct ControllerService: Sendable {
     static func size(for range: Csi_V1_CapacityRange) throws(RPCError) -> Int64 {
         let required = range.requiredBytes
         let limit = range.limitBytes
-        guard required >= 0, limit >= 0 else { throw RPCError(.invalidArgument, "capacity_range: bytes cannot be negative") }
+        guard required >= 0 else { throw RPCError(.invalidArgument, "capacity_range.required_bytes cannot be negative (\(required))") }
+        guard limit >= 0 else { throw RPCError(.invalidArgument, "capacity_range.limit_bytes cannot be negative (\(limit))") }
         if limit > 0, required > limit {
             throw RPCError(.invalidArgument, "capacity_range: required_bytes \(required) exceeds limit_bytes \(limit)")
         }
@@ -426,6 +427,13 @@ public struct ControllerService: Sendable {
     func validate(_ request: Csi_V1_ValidateVolumeCapabilitiesRequest) async throws -> Csi_V1_ValidateVolumeCapabilitiesResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         guard !request.volumeCapabilities.isEmpty else { throw RPCError(.invalidArgument, "volume_capabilities is required") }
+        // A capability that lacks what every capability carries is a bad request;
+        // one this driver cannot serve is answered below as not confirmed.
+        for (index, capability) in request.volumeCapabilities.enumerated() {
+            if let malformation = CapabilityCheck.malformation(of: capability) {
+                throw RPCError(.invalidArgument, "volume_capabilities[\(index)]: \(malformation)")
+            }
+        }
         do {
             guard try await volumes.existing(request.volumeID) != nil else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")

@@ -53,6 +53,10 @@ extension ControllerService {
     func createSnapshot(_ request: Csi_V1_CreateSnapshotRequest) async throws -> Csi_V1_CreateSnapshotResponse {
         guard !request.name.isEmpty else { throw RPCError(.invalidArgument, "name is required") }
         guard !request.sourceVolumeID.isEmpty else { throw RPCError(.invalidArgument, "source_volume_id is required") }
+        // A snapshot has no options of its own; the sidecar's metadata keys are welcome.
+        if let key = request.parameters.keys.sorted().first(where: { !$0.hasPrefix(VolumeParameters.sidecarPrefix) }) {
+            throw RPCError(.invalidArgument, "VolumeSnapshotClass parameter \"\(key)\" is not known: this driver takes none")
+        }
         let what = "CreateSnapshot \(request.name) of \(request.sourceVolumeID)"
         do {
             guard let (handle, storage, size) = try await volumes.existing(request.sourceVolumeID) else {

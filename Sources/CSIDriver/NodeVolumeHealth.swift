@@ -64,6 +64,9 @@ extension NodeService {
     /// a block volume only reports its size.
     func expand(_ request: Csi_V1_NodeExpandVolumeRequest) async throws -> Csi_V1_NodeExpandVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
+        guard request.capacityRange.requiredBytes >= 0, request.capacityRange.limitBytes >= 0 else {
+            throw RPCError(.invalidArgument, "capacity_range.required_bytes and limit_bytes cannot be negative")
+        }
         try checkVolumePath(request.volumePath, of: request.volumeID)
         if !request.stagingTargetPath.isEmpty { try checkPath(request.stagingTargetPath, field: "staging_target_path") }
         if request.hasVolumeCapability { try checkCapability(request.volumeCapability, present: true) }

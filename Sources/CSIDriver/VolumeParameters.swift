@@ -158,9 +158,16 @@ public enum CapabilityCheck {
         .singleNodeWriter, .singleNodeReaderOnly, .singleNodeSingleWriter, .singleNodeMultiWriter,
     ]
 
+    /// What every capability must carry and this one lacks, if anything.
+    public static func malformation(of capability: Csi_V1_VolumeCapability) -> String? {
+        guard capability.hasAccessMode, capability.accessMode.mode != .unknown else { return "access_mode is missing" }
+        guard capability.accessType != nil else { return "access_type is missing (block or mount)" }
+        return nil
+    }
+
     /// Nil when supported, else why not (for ValidateVolumeCapabilities' message).
     public static func problem(with capability: Csi_V1_VolumeCapability) -> String? {
-        guard capability.hasAccessMode else { return "access_mode is missing" }
+        if let malformation = malformation(of: capability) { return malformation }
         let mode = capability.accessMode.mode
         guard supportedModes.contains(mode) else {
             return "access mode \(mode) is not supported: a Proxmox disk attaches to one VM at a time"
