@@ -118,33 +118,24 @@ extension ProxmoxVolumes {
         let client = try client(cluster)
         let name = CopyVM.vmName(kind, csiName: csiName)
         let created = Int64(Date().timeIntervalSince1970)
-        for _ in 0..<5 {
-            let vmid = try await client.nextVMID()
-            let settings = [
-                ("name", name), ("memory", "64"), ("cores", "1"),
-                ("description", CopyVM.description(kind, csiName: csiName, source: source, createdAt: created)),
-                ("scsi0", "\(storage):0,import-from=\(sourceVolid)"),
-            ]
+        let settings = [
+            ("name", name), ("memory", "64"), ("cores", "1"),
+            ("description", CopyVM.description(kind, csiName: csiName, source: source, createdAt: created)),
+            ("scsi0", "\(storage):0,import-from=\(sourceVolid)"),
+        ]
+        let (vmid, upid) = try await startCreatingVM(cluster: cluster, node: node, settings: settings, what: "a VM for \(csiName)")
+        if let upid {
+            // A copy still running after `wait` is reported as not ready yet.
             do {
-                let upid = try await client.startCreateVM(node: node, vmid: vmid, settings: settings)
-                invalidate(cluster)
-                if let upid {
-                    // A copy still running after `wait` is reported as not ready yet.
-                    do {
-                        try await client.waitForTask(upid, timeout: wait)
-                    } catch ProxmoxError.taskTimedOut {
-                    }
-                }
-                let vm = VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
-                guard let copy = try await copyVM(vm) else {
-                    throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
-                }
-                return copy
-            } catch let error as ProxmoxError where error.description.contains("already exists") {
-                continue  // the vmid was taken between nextid and create
+                try await client.waitForTask(upid, timeout: wait)
+            } catch ProxmoxError.taskTimedOut {
             }
         }
-        throw RPCError(.unavailable, "could not create a VM for \(csiName): vmids kept being taken")
+        let vm = VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
+        guard let copy = try await copyVM(vm) else {
+            throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
+        }
+        return copy
     }
 
     /// Records options for a volume in its options VM (created on first use).
@@ -159,23 +150,12 @@ extension ProxmoxVolumes {
             }
             let text = CopyVM.description(.options, csiName: volumeID, source: volumeID,
                                           createdAt: Int64(Date().timeIntervalSince1970), options: options)
-            for _ in 0..<5 {
-                let vmid = try await client.nextVMID()
-                do {
-                    try await client.createVM(node: node, vmid: vmid, settings: [
-                        ("name", CopyVM.vmName(.options, csiName: volumeID)), ("memory", "64"), ("cores", "1"), ("description", text),
-                    ])
-                    self.invalidate(cluster)
-                    return
-                } catch let error as ProxmoxError where error.description.contains("already exists") {
-                    continue
-                }
-            }
-            throw RPCError(.unavailable, "could not create the options VM for \(volumeID): vmids kept being taken")
+            _ = try await self.createVM(cluster: cluster, node: node, settings: [
+                ("name", CopyVM.vmName(.options, csiName: volumeID)), ("memory", "64"), ("cores", "1"), ("description", text),
+            ], what: "the options VM for \(volumeID)")
         }
     }
 
-    /// Destroys a copy VM and with it the copy it owns.
     /// Destroys a copy VM, and with it any twin: a create retried after the
     /// controller died can leave a second VM for the same name (Proxmox
     /// registers a VM only once its create task runs), and it goes with the first.

@@ -17,26 +17,15 @@ extension ProxmoxVolumes {
         if let existing = try await vms(cluster).first(where: { $0.name == name && $0.node == node }) {
             return existing
         }
-        let client = try client(cluster)
         return try await vmLocks.run("\(cluster)/holder/\(node)") {
             if let existing = try await self.vms(cluster, fresh: true).first(where: { $0.name == name && $0.node == node }) {
                 return existing
             }
-            for _ in 0..<5 {
-                let vmid = try await client.nextVMID()
-                do {
-                    try await client.createVM(node: node, vmid: vmid, settings: [
-                        ("name", name), ("memory", "64"), ("cores", "1"),
-                        ("description", "proxmox-csi: carries volumes during offline operations. Do not start or delete."),
-                    ])
-                    self.invalidate(cluster)
-                    return VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
-                } catch let error as ProxmoxError {
-                    // Someone took that vmid between nextid and create: ask again.
-                    guard error.description.contains("already exists") else { throw error }
-                }
-            }
-            throw RPCError(.unavailable, "could not create the holder VM on node \(node): vmids kept being taken")
+            let vmid = try await self.createVM(cluster: cluster, node: node, settings: [
+                ("name", name), ("memory", "64"), ("cores", "1"),
+                ("description", "proxmox-csi: carries volumes during offline operations. Do not start or delete."),
+            ], what: "the holder VM on node \(node)")
+            return VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
         }
     }
 

@@ -27,6 +27,7 @@ struct UnaryRequestReader {
         case compressedWithoutEncoding
         case moreThanOneMessage
         case noMessage
+        case truncatedPrefix(received: Int)
         case truncated(expected: Int, received: Int)
 
         var rpcError: RPCError {
@@ -39,6 +40,8 @@ struct UnaryRequestReader {
                 RPCError(.internal, "grpc: a unary call carried more than one request message")
             case .noMessage:
                 RPCError(.internal, "grpc: the request stream ended without a message")
+            case let .truncatedPrefix(received):
+                RPCError(.internal, "grpc: the request stream ended inside a message's prefix (\(received) of 5 bytes)")
             case let .truncated(expected, received):
                 RPCError(.internal, "grpc: the request stream ended inside a message (\(received) of \(expected) bytes)")
             }
@@ -74,10 +77,11 @@ struct UnaryRequestReader {
     func finish() throws(Failure) -> [UInt8] {
         guard let declared = declaredLength else {
             if buffer.isEmpty { throw .noMessage }
-            throw .truncated(expected: MessageFraming.prefixLength, received: buffer.count)
+            throw .truncatedPrefix(received: buffer.count)
         }
-        let expected = MessageFraming.prefixLength + declared
-        guard buffer.count == expected else { throw .truncated(expected: expected, received: buffer.count) }
+        guard buffer.count == MessageFraming.prefixLength + declared else {
+            throw .truncated(expected: declared, received: buffer.count - MessageFraming.prefixLength)
+        }
         return Array(buffer[MessageFraming.prefixLength...])
     }
 }

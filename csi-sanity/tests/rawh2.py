@@ -29,8 +29,10 @@ class Response:
         return self.trailers.get("grpc-message", self.headers.get("grpc-message"))
 
 
-def call(endpoint: str, path: str, body: bytes, extra_headers=(), content_type="application/grpc", timeout=10):
-    """Sends one request and returns its Response."""
+def call(endpoint: str, path: str, body: bytes, extra_headers=(), content_type="application/grpc", timeout=10,
+         reset_after_body=False):
+    """Sends one request and returns its Response; with `reset_after_body`,
+    sends the body without ending the stream, resets it and returns None."""
     if endpoint.startswith("unix://") or endpoint.startswith("/"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint)
@@ -55,8 +57,13 @@ def call(endpoint: str, path: str, body: bytes, extra_headers=(), content_type="
                 continue
             chunk = body[offset:offset + window]
             offset += len(chunk)
-            conn.send_data(stream, chunk, end_stream=offset >= len(body))
+            conn.send_data(stream, chunk, end_stream=offset >= len(body) and not reset_after_body)
             sock.sendall(conn.data_to_send())
+    if reset_after_body:
+        conn.reset_stream(stream)
+        sock.sendall(conn.data_to_send())
+        sock.close()
+        return None
     sock.sendall(conn.data_to_send())
     response = Response()
     while not _pump(sock, conn, stream, response):

@@ -4,6 +4,7 @@ import json
 import os
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -269,6 +270,22 @@ def test_snapshot_is_idempotent_ready_and_listed(controller):
     controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
     controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=other.volume_id), timeout=30)
+
+
+def test_concurrent_snapshots_never_race_for_a_vmid(controller):
+    # Each snapshot is a VM; Proxmox's nextid gives concurrent askers the same
+    # vmid, so the driver takes its vmids one at a time: no create is refused.
+    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    since = len(simulator_log())
+    requests = [csi_pb2.CreateSnapshotRequest(name=f"snap-{uuid.uuid4()}", source_volume_id=volume.volume_id) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        snapshots = list(pool.map(lambda r: controller.CreateSnapshot(r, timeout=60).snapshot, requests))
+    creates = [e for e in simulator_log()[since:] if e["method"] == "POST" and e["path"].endswith("/qemu")]
+    assert [e["status"] for e in creates] == [200] * 8
+    assert len({s.snapshot_id for s in snapshots}) == 8
+    for snapshot in snapshots:
+        controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id), timeout=60)
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
 
 
 def test_snapshot_of_a_missing_volume_is_not_found(controller):

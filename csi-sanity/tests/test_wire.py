@@ -1,5 +1,7 @@
 """gRPC wire behaviour of the server, seen by independent clients."""
 import concurrent.futures
+import struct
+import urllib.parse
 
 import grpc
 import pytest
@@ -75,6 +77,27 @@ def test_message_over_the_limit_is_resource_exhausted(endpoint):
     with grpc.insecure_channel(endpoint, options=options) as channel:
         details = expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, raw_probe(channel), message, timeout=20)
     assert "larger than max" in details
+
+
+@pytest.mark.parametrize("body, words", [
+    (rawh2.frame(b"")[:3], "ended inside a message's prefix (3 of 5 bytes)"),
+    (struct.pack(">BI", 0, 100) + b"x" * 10, "ended inside a message (10 of 100 bytes)"),
+    (b"", "ended without a message"),
+    (rawh2.frame(b"") + rawh2.frame(b""), "more than one request message"),
+    (rawh2.frame(bytes([0x7A, 50]) + b"abc"), "unmarshal"),                   # a field longer than the message
+], ids=["short-prefix", "short-message", "no-message", "two-messages", "truncated-protobuf"])
+def test_truncated_or_extra_request_data_is_internal_and_the_server_goes_on(endpoint, identity, body, words):
+    response = rawh2.call(endpoint, PROBE, body)
+    assert response.grpc_status == grpc.StatusCode.INTERNAL.value[0], response.grpc_message
+    assert words in urllib.parse.unquote(response.grpc_message or "")
+    assert identity.Probe(csi_pb2.ProbeRequest(), timeout=5).ready.value is True
+
+
+def test_a_request_reset_halfway_leaves_the_server_serving(endpoint, identity):
+    # Half a message, then RST_STREAM: no answer is owed, and nothing may hang or leak.
+    for _ in range(20):
+        rawh2.call(endpoint, PROBE, struct.pack(">BI", 0, 1000) + b"x" * 100, reset_after_body=True)
+    assert identity.Probe(csi_pb2.ProbeRequest(), timeout=5).ready.value is True
 
 
 def test_compressed_request_without_encoding_is_internal(endpoint):
