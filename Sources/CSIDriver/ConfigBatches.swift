@@ -89,6 +89,8 @@ final class ConfigBatches: Sendable {
             if set.isEmpty && delete.isEmpty { return members.forEach { $0.resume(.success(())) } }
             do {
                 try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, digest: config.digest)
+                // Before anyone hears of success, so no scan they start can see the old config.
+                volumes.configChanged(vm)
                 return members.forEach { $0.resume(.success(())) }
             } catch ProxmoxError.digestConflict where attempt < attempts {
                 continue  // someone else changed the config: decide again on the new one

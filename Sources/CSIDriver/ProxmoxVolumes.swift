@@ -35,8 +35,10 @@ public final class ProxmoxVolumes: Sendable {
     private let resourceReads = CoalescedReads<String, [ClusterResource]>()
     /// Concurrent scans share their reads of a VM's config.
     let configReads = CoalescedReads<String, VMConfig>()
-    /// VM configs as scans last read them; the driver's own changes drop an entry at once.
-    private let scannedConfigs = Mutex<[String: (at: Double, config: VMConfig)]>([:])
+    /// VM configs as scans last read them. The driver's own changes drop a
+    /// VM's entry and count; a scan whose read overlapped a change (the count
+    /// moved meanwhile) does not cache what it read, which may predate it.
+    private let scanned = Mutex<(configs: [String: (at: Double, config: VMConfig)], changes: [String: UInt64])>(([:], [:]))
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
     /// Cluster resources are reread after this many seconds.
     let cacheSeconds: Double
@@ -145,8 +147,17 @@ public final class ProxmoxVolumes: Sendable {
     /// (Proxmox would answer with lock timeouts), then forgets the scanned config.
     func changingVM<T: Sendable>(_ vm: VMRef, _ body: @Sendable () async throws -> T) async throws -> T {
         let key = "\(vm.cluster)/\(vm.vmid)"
-        defer { _ = scannedConfigs.withLock { $0.removeValue(forKey: key) } }
+        defer { configChanged(vm) }
         return try await vmLocks.run(key, body)
+    }
+
+    /// Forgets what scans read of the VM's config: the driver just changed it.
+    func configChanged(_ vm: VMRef) {
+        let key = "\(vm.cluster)/\(vm.vmid)"
+        scanned.withLock {
+            $0.configs[key] = nil
+            $0.changes[key, default: 0] &+= 1
+        }
     }
 
     /// Changes a VM's config with `edit`, in one write with the edits other
@@ -159,9 +170,12 @@ public final class ProxmoxVolumes: Sendable {
     func scanConfig(_ vm: VMRef) async throws -> VMConfig {
         let key = "\(vm.cluster)/\(vm.vmid)"
         let now = ProcessInfo.processInfo.systemUptime
-        if let cached = scannedConfigs.withLock({ $0[key] }), now - cached.at < cacheSeconds { return cached.config }
+        let (cached, changes) = scanned.withLock { ($0.configs[key], $0.changes[key] ?? 0) }
+        if let cached, now - cached.at < cacheSeconds { return cached.config }
         let config = try await freshConfig(vm)
-        scannedConfigs.withLock { $0[key] = (now, config) }
+        scanned.withLock {
+            if $0.changes[key] ?? 0 == changes { $0.configs[key] = (now, config) }
+        }
         return config
     }
 

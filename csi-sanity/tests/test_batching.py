@@ -136,3 +136,33 @@ def test_a_failed_write_is_redone_one_change_at_a_time(controller, volumes):
     assert config_writes(since) == [200, 500, 200, 200, 200]
     names = {volid.split(":")[-1] for volid in attached_volids().values()}
     assert {v.volume_id.split("/")[-1] for v in made} <= names
+
+
+def test_a_write_that_meets_a_concurrent_change_is_decided_again(controller, volumes):
+    made = volumes(3)
+    since = len(simulator("GET", "/_sim/log"))
+    # Someone else changed the config between the driver's read and its write.
+    hold_first_write(then=[{"method": "POST", "path": f"/qemu/{VMID}/config$", "status": 500,
+                            "message": "checksum mismatch (file change by other user?)", "count": 1}])
+    assert first_then_together(lambda v: publish(controller, v), made[0], made[1:]) == [grpc.StatusCode.OK] * 3
+    # Read again and the same batch written once more, not split.
+    assert config_writes(since) == [200, 500, 200]
+    names = {volid.split(":")[-1] for volid in attached_volids().values()}
+    assert {v.volume_id.split("/")[-1] for v in made} <= names
+
+
+def test_a_read_that_overlapped_a_detach_is_not_trusted_after_it(controller, volumes):
+    volume, = volumes(1)
+    assert publish(controller, volume) == grpc.StatusCode.OK
+    # A scan (GetVolume) reads the VM's config while the volume is attached; the
+    # answer arrives late, after the detach below has finished.
+    simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "GET", "path": f"/qemu/{VMID}/config$",
+                                                        "reply_delay_ms": 1500, "count": 1}]))
+    with ThreadPoolExecutor(1) as pool:
+        scan = pool.submit(controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id),
+                           timeout=30)
+        time.sleep(0.3)
+        assert unpublish(controller, volume) == grpc.StatusCode.OK
+        assert list(scan.result().status.published_node_ids) == [NODE]  # true when it was read
+    # What that late read said must not outlive the detach: the volume is free.
+    controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)

@@ -163,6 +163,9 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ plumbing
 
     def reply(self, status, reason, body=None, headers=None):
+        self.replied_status = status
+        if getattr(self, "reply_delay", 0):
+            time.sleep(self.reply_delay)  # the answer travels slowly: what it says may be stale on arrival
         payload = b"" if body is None else json.dumps(body).encode()
         self.send_response(status, reason)
         for key, value in (headers or {}).items():
@@ -221,10 +224,16 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/_sim/"):
             return self.control(method, path, params)
         started = time.time()
-        status, caller = self.serve(method, path, params)
-        shown = {k: ("<redacted>" if k in ("password",) else v) for k, v in params.items()}
-        sim.record({"time": started, "method": method, "path": path, "params": shown, "status": status,
-                    "user": caller.id if caller else None, "ms": round((time.time() - started) * 1000, 2)})
+        status, caller, self.replied_status, self.reply_delay = None, None, None, 0
+        try:
+            status, caller = self.serve(method, path, params)
+        finally:
+            # Logged even when the client left before the answer (a killed
+            # controller): what was done was done.
+            shown = {k: ("<redacted>" if k in ("password",) else v) for k, v in params.items()}
+            sim.record({"time": started, "method": method, "path": path, "params": shown,
+                        "status": status if status is not None else self.replied_status,
+                        "user": caller.id if caller else None, "ms": round((time.time() - started) * 1000, 2)})
 
     def serve(self, method, path, params):
         """Answers one API request; returns (status, caller)."""
@@ -236,6 +245,7 @@ class Handler(BaseHTTPRequestHandler):
         fault = sim.pick_fault(method, api_path)
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
+            self.reply_delay = fault.get("reply_delay_ms", 0) / 1000
             if fault.get("status") == "timeout":
                 time.sleep(fault.get("seconds", 60))
                 self.close_connection = True

@@ -372,6 +372,28 @@ def test_injected_faults_answer_once_then_stop(sim, api):
     assert api.call("GET", "/version").status == 200
 
 
+def test_a_late_answer_says_what_was_true_when_it_was_served(sim, api):
+    control(sim, "PUT", "/_sim/faults", rules=json.dumps([{"method": "GET", "path": "/qemu/100/config$",
+                                                           "reply_delay_ms": 600, "count": 1}]))
+    late = {}
+    reader = threading.Thread(target=lambda: late.update(api.ok("GET", "/nodes/pve1/qemu/100/config")))
+    reader.start()
+    time.sleep(0.2)
+    api.ok("PUT", "/nodes/pve1/qemu/100/config", description="changed meanwhile")
+    reader.join()
+    assert late.get("description") != "changed meanwhile"
+    assert api.ok("GET", "/nodes/pve1/qemu/100/config")["description"] == "changed meanwhile"
+
+
+def test_a_request_whose_client_left_is_still_logged(sim, api):
+    control(sim, "DELETE", "/_sim/log")
+    control(sim, "PUT", "/_sim/faults", rules=json.dumps([{"path": "^/version$", "reply_delay_ms": 300, "count": 1}]))
+    with pytest.raises(Exception):
+        urllib.request.urlopen(sim.base + "/api2/json/version", timeout=0.1)
+    time.sleep(0.8)
+    assert [(e["path"], e["status"]) for e in control(sim, "GET", "/_sim/log")] == [("/api2/json/version", 401)]
+
+
 def test_request_log_records_calls_and_redacts_passwords(sim, api):
     api.call("GET", "/version")
     Client(sim.base, token=None).call("POST", "/access/ticket", username="csi@pve", password="sim-csi-password")
