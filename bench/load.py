@@ -307,7 +307,9 @@ def main():
     changes = sorted((e["time"], e["time"] + e["ms"] / 1000) for e in log_entries
                      if e["status"] == 200 and e["method"] == "POST" and e["path"].endswith(f"/qemu/{busiest}/config"))
     gaps = [b[0] - a[1] for a, b in zip(changes, changes[1:])]
-    first_change = changes[0][0] - min(e["time"] for e in log_entries) if changes else 0
+    log_start = min((e["time"] for e in log_entries), default=0)
+    first_change = changes[0][0] - log_start if changes else 0
+    last_change_end = changes[-1][1] - log_start if changes else 0
     by_path, server_ms = {}, {}
     for entry in log_entries:
         key = entry["method"] + " " + template(entry["path"])
@@ -325,7 +327,9 @@ def main():
         "busiest_vm": {"vmid": busiest, "config_writes": per_vm.get(busiest), "disk_changes": disk_changes.get(busiest), "first_change_after_s": round(first_change, 2),
                        "gap_ms_p50": round(statistics.median(gaps) * 1000, 1) if gaps else None,
                        "gap_ms_p99": round(percentile(gaps, 0.99) * 1000, 1) if gaps else None,
-                       "idle_s": round(sum(gaps), 2)},
+                       "idle_s": round(sum(gaps), 2), "last_change_ended_s": round(last_change_end, 2),
+                       # After the busiest VM's last change: the snapshot → restore → delete chains still running.
+                       "tail_s": round(wall - last_change_end, 2)},
         "failed_lifecycles": len(failures), "failures": failures[:20], "retries": sum(stats.get("_retries", [])),
         "errors_retried": stats.get("_errors", {}),
         "proxmox_calls": len(log_entries), "proxmox_calls_per_lifecycle": round(len(log_entries) / args.lifecycles, 1),

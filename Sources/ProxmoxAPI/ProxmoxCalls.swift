@@ -210,23 +210,6 @@ extension ProxmoxClient {
         _ = try await call("PUT", vmPath(node, vmid) + "/config", parameters, idempotency: .idempotent)
     }
 
-    /// Reads the config, lets `change` decide, writes with the digest, and
-    /// starts over when someone else changed the config in between.
-    /// `change` returns nil when nothing needs doing.
-    public func modifyVMConfig(node: String, vmid: Int, attempts: Int = 5,
-                               _ change: (VMConfig) async throws -> (set: [(String, String)], delete: [String])?) async throws {
-        for attempt in 1...attempts {
-            let config = try await vmConfig(node: node, vmid: vmid)
-            guard let edit = try await change(config) else { return }
-            do {
-                try await updateVMConfig(node: node, vmid: vmid, set: edit.set, delete: edit.delete, digest: config.digest)
-                return
-            } catch let error as ProxmoxError {
-                guard case .digestConflict = error, attempt < attempts else { throw error }
-            }
-        }
-    }
-
     public func unlink(node: String, vmid: Int, keys: [String], force: Bool = false) async throws {
         var parameters = [("idlist", keys.joined(separator: ","))]
         if force { parameters.append(("force", "1")) }

@@ -175,3 +175,29 @@ import UnaryGRPC
         #expect(VolumeHandle(cluster: "c", node: nil, storage: "ceph", volume: "pvc-1.raw").ownerVMID == nil)
     }
 }
+
+@Suite struct ConfigBatchTests {
+    @Test func aBatchSendsOnlyWhatItsEditsChanged() {
+        let old = ["scsi0": "ceph:vm-9999-a", "scsi1": "ceph:vm-9999-b", "name": "k8s-node-1"]
+        var draft = old
+        draft["scsi1"] = nil                               // a detach
+        draft["scsi2"] = "ceph:vm-9999-c,serial=x"         // an attach
+        draft["scsi0"] = "ceph:vm-9999-a,iops_rd=100"      // an option change
+        let (set, delete) = ConfigBatches.difference(from: old, to: draft)
+        #expect(set.map(\.0) == ["scsi0", "scsi2"] && set.map(\.1) == ["ceph:vm-9999-a,iops_rd=100", "ceph:vm-9999-c,serial=x"])
+        #expect(delete == ["scsi1"])
+        // An attach and a detach of the same slot in one batch cancel out.
+        var churn = old
+        churn["scsi3"] = "ceph:vm-9999-d"
+        churn["scsi3"] = nil
+        #expect(ConfigBatches.difference(from: old, to: churn).set.isEmpty && ConfigBatches.difference(from: old, to: churn).delete.isEmpty)
+    }
+
+    @Test func onlyErrorsThatMayComeFromOneEditSplitABatch() {
+        #expect(ConfigBatches.mayConcernOneEdit(.server(status: 500, message: "hotplug problem")))
+        #expect(ConfigBatches.mayConcernOneEdit(.invalidParameters(["scsi3": "bad"])))
+        #expect(!ConfigBatches.mayConcernOneEdit(.vmLocked(vmid: 100, lock: "backup")))
+        #expect(!ConfigBatches.mayConcernOneEdit(.configLockTimeout("got timeout")))
+        #expect(!ConfigBatches.mayConcernOneEdit(.notFound("VM 100")))
+    }
+}
