@@ -65,7 +65,8 @@ class Sidecar:
     creates and deletes volumes, csi-attacher attaches, csi-snapshotter snapshots."""
 
     POOLS = {"CreateVolume": "provisioner", "DeleteVolume": "provisioner", "ControllerPublishVolume": "attacher",
-             "ControllerUnpublishVolume": "attacher", "CreateSnapshot": "snapshotter", "DeleteSnapshot": "snapshotter"}
+             "ControllerUnpublishVolume": "attacher", "CreateSnapshot": "snapshotter", "DeleteSnapshot": "snapshotter",
+             "ControllerExpandVolume": "resizer"}
 
     def __init__(self, stub, timeout, stats, workers):
         self.stub, self.timeout, self.stats = stub, timeout, stats
@@ -93,7 +94,7 @@ class Sidecar:
                 delay = min(delay * 2, 8)
 
 
-async def lifecycle(index, sidecar, vms, with_snapshot, failures, node_slots):
+async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures, node_slots):
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
     try:
@@ -106,6 +107,10 @@ async def lifecycle(index, sidecar, vms, with_snapshot, failures, node_slots):
                 volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
             await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node))
+        if with_expansion:
+            # Detached: the driver grows it through the node's holder VM.
+            await sidecar.call("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest(
+                volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GiB), volume_capability=WRITER))
         if with_snapshot:
             snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
                 name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
@@ -197,20 +202,21 @@ async def run(args, endpoint, sim_url, driver):
     crasher = asyncio.create_task(crash_now_and_then(driver, stop)) if args.crash else None
     async with aio.insecure_channel(endpoint) as channel:
         workers = {"provisioner": args.provisioner_workers, "attacher": args.attacher_workers,
-                   "snapshotter": args.snapshotter_workers}
+                   "snapshotter": args.snapshotter_workers, "resizer": args.resizer_workers}
         sidecar = Sidecar(csi_pb2_grpc.ControllerStub(channel), args.timeout, stats, workers)
         started = time.perf_counter()
         snapshots = set(random.Random(7).sample(range(args.lifecycles), int(args.lifecycles * args.snapshot_share)))
+        expansions = set(random.Random(11).sample(range(args.lifecycles), int(args.lifecycles * args.expand_share)))
         # max_volumes_per_node as NodeGetInfo reports it for these VMs (scsi0 is their own disk).
         node_slots = [asyncio.Semaphore(30) for _ in range(args.vms)]
-        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, failures, node_slots)
+        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, i in expansions, failures, node_slots)
                                for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
     stop.set()
     for helper in (locker, crasher):
         if helper:
             await helper
-    return wall, stats, failures, len(snapshots)
+    return wall, stats, failures, len(snapshots), len(expansions)
 
 
 def template(path):
@@ -238,11 +244,14 @@ def main():
     parser.add_argument("--lifecycles", type=int, default=500)
     parser.add_argument("--vms", type=int, default=10)
     parser.add_argument("--snapshot-share", type=float, default=0.1)
+    parser.add_argument("--expand-share", type=float, default=0.0,
+                        help="share of lifecycles that also grow the volume while detached (through a holder VM)")
     parser.add_argument("--timeout", type=float, default=30, help="seconds per attempt, as a sidecar's --timeout")
     # The sidecars' --worker-threads as deploy/ sets them (provisioner and snapshotter: their defaults).
     parser.add_argument("--provisioner-workers", type=int, default=100)
     parser.add_argument("--attacher-workers", type=int, default=50)
     parser.add_argument("--snapshotter-workers", type=int, default=10)
+    parser.add_argument("--resizer-workers", type=int, default=10)
     parser.add_argument("--faults", action="store_true", help="10%% 500/596 errors, lock holds and slow tasks")
     parser.add_argument("--crash", action="store_true", help="kill -9 the controller every 3-10 s and restart it")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
@@ -276,7 +285,7 @@ def main():
                 {"rate": 0.05, "delay_ms": 2000},
             ])})
         sim(sim_url, "/_sim/log", "DELETE")
-        wall, stats, failures, snapshots = asyncio.run(run(args, f"unix://{socket}", sim_url, driver))
+        wall, stats, failures, snapshots, expansions = asyncio.run(run(args, f"unix://{socket}", sim_url, driver))
         if args.faults:
             sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
         log_entries = sim(sim_url, "/_sim/log") or []
@@ -318,7 +327,8 @@ def main():
     rpcs = {name: {"count": len(v), "p50": statistics.median(v), "p99": percentile(v, 0.99)}
             for name, v in sorted(stats.items()) if not name.startswith("_")}
     result = {
-        "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots, "faults": args.faults,
+        "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots,
+        "expansion_lifecycles": expansions, "faults": args.faults,
         "crash": args.crash, "controller_kills": driver.kills,
         "wall_seconds": round(wall, 2), "lower_bound_seconds": round(bound, 2),
         "ratio": round(wall / bound, 3) if bound else None,
@@ -344,7 +354,8 @@ def main():
     for name, r in rpcs.items():
         print(f"{name:28}{r['count']:>7}{r['p50']:>9.2f}{r['p99']:>9.2f}")
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{'-faults' if args.faults else ''}{'-crash' if args.crash else ''}.json"
+    variant = ('-faults' if args.faults else '') + ('-crash' if args.crash else '') + ('-expand' if expansions else '')
+    out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{variant}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
     clean = not failures and not any(leaks.values()) and not result["double_attachments"]
