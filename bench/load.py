@@ -234,6 +234,29 @@ def disks_changed(params):
     return sum(1 for key in list(params) + deleted if DISK_KEY.match(key))
 
 
+def disks_swapped_in_place(log_entries, vms):
+    """Writes that put a volume into a slot another volume held (replaying the
+    Kubernetes-node VMs' config writes): Proxmox would unplug one volume and
+    plug another into the same device in one go. The driver never asks that."""
+    swaps, slots = [], {}
+    for entry in sorted(log_entries, key=lambda e: e["time"]):
+        if entry["status"] != 200 or entry["method"] not in ("POST", "PUT") or not entry["path"].endswith("/config"):
+            continue
+        vmid = entry["path"].split("/qemu/")[-1].split("/")[0]
+        if not vmid.isdigit() or int(vmid) >= 100 + vms:
+            continue
+        params, held = entry.get("params", {}), slots.setdefault(vmid, {})
+        for key in (k for k in re.split(r"[,;\s]+", params.get("delete", "")) if k):
+            held.pop(key, None)
+        for key, value in params.items():
+            if DISK_KEY.match(key):
+                volid = value.split(",")[0]
+                if held.get(key, volid) != volid:
+                    swaps.append(f"VM {vmid} {key}: {held[key]} -> {volid}")
+                held[key] = volid
+    return swaps[:20]
+
+
 def percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -307,6 +330,7 @@ def main():
                 disks = disks_changed(entry.get("params", {}))
                 writes.setdefault(vmid, []).append(disks)
                 disk_changes[vmid] = disk_changes.get(vmid, 0) + disks
+    swaps = disks_swapped_in_place(log_entries, args.vms)
     task_seconds = {vmid: sum(TASKS["qmconfig"] + max(0, n - 1) * TASKS["qmconfig-each"] for n in ns) for vmid, ns in writes.items()}
     per_vm = {vmid: len(ns) for vmid, ns in writes.items()}
     bound = max(task_seconds.values(), default=0)
@@ -345,7 +369,7 @@ def main():
         "proxmox_calls": len(log_entries), "proxmox_calls_per_lifecycle": round(len(log_entries) / args.lifecycles, 1),
         "proxmox_calls_by_path": dict(sorted(by_path.items(), key=lambda kv: -kv[1])),
         "simulator_ms_p50_p99": {k: [statistics.median(v), percentile(v, 0.99)] for k, v in server_ms.items()},
-        "rpcs": rpcs, "leaks": leaks, "double_attachments": doubles,
+        "rpcs": rpcs, "leaks": leaks, "double_attachments": doubles, "disks_swapped_in_place": swaps,
     }
     print(json.dumps({k: v for k, v in result.items() if k not in ("rpcs", "proxmox_calls_by_path", "simulator_ms_p50_p99")}, indent=1))
     print("simulator ms p50/p99:", json.dumps(result["simulator_ms_p50_p99"]))
@@ -358,7 +382,7 @@ def main():
     out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{variant}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
-    clean = not failures and not any(leaks.values()) and not result["double_attachments"]
+    clean = not failures and not any(leaks.values()) and not result["double_attachments"] and not swaps
     sys.exit(0 if clean else 1)
 
 

@@ -1,11 +1,23 @@
 import ProxmoxAPI
 import Synchronization
 
-/// One caller's change to a VM's config, made on a draft of the config's
-/// values in which the edits batched before it are already applied. It throws
+/// A VM's config as a batch changes it: the values read, and the values with
+/// the edits so far applied.
+struct ConfigDraft {
+    let read: [String: String]
+    var values: [String: String]
+
+    /// Whether a new disk may go to `key`: free now, and free when the batch
+    /// began. A slot a detach in this batch frees is taken only by a later
+    /// write: one write that swapped a disk in place would have Proxmox unplug
+    /// one volume and plug another into the same device.
+    func isFree(_ key: String) -> Bool { values[key] == nil && read[key] == nil }
+}
+
+/// One caller's change to a VM's config, made on the batch's draft. It throws
 /// to refuse (a volume attached read-only, no free slot): its caller gets the
 /// error and the rest of the batch goes on without it.
-typealias ConfigEdit = @Sendable (inout [String: String]) throws -> Void
+typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
 
 /// Merges concurrent edits of one VM's config into one write. Every write is
 /// a Proxmox task that takes the VM's config lock and hot-plugs what changed,
@@ -72,7 +84,7 @@ final class ConfigBatches: Sendable {
             } catch {
                 return members.forEach { $0.resume(.failure(error)) }
             }
-            var draft = config.values
+            var draft = ConfigDraft(read: config.values, values: config.values)
             var accepted: [Waiting] = []
             for member in members {
                 var trial = draft
@@ -85,7 +97,7 @@ final class ConfigBatches: Sendable {
                 }
             }
             members = accepted
-            let (set, delete) = difference(from: config.values, to: draft)
+            let (set, delete) = difference(from: config.values, to: draft.values)
             if set.isEmpty && delete.isEmpty { return members.forEach { $0.resume(.success(())) } }
             do {
                 try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, digest: config.digest)

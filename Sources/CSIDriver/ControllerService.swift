@@ -243,8 +243,8 @@ public struct ControllerService: Sendable {
         value += options.map { "\($0.0)=\($0.1)" }
         if readonly { value.append("ro=1") }
         let diskValue = value.joined(separator: ",")
-        try await volumes.editConfig(vm) { values in
-            if let (key, value) = values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
+        try await volumes.editConfig(vm) { draft in
+            if let (key, value) = draft.values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
                 let attachedReadonly = value.split(separator: ",").contains("ro=1")
                 guard attachedReadonly == readonly else {
                     throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
@@ -252,10 +252,10 @@ public struct ControllerService: Sendable {
                 return  // already there: publishing again changes nothing
             }
             let limit = bus == "virtio" ? 16 : 31
-            guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: { values[$0] == nil }) else {
+            guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: draft.isFree) else {
                 throw RPCError(.resourceExhausted, "VM \(vm.vmid) has no free \(bus) slot (\(limit) in use)")
             }
-            values[slot] = diskValue
+            draft.values[slot] = diskValue
         }
     }
 
@@ -275,9 +275,9 @@ public struct ControllerService: Sendable {
             }
             for vm in targets.sorted(by: { $0.vmid < $1.vmid }) {
                 do {
-                    try await volumes.editConfig(vm) { values in
-                        for (key, value) in values where ProxmoxVolumes.isDiskKey(key) && ProxmoxVolumes.volid(of: value) == volid {
-                            values[key] = nil
+                    try await volumes.editConfig(vm) { draft in
+                        for (key, value) in draft.values where ProxmoxVolumes.isDiskKey(key) && ProxmoxVolumes.volid(of: value) == volid {
+                            draft.values[key] = nil
                         }
                     }
                 } catch ProxmoxError.notFound {
@@ -367,15 +367,15 @@ public struct ControllerService: Sendable {
             let replaced: Set<String> = ["cache", "backup", "iops_rd", "iops_wr", "mbps_rd", "mbps_wr"]
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
-                try await volumes.editConfig(vm) { values in
-                    guard let (key, value) = values.first(where: {
+                try await volumes.editConfig(vm) { draft in
+                    guard let (key, value) = draft.values.first(where: {
                         ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
                     }) else { return }
                     let kept = value.split(separator: ",").dropFirst().filter { option in
                         let name = String(option.split(separator: "=").first ?? "")
                         return !replaced.contains(name) && name != "size"
                     }.map(String.init)
-                    values[key] = ([volid] + kept + changed.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
+                    draft.values[key] = ([volid] + kept + changed.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
                 }
             }
             return .init()

@@ -193,6 +193,15 @@ import UnaryGRPC
         #expect(ConfigBatches.difference(from: old, to: churn).set.isEmpty && ConfigBatches.difference(from: old, to: churn).delete.isEmpty)
     }
 
+    @Test func aSlotFreedInABatchIsNotFreeUntilTheNextWrite() {
+        var draft = ConfigDraft(read: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-a"],
+                                values: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-a"])
+        draft.values["scsi1"] = nil  // a detach in this batch
+        #expect(!draft.isFree("scsi0") && !draft.isFree("scsi1") && draft.isFree("scsi2"))
+        draft.values["scsi2"] = "ceph:vm-9999-b"  // an attach in this batch
+        #expect(!draft.isFree("scsi2") && draft.isFree("scsi3"))
+    }
+
     @Test func onlyErrorsThatMayComeFromOneEditSplitABatch() {
         #expect(ConfigBatches.mayConcernOneEdit(.server(status: 500, message: "hotplug problem")))
         #expect(ConfigBatches.mayConcernOneEdit(.invalidParameters(["scsi3": "bad"])))

@@ -162,3 +162,20 @@ def test_a_read_that_overlapped_a_detach_is_not_trusted_after_it(controller, vol
         assert list(scan.result().status.published_node_ids) == [NODE]  # true when it was read
     # What that late read said must not outlive the detach: the volume is free.
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=30)
+
+
+def test_a_slot_freed_in_a_write_is_not_filled_in_the_same_write(controller, volumes):
+    leaving, leader, arriving = volumes(3)
+    assert publish(controller, leaving) == grpc.StatusCode.OK
+    freed = next(key for key, volid in attached_volids().items() if volid.endswith(name_of(leaving)))
+    since = len(simulator("GET", "/_sim/log"))
+    hold_first_write()
+    jobs = [(publish, leader), (unpublish, leaving), (publish, arriving)]
+    assert first_then_together(lambda job: job[0](controller, job[1]), jobs[0], jobs[1:]) == [grpc.StatusCode.OK] * 3
+    writes = [e["params"] for e in simulator("GET", "/_sim/log")[since:]
+              if e["method"] == "POST" and e["path"].endswith(f"/qemu/{VMID}/config")]
+    # The detach and the attach went together, but the new disk took another slot:
+    # swapping volumes inside one device is not what Proxmox should be asked to hot-plug.
+    assert len(writes) == 2 and writes[1].get("delete") == freed
+    assert freed not in writes[1]
+    assert name_of(arriving) in next(value for key, value in writes[1].items() if key.startswith("scsi"))
