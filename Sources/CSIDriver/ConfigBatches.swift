@@ -12,11 +12,16 @@ struct ConfigDraft {
     /// write: one write that swapped a disk in place would have Proxmox unplug
     /// one volume and plug another into the same device.
     func isFree(_ key: String) -> Bool { values[key] == nil && read[key] == nil }
+
+    /// Whether an edit earlier in this batch freed `key`: free for the next write.
+    func isFreedInThisBatch(_ key: String) -> Bool { values[key] == nil && read[key] != nil }
 }
 
 /// One caller's change to a VM's config, made on the batch's draft. It throws
 /// to refuse (a volume attached read-only, no free slot): its caller gets the
-/// error and the rest of the batch goes on without it.
+/// error and the rest of the batch goes on without it. It throws
+/// `ConfigBatches.NextWrite` to go in the next write instead (it needs a slot
+/// this batch frees).
 typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
 
 /// Merges concurrent edits of one VM's config into one write. Every write is
@@ -37,6 +42,9 @@ final class ConfigBatches: Sendable {
     private let queued = Mutex<[String: [Waiting]]>([:])
     /// How often a write is redone when the config changed under it.
     static let attempts = 5
+
+    /// Thrown by an edit that can be made once this batch's write is done.
+    struct NextWrite: Error {}
 
     /// Applies `edit` to the VM's config, together with whatever other edits
     /// are waiting, and returns once the write that carried it is done.
@@ -59,7 +67,9 @@ final class ConfigBatches: Sendable {
                     defer { queues[key] = [] }
                     return queues[key] ?? []
                 }
-                await Self.write(batch, to: vm, in: volumes)
+                let postponed = await Self.write(batch, to: vm, in: volumes)
+                // First in the next write, which sees the slots this one freed.
+                self.queued.withLock { $0[key, default: []].insert(contentsOf: postponed, at: 0) }
             }
             let idle = queued.withLock { queues in
                 guard queues[key]?.isEmpty ?? true else { return false }
@@ -71,50 +81,62 @@ final class ConfigBatches: Sendable {
     }
 
     /// One write for the whole batch: read the config, let each edit change
-    /// the draft, send the difference with the config's digest.
-    private static func write(_ batch: [Waiting], to vm: VMRef, in volumes: ProxmoxVolumes) async {
-        guard !batch.isEmpty else { return }
+    /// the draft, send the difference with the config's digest. Returns the
+    /// edits postponed to the next write.
+    private static func write(_ batch: [Waiting], to vm: VMRef, in volumes: ProxmoxVolumes) async -> [Waiting] {
+        guard !batch.isEmpty else { return [] }
         let client: ProxmoxClient
-        do { client = try volumes.client(vm.cluster) } catch { return batch.forEach { $0.resume(.failure(error)) } }
-        var members = batch
+        do { client = try volumes.client(vm.cluster) } catch { batch.forEach { $0.resume(.failure(error)) }; return [] }
+        var members = batch, postponed: [Waiting] = []
         for attempt in 1...attempts {
             let config: VMConfig
             do {
                 config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
             } catch {
-                return members.forEach { $0.resume(.failure(error)) }
+                (members + postponed).forEach { $0.resume(.failure(error)) }
+                return []
             }
             var draft = ConfigDraft(read: config.values, values: config.values)
             var accepted: [Waiting] = []
-            for member in members {
+            let candidates = members + postponed
+            postponed = []
+            for member in candidates {
                 var trial = draft
                 do {
                     try member.edit(&trial)
                     draft = trial
                     accepted.append(member)
+                } catch is NextWrite {
+                    postponed.append(member)
                 } catch {
                     member.resume(.failure(error))
                 }
             }
             members = accepted
             let (set, delete) = difference(from: config.values, to: draft.values)
-            if set.isEmpty && delete.isEmpty { return members.forEach { $0.resume(.success(())) } }
+            if set.isEmpty && delete.isEmpty {
+                members.forEach { $0.resume(.success(())) }
+                return postponed
+            }
             do {
                 try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, digest: config.digest)
                 // Before anyone hears of success, so no scan they start can see the old config.
                 volumes.configChanged(vm)
-                return members.forEach { $0.resume(.success(())) }
+                members.forEach { $0.resume(.success(())) }
+                return postponed
             } catch ProxmoxError.digestConflict where attempt < attempts {
                 continue  // someone else changed the config: decide again on the new one
             } catch let error as ProxmoxError where members.count > 1 && mayConcernOneEdit(error) {
                 // Proxmox refused or failed part of the change: each edit again
                 // alone, so one bad edit cannot fail the others.
-                for member in members { await write([member], to: vm, in: volumes) }
-                return
+                for member in members { postponed += await write([member], to: vm, in: volumes) }
+                return postponed
             } catch {
-                return members.forEach { $0.resume(.failure(error)) }
+                members.forEach { $0.resume(.failure(error)) }
+                return postponed
             }
         }
+        return postponed  // not reached: the last attempt returns
     }
 
     /// Errors that may come from one edit's values (a bad option, a failed

@@ -252,7 +252,10 @@ public struct ControllerService: Sendable {
                 return  // already there: publishing again changes nothing
             }
             let limit = bus == "virtio" ? 16 : 31
-            guard let slot = (0..<limit).map({ "\(bus)\($0)" }).first(where: draft.isFree) else {
+            let slots = (0..<limit).map { "\(bus)\($0)" }
+            guard let slot = slots.first(where: draft.isFree) else {
+                // A detach in this batch frees one: take it in the next write.
+                if slots.contains(where: draft.isFreedInThisBatch) { throw ConfigBatches.NextWrite() }
                 throw RPCError(.resourceExhausted, "VM \(vm.vmid) has no free \(bus) slot (\(limit) in use)")
             }
             draft.values[slot] = diskValue

@@ -179,3 +179,23 @@ def test_a_slot_freed_in_a_write_is_not_filled_in_the_same_write(controller, vol
     assert len(writes) == 2 and writes[1].get("delete") == freed
     assert freed not in writes[1]
     assert name_of(arriving) in next(value for key, value in writes[1].items() if key.startswith("scsi"))
+
+
+def test_an_attachment_waiting_for_a_slot_freed_in_the_same_write_takes_it_in_the_next(controller, volumes):
+    # Fill every SCSI slot of the VM (its own disk is virtio0: 31 slots).
+    full = volumes(31)
+    with ThreadPoolExecutor(31) as pool:
+        assert set(pool.map(lambda v: publish(controller, v), full)) == {grpc.StatusCode.OK}
+    assert len(attached_volids()) == 31
+    first_leaving, second_leaving = full[0], full[1]
+    arriving_one, arriving_two = volumes(2)
+    since = len(simulator("GET", "/_sim/log"))
+    hold_first_write()
+    # Write 1 frees a slot; write 2 frees another and fills the first; the second
+    # newcomer needs the slot write 2 frees, so it goes in write 3 — not RESOURCE_EXHAUSTED.
+    jobs = [(unpublish, first_leaving), (unpublish, second_leaving), (publish, arriving_one), (publish, arriving_two)]
+    assert first_then_together(lambda job: job[0](controller, job[1]), jobs[0], jobs[1:]) == [grpc.StatusCode.OK] * 4
+    assert config_writes(since) == [200, 200, 200]
+    names = attached_names()
+    assert {name_of(arriving_one), name_of(arriving_two)} <= names
+    assert not {name_of(first_leaving), name_of(second_leaving)} & names
