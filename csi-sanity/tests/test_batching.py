@@ -85,12 +85,20 @@ def unpublish(controller, volume):
     return grpc.StatusCode.OK
 
 
+def wait_until_the_first_fault_fired():
+    """Until the simulator has picked the first injected rule (it is now holding that request)."""
+    deadline = time.monotonic() + 20
+    while simulator("GET", "/_sim/faults")[0].get("remaining") != 0:
+        assert time.monotonic() < deadline, "the held request never came"
+        time.sleep(0.02)
+
+
 def first_then_together(call, first, rest):
     """`first` alone, then — while Proxmox still works on its write (held 2 s
     by an injected delay) — all of `rest` at once. Returns every result."""
     with ThreadPoolExecutor(len(rest) + 1) as pool:
         leading = pool.submit(call, first)
-        time.sleep(0.3)
+        wait_until_the_first_fault_fired()
         following = [pool.submit(call, item) for item in rest]
         return [leading.result()] + [f.result() for f in following]
 
@@ -157,7 +165,7 @@ def test_a_read_that_overlapped_a_detach_is_not_trusted_after_it(controller, vol
     with ThreadPoolExecutor(1) as pool:
         scan = pool.submit(controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id),
                            timeout=30)
-        time.sleep(0.3)
+        wait_until_the_first_fault_fired()
         assert unpublish(controller, volume) == grpc.StatusCode.OK
         assert list(scan.result().status.published_node_ids) == [NODE]  # true when it was read
     # What that late read said must not outlive the detach: the volume is free.

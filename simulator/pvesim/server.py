@@ -331,6 +331,8 @@ class Handler(BaseHTTPRequestHandler):
             with sim.log_lock:
                 sim.log.clear()
             return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/faults" and method == "GET":
+            return self.reply(200, "OK", {"data": sim.faults})  # with what each counted rule has left
         if path == "/_sim/faults" and method == "PUT":
             rules = json.loads(params.get("rules", "[]"))
             for rule in rules:

@@ -368,7 +368,9 @@ def control(sim, method, path, **params):
 
 def test_injected_faults_answer_once_then_stop(sim, api):
     control(sim, "PUT", "/_sim/faults", rules=json.dumps([{"path": "^/version$", "status": 596, "count": 1}]))
+    assert control(sim, "GET", "/_sim/faults")[0]["remaining"] == 1
     assert api.call("GET", "/version").status == 596
+    assert control(sim, "GET", "/_sim/faults")[0]["remaining"] == 0
     assert api.call("GET", "/version").status == 200
 
 
