@@ -380,7 +380,10 @@ def test_a_late_answer_says_what_was_true_when_it_was_served(sim, api):
     late = {}
     reader = threading.Thread(target=lambda: late.update(api.ok("GET", "/nodes/pve1/qemu/100/config")))
     reader.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while control(sim, "GET", "/_sim/faults")[0]["remaining"] != 0:  # the read is being served
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     api.ok("PUT", "/nodes/pve1/qemu/100/config", description="changed meanwhile")
     reader.join()
     assert late.get("description") != "changed meanwhile"
@@ -392,7 +395,9 @@ def test_a_request_whose_client_left_is_still_logged(sim, api):
     control(sim, "PUT", "/_sim/faults", rules=json.dumps([{"path": "^/version$", "reply_delay_ms": 300, "count": 1}]))
     with pytest.raises(Exception):
         urllib.request.urlopen(sim.base + "/api2/json/version", timeout=0.1)
-    time.sleep(0.8)
+    deadline = time.monotonic() + 10
+    while not control(sim, "GET", "/_sim/log") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [(e["path"], e["status"]) for e in control(sim, "GET", "/_sim/log")] == [("/api2/json/version", 401)]
 
 
