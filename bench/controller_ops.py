@@ -17,6 +17,7 @@ import grpc  # noqa: E402
 
 import csi_pb2  # noqa: E402
 import csi_pb2_grpc  # noqa: E402
+from benchlib import wait_for_socket, wait_for_text  # noqa: E402
 
 # Task durations seen on small Proxmox clusters: config changes and hot-plug
 # about half a second, a resize a second, a VM create with a 1 GiB import a few seconds.
@@ -25,21 +26,12 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 GiB = 1 << 30
 
 
-def wait_for(path, seconds=10):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if Path(path).exists() and Path(path).read_text():
-            return Path(path).read_text()
-        time.sleep(0.05)
-    raise TimeoutError(path)
-
-
 def main():
     work = Path(tempfile.mkdtemp(prefix="controller-ops-"))
     sim = subprocess.Popen([sys.executable, "-m", "pvesim", "--listen", "127.0.0.1:0", "--port-file", str(work / "port"),
                             "--task-seconds", TASKS, "--exit-on-stdin-eof"],
                            cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{wait_for(work / 'port')}"
+    base = f"http://127.0.0.1:{wait_for_text(work / 'port')}"
     (work / "config.yaml").write_text(f"""clusters:
   - name: sim
     url: {base}
@@ -50,10 +42,7 @@ def main():
     driver = subprocess.Popen([os.environ["DRIVER_BIN"], "--mode", "controller", "--endpoint", f"unix://{socket}",
                                "--config", str(work / "config.yaml"), "--log-level", "warning"], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if socket.exists():
-                break
-            time.sleep(0.05)
+        wait_for_socket(socket)
         with grpc.insecure_channel(f"unix://{socket}") as channel:
             run(csi_pb2_grpc.ControllerStub(channel), base)
     finally:

@@ -34,6 +34,7 @@ from grpc import aio  # noqa: E402
 
 import csi_pb2  # noqa: E402
 import csi_pb2_grpc  # noqa: E402
+from benchlib import wait_for_text  # noqa: E402
 
 GiB = 1 << 30
 # Task durations seen on small Proxmox clusters (as in benchmark-controller);
@@ -287,11 +288,7 @@ def main():
                                   "--scenario", str(work / "scenario.json"), "--task-seconds", tasks, "--exit-on-stdin-eof",
                                   "--auth-failure-delay", "0.2"],
                                  cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        if (work / "port").exists() and (work / "port").read_text():
-            break
-        time.sleep(0.05)
-    sim_url = f"http://127.0.0.1:{(work / 'port').read_text()}"
+    sim_url = f"http://127.0.0.1:{wait_for_text(work / 'port')}"
     (work / "config.yaml").write_text(f"clusters:\n  - name: sim\n    url: {sim_url}\n    tokenID: csi@pve!csi\n"
                                       "    tokenSecret: 5ba0d1b4-8d0e-4c61-9a8f-3d2f1c7e6b21\n")
     driver = DriverProcess(work, work / "config.yaml")

@@ -23,6 +23,7 @@ import grpc  # noqa: E402
 
 import csi_pb2  # noqa: E402
 import csi_pb2_grpc  # noqa: E402
+from benchlib import wait_for_socket  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 VOLUME_ID = "sim//ceph/vm-9999-pvc-bench"
@@ -61,10 +62,7 @@ def main():
     driver = subprocess.Popen(os.environ.get("DRIVER_WRAPPER", "").split() + [os.environ["DRIVER_BIN"], "--mode", "node", "--endpoint", f"unix://{socket}", "--node-id", "bench",
                                "--kubelet-dir", str(work / "kubelet"), "--sys-root", str(work / "sys"), "--log-level", "warning"])
     try:
-        for _ in range(100):
-            if socket.exists():
-                break
-            time.sleep(0.05)
+        wait_for_socket(socket)
         with grpc.insecure_channel(f"unix://{socket}") as channel:
             node = csi_pb2_grpc.NodeStub(channel)
             results = {}

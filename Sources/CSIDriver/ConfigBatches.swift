@@ -49,7 +49,7 @@ final class ConfigBatches: Sendable {
     /// Applies `edit` to the VM's config, together with whatever other edits
     /// are waiting, and returns once the write that carried it is done.
     func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws {
-        let key = "\(vm.cluster)/\(vm.vmid)"
+        let key = vm.key
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let startsWriter = queued.withLock { queues in
                 defer { queues[key, default: []].append(Waiting(edit: edit, continuation: continuation)) }

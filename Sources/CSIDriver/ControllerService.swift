@@ -244,7 +244,7 @@ public struct ControllerService: Sendable {
         if readonly { value.append("ro=1") }
         let diskValue = value.joined(separator: ",")
         try await volumes.editConfig(vm) { draft in
-            if let (key, value) = draft.values.first(where: { ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid }) {
+            if let (key, value) = ProxmoxVolumes.disks(holding: volid, in: draft.values).first {
                 let attachedReadonly = value.split(separator: ",").contains("ro=1")
                 guard attachedReadonly == readonly else {
                     throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
@@ -279,9 +279,7 @@ public struct ControllerService: Sendable {
             for vm in targets.sorted(by: { $0.vmid < $1.vmid }) {
                 do {
                     try await volumes.editConfig(vm) { draft in
-                        for (key, value) in draft.values where ProxmoxVolumes.isDiskKey(key) && ProxmoxVolumes.volid(of: value) == volid {
-                            draft.values[key] = nil
-                        }
+                        for (key, _) in ProxmoxVolumes.disks(holding: volid, in: draft.values) { draft.values[key] = nil }
                     }
                 } catch ProxmoxError.notFound {
                     // The VM went away: nothing is attached any more.
@@ -371,9 +369,7 @@ public struct ControllerService: Sendable {
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
                 try await volumes.editConfig(vm) { draft in
-                    guard let (key, value) = draft.values.first(where: {
-                        ProxmoxVolumes.isDiskKey($0.key) && ProxmoxVolumes.volid(of: $0.value) == volid
-                    }) else { return }
+                    guard let (key, value) = ProxmoxVolumes.disks(holding: volid, in: draft.values).first else { return }
                     let kept = value.split(separator: ",").dropFirst().filter { option in
                         let name = String(option.split(separator: "=").first ?? "")
                         return !replaced.contains(name) && name != "size"

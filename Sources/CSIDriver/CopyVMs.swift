@@ -118,12 +118,10 @@ extension ProxmoxVolumes {
         let client = try client(cluster)
         let name = CopyVM.vmName(kind, csiName: csiName)
         let created = Int64(Date().timeIntervalSince1970)
-        let settings = [
-            ("name", name), ("memory", "64"), ("cores", "1"),
-            ("description", CopyVM.description(kind, csiName: csiName, source: source, createdAt: created)),
-            ("scsi0", "\(storage):0,import-from=\(sourceVolid)"),
-        ]
-        let (vmid, upid) = try await startCreatingVM(cluster: cluster, node: node, settings: settings, what: "a VM for \(csiName)")
+        let (vmid, upid) = try await startCreatingVM(
+            cluster: cluster, node: node, name: name,
+            description: CopyVM.description(kind, csiName: csiName, source: source, createdAt: created),
+            disks: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")], what: "a VM for \(csiName)")
         if let upid {
             // A copy still running after `wait` is reported as not ready yet.
             do {
@@ -150,9 +148,8 @@ extension ProxmoxVolumes {
             }
             let text = CopyVM.description(.options, csiName: volumeID, source: volumeID,
                                           createdAt: Int64(Date().timeIntervalSince1970), options: options)
-            _ = try await self.createVM(cluster: cluster, node: node, settings: [
-                ("name", CopyVM.vmName(.options, csiName: volumeID)), ("memory", "64"), ("cores", "1"), ("description", text),
-            ], what: "the options VM for \(volumeID)")
+            _ = try await self.createVM(cluster: cluster, node: node, name: CopyVM.vmName(.options, csiName: volumeID),
+                                        description: text, what: "the options VM for \(volumeID)")
         }
     }
 

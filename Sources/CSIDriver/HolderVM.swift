@@ -21,10 +21,10 @@ extension ProxmoxVolumes {
             if let existing = try await self.vms(cluster, fresh: true).first(where: { $0.name == name && $0.node == node }) {
                 return existing
             }
-            let vmid = try await self.createVM(cluster: cluster, node: node, settings: [
-                ("name", name), ("memory", "64"), ("cores", "1"),
-                ("description", "proxmox-csi: carries volumes during offline operations. Do not start or delete."),
-            ], what: "the holder VM on node \(node)")
+            let vmid = try await self.createVM(
+                cluster: cluster, node: node, name: name,
+                description: "proxmox-csi: carries volumes during offline operations. Do not start or delete.",
+                what: "the holder VM on node \(node)")
             return VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
         }
     }
@@ -43,7 +43,7 @@ extension ProxmoxVolumes {
         let client = try client(handle.cluster)
         return try await changingVM(holder) {
             let vmConfig = try await client.vmConfig(node: holder.node, vmid: holder.vmid)
-            let key = vmConfig.values.first { Self.isDiskKey($0.key) && Self.volid(of: $0.value) == volid }?.key
+            let key = Self.disks(holding: volid, in: vmConfig.values).first?.key
                 ?? (0..<31).map { "scsi\($0)" }.first { vmConfig[$0] == nil }!
             if vmConfig[key] == nil {
                 try await client.updateVMConfig(node: holder.node, vmid: holder.vmid, set: [(key, volid)], digest: vmConfig.digest)

@@ -9,6 +9,9 @@ public struct VMRef: Sendable, Hashable {
     public var node: String
     public var vmid: Int
     public var name: String
+
+    /// The VM across clusters, for the driver's per-VM locks and caches.
+    var key: String { "\(cluster)/\(vmid)" }
 }
 
 /// Where a storage exists and what kind it is, from cluster resources.
@@ -138,7 +141,7 @@ public final class ProxmoxVolumes: Sendable {
     /// A VM's config as it is now (a read that started after this call, shared with concurrent callers).
     func freshConfig(_ vm: VMRef) async throws -> VMConfig {
         let client = try client(vm.cluster)
-        return try await configReads.read("\(vm.cluster)/\(vm.vmid)", asked: .now()) {
+        return try await configReads.read(vm.key, asked: .now()) {
             try await client.vmConfig(node: vm.node, vmid: vm.vmid)
         }
     }
@@ -146,14 +149,14 @@ public final class ProxmoxVolumes: Sendable {
     /// Runs a change of a VM's config while no other change of that VM runs
     /// (Proxmox would answer with lock timeouts), then forgets the scanned config.
     func changingVM<T: Sendable>(_ vm: VMRef, _ body: @Sendable () async throws -> T) async throws -> T {
-        let key = "\(vm.cluster)/\(vm.vmid)"
+        let key = vm.key
         defer { configChanged(vm) }
         return try await vmLocks.run(key, body)
     }
 
     /// Forgets what scans read of the VM's config: the driver just changed it.
     func configChanged(_ vm: VMRef) {
-        let key = "\(vm.cluster)/\(vm.vmid)"
+        let key = vm.key
         scanned.withLock {
             $0.configs[key] = nil
             $0.changes[key, default: 0] &+= 1
@@ -168,7 +171,7 @@ public final class ProxmoxVolumes: Sendable {
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
     func scanConfig(_ vm: VMRef) async throws -> VMConfig {
-        let key = "\(vm.cluster)/\(vm.vmid)"
+        let key = vm.key
         let now = ProcessInfo.processInfo.systemUptime
         let (cached, changes) = scanned.withLock { ($0.configs[key], $0.changes[key] ?? 0) }
         if let cached, now - cached.at < cacheSeconds { return cached.config }
@@ -208,9 +211,7 @@ public final class ProxmoxVolumes: Sendable {
         }
         var found: [(VMRef, String)] = []
         for (vm, vmConfig) in try await scanConfigs(candidates) {
-            for (key, value) in vmConfig.values.sorted(by: { $0.key < $1.key }) where Self.isDiskKey(key) && Self.volid(of: value) == volid {
-                found.append((vm, key))
-            }
+            found += Self.disks(holding: volid, in: vmConfig.values).map { (vm, $0.key) }
         }
         return found
     }
@@ -221,6 +222,11 @@ public final class ProxmoxVolumes: Sendable {
 
     static func volid(of diskValue: String) -> String {
         String(diskValue.split(separator: ",", maxSplits: 1).first ?? "")
+    }
+
+    /// The disk keys of a VM config that hold `volid`, in key order.
+    static func disks(holding volid: String, in values: [String: String]) -> [(key: String, value: String)] {
+        values.filter { isDiskKey($0.key) && self.volid(of: $0.value) == volid }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64) async throws {
