@@ -27,7 +27,7 @@ def load_scenario(path, task_seconds, default_task_seconds, data_dir=None):
         vm = VM(v["vmid"], v["node"], v["name"], v.get("status", "stopped"), v.get("config"))
         cluster.vms[vm.vmid] = vm
         for key, value in v.get("disks", {}).items():
-            api._attach(vm, key, api._plan_disk(vm, key, value))
+            api._plug(vm, key, api._create_disk(vm, api._plan_disk(vm, key, value)))
     roles = spec.get("roles", {})
 
     def principal(entry):

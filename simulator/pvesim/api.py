@@ -12,6 +12,7 @@ import urllib.parse
 
 from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, format_size,
                       parse_alloc_size, parse_disk_size)
+from .cluster import _uuid_for as _uuid_for_vm
 from .schema import parse_property_string
 
 ALL_PRIVILEGES = ["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit", "VM.Allocate",
@@ -41,8 +42,9 @@ class Api:
         if kind in (None, "vm"):
             for vm in sorted(c.vms.values(), key=lambda v: v.vmid):
                 entry = {"id": f"qemu/{vm.vmid}", "type": "qemu", "node": vm.node, "vmid": vm.vmid,
-                         "name": vm.name, "status": vm.status, "template": int(vm.template),
-                         "maxdisk": 0, "disk": 0}
+                         "status": vm.status, "template": int(vm.template), "maxdisk": 0, "disk": 0}
+                if vm.name is not None:  # none while being created
+                    entry["name"] = vm.name
                 if vm.lock:
                     entry["lock"] = vm.lock
                 out.append(entry)
@@ -100,12 +102,52 @@ class Api:
 
     def vm_list(self, p, caller):
         self._node(p)
-        return [{"vmid": vm.vmid, "name": vm.name, "status": vm.status, "template": int(vm.template)}
+        return [{"vmid": vm.vmid, "status": vm.status, "template": int(vm.template)}
+                | ({"name": vm.name} if vm.name is not None else {})
                 for vm in self.cluster.vms.values() if vm.node == p["node"]]
 
     def vm_config(self, p, caller):
+        """Pending changes applied unless `current` (qemu-server vm_config →
+        load_current_config); the digest covers the whole file either way."""
         vm = self.cluster.vm(p["vmid"], p["node"])
-        return dict(vm.config) | {"digest": vm.digest()}
+        values = dict(vm.config) if p.get("current") else vm.effective()
+        return values | {"digest": vm.digest()}
+
+    def vm_pending(self, p, caller):
+        """qemu-server vm_pending: one item per key with its current `value`,
+        its `pending` value, and `delete` 1 (2 when forced) for a pending delete."""
+        vm = self.cluster.vm(p["vmid"], p["node"])
+        out = []
+        for key in sorted(set(vm.config) | set(vm.pending) | set(vm.pending_delete)):
+            item = {"key": key}
+            if key in vm.config:
+                item["value"] = vm.config[key]
+            if key in vm.pending:
+                item["pending"] = vm.pending[key]
+            if key in vm.pending_delete:
+                item["delete"] = 2 if vm.pending_delete[key] else 1
+            out.append(item)
+        return out
+
+    def node_tasks(self, p, caller):
+        """pve-manager PVE/API2/Tasks.pm node_tasks: `source=active` lists running tasks."""
+        self._node(p)
+        source = p.get("source", "archive")
+        out = []
+        for task in sorted(self.cluster.tasks.values(), key=lambda t: t.start, reverse=True):
+            if task.node != p["node"] or ("vmid" in p and task.id != str(p["vmid"])):
+                continue
+            if p.get("typefilter") and task.type != p["typefilter"]:
+                continue
+            running = task.status == "running"
+            if (source == "active" and not running) or (source == "archive" and running):
+                continue
+            item = {"upid": task.upid, "node": task.node, "pid": task.pid, "pstart": task.pstart,
+                    "starttime": int(task.start), "type": task.type, "id": task.id, "user": task.user}
+            if not running:
+                item["status"], item["endtime"] = task.exitstatus, int(task.end)
+            out.append(item)
+        return out[p.get("start", 0):][:p.get("limit", 50) or None]
 
     def vm_status(self, p, caller):
         vm = self.cluster.vm(p["vmid"], p["node"])
@@ -159,6 +201,12 @@ class Api:
         return self._update_config(p, caller, sync=True)
 
     def _update_config(self, p, caller, sync):
+        """qemu-server src/PVE/API2/Qemu.pm update_vm: every change goes to the
+        [PENDING] section first (deletes to `pending.delete`); then, on a running
+        VM, vmconfig_hotplug_pending applies what it can hot-plug and leaves the
+        rest pending; on a stopped VM vmconfig_apply_pending applies all of it.
+        Hot-plug failures are collected and raised at the end (raise_param_exc),
+        so the task fails and the change stays pending."""
         c = self.cluster
         vm = c.vm(p["vmid"], p["node"])
         self._check_unlocked(vm, p)
@@ -166,29 +214,139 @@ class Api:
             raise PVEError("checksum mismatch (file change by other user?)")
         reserved = {"node", "vmid", "digest", "delete", "revert", "force", "background_delay", "skiplock"}
         deletes = [k for k in re.split(r"[,;\s]+", p.get("delete", "")) if k]
+        reverts = [k for k in re.split(r"[,;\s]+", p.get("revert", "")) if k]
         sets = {k: v for k, v in p.items() if k not in reserved}
         for key in deletes:
             if key in sets:
                 raise PVEError(f"you can't modify and delete the same setting '{key}'", 400)
+        for key in reverts:
+            if key in sets or key in deletes:
+                raise PVEError(f"you can't modify, delete or revert the same setting '{key}'", 400)
         # Check now what Proxmox checks before the worker starts.
         planned = {key: self._plan_disk(vm, key, value) for key, value in sets.items() if DISK_KEY.match(key)}
+        force = bool(p.get("force", False))
 
         def effect():
+            modified = set()
+            for key in reverts:
+                if DISK_KEY.match(key) and key in vm.pending:
+                    self._register_unused(vm, vm.pending[key])
+                vm.pending.pop(key, None)
+                vm.pending_delete.pop(key, None)
             for key in deletes:
-                if key in vm.config:
-                    self._detach(vm, key, force=p.get("force", False))
+                modified.add(key)
+                value = vm.config.get(key, vm.pending.get(key))
+                if value is None:
+                    continue  # "cannot delete 'key' - not set in current configuration!" (a warning)
+                pending_value = vm.pending.pop(key, None)
+                if UNUSED_KEY.match(key):
+                    self._check_protection(vm, f"can't remove unused disk '{value.split(',')[0]}'")
+                    self._free_volid(value.split(",")[0], vm.node)
+                    vm.config.pop(key, None)
+                    continue
+                if DISK_KEY.match(key):
+                    self._check_protection(vm, f"can't remove drive '{key}'")
+                    if pending_value is not None:
+                        self._register_unused(vm, pending_value)
+                vm.pending_delete[key] = force
             for key, value in sets.items():
+                modified.add(key)
+                if vm.pending.get(key) == value:
+                    continue
                 if key in planned:
-                    self._attach(vm, key, planned[key])
+                    if key in vm.pending:
+                        self._register_unused(vm, vm.pending[key])
+                    vm.pending[key] = self._create_disk(vm, planned[key])
                 else:
-                    vm.config[key] = value
+                    vm.pending[key] = value
+                vm.pending_delete.pop(key, None)
+            self._cleanup_pending(vm)
+            errors = self._hotplug_pending(vm, modified) if vm.status == "running" else self._apply_pending(vm)
+            if errors:
+                raise PVEError("; ".join(f"{key}: {text}" for key, text in sorted(errors.items())))
 
         if sync:
             effect()
             return None
         disks = len(planned) + sum(1 for key in deletes if DISK_KEY.match(key))
         task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect, items=disks)
-        return self._maybe_wait(task, p.get("background_delay"))
+        return self._maybe_wait(task, p.get("background_delay"), fail_message=f"failed to update VM {vm.vmid}")
+
+    def _cleanup_pending(self, vm):
+        """guest-common cleanup_pending: drop pending values equal to the current
+        ones, and pending deletes of keys the current config lacks."""
+        for key in [k for k, v in vm.pending.items() if vm.config.get(k) == v]:
+            del vm.pending[key]
+        for key in [k for k in vm.pending_delete if k not in vm.config]:
+            del vm.pending_delete[key]
+
+    def _hotplug_pending(self, vm, modified):
+        """qemu-server vmconfig_hotplug_pending, for drives: a change of a drive
+        this call touched is applied when `hotplug` has `disk` (never for ide/sata),
+        else it stays pending ("skip"); a failing plug/unplug stays pending and
+        is reported as "hotplug problem - ...". Other keys are applied at once
+        (the simulator knows no option that needs a reboot)."""
+        errors = {}
+        can_plug = "disk" in vm.hotplug_features()
+        for key in sorted(k for k in vm.pending_delete if k in modified):
+            if DISK_KEY.match(key):
+                if not can_plug or re.match(r"(efidisk|ide|sata|tpmstate)\d+", key):
+                    continue
+                failure = self.cluster.hotplug_fault(vm, "unplug")
+                if failure:
+                    errors[key] = f"hotplug problem - {failure}"
+                    continue
+                self._detach(vm, key, force=vm.pending_delete[key])
+            else:
+                vm.config.pop(key, None)
+            del vm.pending_delete[key]
+        for key in sorted(k for k in vm.pending if k in modified):
+            value = vm.pending[key]
+            if DISK_KEY.match(key):
+                if not can_plug or re.match(r"(efidisk|ide|sata|tpmstate)\d+", key):
+                    continue
+                failure = self.cluster.hotplug_fault(vm, "plug")
+                if failure:
+                    errors[key] = f"hotplug problem - {failure}"
+                    continue
+                self._plug(vm, key, value)
+            else:
+                vm.config[key] = value
+            del vm.pending[key]
+        return errors
+
+    def _apply_pending(self, vm):
+        """qemu-server vmconfig_apply_pending: a stopped VM takes every pending change."""
+        for key in sorted(vm.pending_delete):
+            if key in vm.config:
+                if DISK_KEY.match(key):
+                    self._detach(vm, key, force=vm.pending_delete[key])
+                else:
+                    del vm.config[key]
+        vm.pending_delete.clear()
+        for key, value in sorted(vm.pending.items()):
+            if DISK_KEY.match(key):
+                self._plug(vm, key, value)
+            else:
+                vm.config[key] = value
+        vm.pending.clear()
+        return {}
+
+    def _check_protection(self, vm, what):
+        """guest-common check_protection: protection=1 forbids removing disks and the VM."""
+        if vm.config.get("protection") in ("1", 1, True):
+            raise PVEError(f"{what} - protection mode enabled")
+
+    def _register_unused(self, vm, value):
+        """qemu-server vmconfig_register_unused_drive: a drive value dropped from
+        the config becomes unusedN when the VM owns its volume."""
+        volid = value.split(",")[0]
+        try:
+            volume = self.cluster.volume(volid, vm.node)
+        except PVEError:
+            return
+        if volume.vmid == vm.vmid and volid not in [v for v, _ in vm.disks().values()]:
+            vm.config[_free_unused_key(vm)] = volid
 
     def unlink(self, p, caller):
         vm = self.cluster.vm(p["vmid"], p["node"])
@@ -228,7 +386,10 @@ class Api:
         name = re.sub(r"\d+$", "[n]", key) if key not in props else key
         return props[name]["format"]
 
-    def _attach(self, vm, key, plan):
+    def _create_disk(self, vm, plan):
+        """qemu-server create_disks: allocates `<storage>:<GiB>` and copies
+        `import-from` now, before the change is pending; returns the drive value
+        Proxmox writes (volume first, options sorted, then size)."""
         if "new" in plan:
             storage = plan["new"]
             fmt = plan["options"].get("format", "raw")
@@ -239,17 +400,29 @@ class Api:
         else:
             volume = plan["volume"]
         options = {k: v for k, v in plan["options"].items() if k != "size"}
-        if key in vm.config:
-            self._detach(vm, key, force=False)
         parts = [volume.volid] + [f"{k}={_option_text(v)}" for k, v in sorted(options.items())]
         parts.append(f"size={format_size(volume.size)}")
-        vm.config[key] = ",".join(parts)
+        return ",".join(parts)
+
+    def _plug(self, vm, key, value):
+        """Makes `value` the current drive at `key`: an old drive there is unplugged first."""
+        volid = value.split(",")[0]
+        old = vm.config.get(key)
+        if old is not None and old.split(",")[0] != volid:
+            self._detach(vm, key, force=False)
+        vm.config[key] = value
+        for unused, (ref, _) in list(vm.disks().items()):
+            if UNUSED_KEY.match(unused) and ref == volid:
+                del vm.config[unused]  # an unused volume made a drive again is no longer unused
         # Proxmox lets two VMs use one volume; the driver must never make it so.
-        users = {vmid for vmid, _ in self.cluster.users_of(volume)}
-        if len(users) > 1:
-            self.cluster.double_attachments.append({"volume": volume.volid, "vms": sorted(users)})
-        if vm.hotplug_disks():
-            self.cluster.notify("attach", vm, key, volume)
+        self.cluster.record_if_doubly_attached(volid)
+        if old is None or old.split(",")[0] != volid:
+            try:
+                volume = self.cluster.volume(volid, vm.node)
+            except PVEError:
+                return
+            if vm.hotplug_disks():
+                self.cluster.notify("attach", vm, key, volume)
 
     def _detach(self, vm, key, force):
         volid, _ = vm.disks().get(key, (None, None))
@@ -362,28 +535,41 @@ class Api:
         if vmid in c.vms:
             raise PVEError(f"unable to create VM {vmid} - VM {vmid} already exists on node '{c.vms[vmid].node}'")
         from .cluster import VM
-        vm = VM(vmid, p["node"], p.get("name", f"VM{vmid}"), status="stopped")
-        vm.config["lock"] = "create"
+        # qemu-server create_vm: create_and_lock_config writes a config holding
+        # only `lock: create`; disks are allocated (and import-from copied) in the
+        # worker, and name, description and the rest come with the final config.
+        vm = VM(vmid, p["node"], None, status="stopped")
+        vm.config = {"lock": "create"}
         c.vms[vmid] = vm
         settings = {k: v for k, v in p.items() if k not in ("node", "vmid", "start")}
         planned = {k: self._plan_disk(vm, k, v) for k, v in settings.items() if DISK_KEY.match(k)}
 
         def effect():
-            vm.config.pop("lock", None)
-            for key, value in settings.items():
-                if key in planned:
-                    self._attach(vm, key, planned[key])
-                elif key != "name":
-                    vm.config[key] = str(value)
+            values = {}
+            try:
+                for key, value in settings.items():
+                    values[key] = self._create_disk(vm, planned[key]) if key in planned else _option_text(value)
+            except PVEError as error:
+                # create_vm's cleanup: the disks made so far are freed, the config removed.
+                for value in (v for k, v in values.items() if k in planned):
+                    self._free_volid(value.split(",")[0], vm.node)
+                c.vms.pop(vmid, None)
+                raise PVEError(f"unable to create VM {vmid} - {error.message}")
+            vm.config = {"smbios1": f"uuid={_uuid_for_vm(vmid)}"} | values
+            for key in planned:
+                self.cluster.record_if_doubly_attached(values[key].split(",")[0])
             if p.get("start"):
                 vm.status = "running"
 
+        copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
+        c.extra_task_seconds += copied / GiB * c.task_seconds.get("import-per-gib", 0)
         return c.start_task(p["node"], "qmcreate", vmid, caller.id, effect).upid
 
     def destroy_vm(self, p, caller):
         c = self.cluster
         vm = c.vm(p["vmid"], p["node"])
         self._check_unlocked(vm, p)
+        self._check_protection(vm, f"can't remove VM {vm.vmid}")
         if vm.status == "running":
             raise PVEError(f"VM {vm.vmid} is running - destroy failed")
 
@@ -498,8 +684,10 @@ class Api:
         if vm.lock and not p.get("skiplock"):
             raise PVEError(f"VM is locked ({vm.lock})")
 
-    def _maybe_wait(self, task, delay):
-        """`background_delay` / `delay`: answer null when the task ends in time."""
+    def _maybe_wait(self, task, delay, fail_message=None):
+        """`background_delay` / `delay`: answer null when the task ends in time.
+        update_vm (qemu-server API2/Qemu.pm) dies "failed to update VM N: <status>"
+        when its task failed within background_delay: a 500, not a UPID."""
         if delay:
             self.cluster.lock.release()
             try:
@@ -508,6 +696,8 @@ class Api:
                     with self.cluster.lock:
                         self.cluster.advance()
                         if task.status == "stopped":
+                            if task.exitstatus != "OK" and fail_message:
+                                raise PVEError(f"{fail_message}: {task.exitstatus}")
                             return None if task.exitstatus == "OK" else task.upid
                     time.sleep(0.005)
             finally:
@@ -574,6 +764,8 @@ ROUTES = {
     "POST /nodes/{node}/qemu": ("create_vm", False),
     "DELETE /nodes/{node}/qemu/{vmid}": ("destroy_vm", True),
     "GET /nodes/{node}/qemu/{vmid}/config": ("vm_config", False),
+    "GET /nodes/{node}/qemu/{vmid}/pending": ("vm_pending", False),
+    "GET /nodes/{node}/tasks": ("node_tasks", False),
     "POST /nodes/{node}/qemu/{vmid}/config": ("update_config_async", True),
     "PUT /nodes/{node}/qemu/{vmid}/config": ("update_config_sync", True),
     "GET /nodes/{node}/qemu/{vmid}/status/current": ("vm_status", False),

@@ -184,40 +184,85 @@ class Storage:
 
 
 class VM:
+    """A VM's config as qemu-server keeps it: the current values, and a
+    [PENDING] section of changes not yet applied to the running VM
+    (qemu-server src/PVE/API2/Qemu.pm update_vm writes every change there
+    first; src/PVE/QemuServer.pm vmconfig_hotplug_pending applies what it can)."""
+
     def __init__(self, vmid, node, name, status="stopped", config=None):
         self.vmid = vmid
         self.node = node
         self.status = status
-        self.config = {"name": name, "memory": "2048", "cores": "2", "ostype": "l26",
+        self.config = {"memory": "2048", "cores": "2", "ostype": "l26",
                        "hotplug": "network,disk,usb", "smbios1": f"uuid={_uuid_for(vmid)}"}
+        if name is not None:
+            self.config["name"] = name
         self.config.update(config or {})
+        self.pending = {}          # key -> value not yet applied
+        self.pending_delete = {}   # key -> force, deletes not yet applied
         self.snapshots = {}
         self.config_free_at = 0.0  # when the last queued config change finishes
         self.template = False
 
     @property
     def name(self):
-        return self.config.get("name", f"VM {self.vmid}")
+        """None while a create holds only `lock: create` (qemu-server create_vm
+        writes the name with the final config); cluster resources then show none."""
+        return self.config.get("name")
 
     @property
     def lock(self):
         return self.config.get("lock")
 
+    def effective(self):
+        """The config with pending changes applied: what GET .../config answers
+        unless `current=1` (guest-common load_current_config, called by
+        qemu-server API2/Qemu.pm vm_config)."""
+        out = dict(self.config)
+        out.update(self.pending)
+        for key in self.pending_delete:
+            out.pop(key, None)
+        return out
+
     def digest(self):
+        """SHA1 of the whole config file, [PENDING] section included (the
+        digest guest-common's config parser computes over the raw file)."""
         text = "".join(f"{k}: {v}\n" for k, v in sorted(self.config.items()))
+        if self.pending or self.pending_delete:
+            text += "\n[PENDING]\n" + "".join(f"{k}: {v}\n" for k, v in sorted(self.pending.items()))
+            if self.pending_delete:
+                text += "delete: " + ",".join(("!" if force else "") + k
+                                               for k, force in sorted(self.pending_delete.items())) + "\n"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def disks(self):
-        """{key: (volid, options)} for every disk and unused entry."""
+    def disks(self, values=None):
+        """{key: (volid, options)} for every disk and unused entry (of `values`, default the current config)."""
         result = {}
-        for key, value in self.config.items():
+        for key, value in (self.config if values is None else values).items():
             if DISK_KEY.match(key) or UNUSED_KEY.match(key):
                 volid, _, options = value.partition(",")
                 result[key] = (volid, options)
         return result
 
+    def drive_refs(self):
+        """{volid} the VM's drives hold, current or pending (never unusedN:
+        an unused entry is a record of ownership, attached to nothing)."""
+        refs = set()
+        for values in (self.config, self.pending):
+            for key, (volid, _) in self.disks(values).items():
+                if DISK_KEY.match(key):
+                    refs.add(volid)
+        return refs
+
+    def hotplug_features(self):
+        """qemu-server parse_hotplug_features: '1' is network,disk,usb; '0' none."""
+        text = self.config.get("hotplug", "network,disk,usb")
+        if text == "1":
+            text = "network,disk,usb"
+        return set() if text == "0" else set(text.split(","))
+
     def hotplug_disks(self):
-        return self.status == "running" and "disk" in self.config.get("hotplug", "network,disk,usb").split(",")
+        return self.status == "running" and "disk" in self.hotplug_features()
 
 
 def _uuid_for(vmid):
@@ -258,7 +303,10 @@ class Cluster:
         self.task_seconds = dict(task_seconds or {})
         self.default_task_seconds = default_task_seconds
         self.listeners = []  # callables(event, vm, key, volume) for local mode
-        self.double_attachments = []  # every time a volume was in two VMs' configs at once
+        self.double_attachments = []  # every time a volume was in two VMs' drives at once
+        # Hot-plug failures to inject: {"vmid"?, "action": "plug"|"unplug", "count"?, "rate"?, "message"?}
+        self.hotplug_faults = []
+        self.extra_task_seconds = 0.0  # set by a fault rule for the task the current request starts
 
     # ---------------------------------------------------------------- tasks
 
@@ -268,6 +316,8 @@ class Cluster:
         start = max(time.time(), not_before or 0)
         duration = self.task_seconds.get(type, self.default_task_seconds)
         duration += max(0, items - 1) * self.task_seconds.get(f"{type}-each", 0)
+        duration += self.extra_task_seconds
+        self.extra_task_seconds = 0.0
         task = Task(node, type, id, user, start, duration, effect)
         self.tasks[task.upid] = task
         return task
@@ -347,6 +397,50 @@ class Cluster:
         """(vmid, key) for every VM config that references the volume."""
         return [(vm.vmid, key) for vm in self.vms.values() if volume.storage.on_node(vm.node)
                 for key, (ref, _) in vm.disks().items() if ref == volume.volid]
+
+    def drive_holders(self, volid):
+        """vmids whose drives hold `volid`, in the current config or pending."""
+        return sorted(vm.vmid for vm in self.vms.values() if volid in vm.drive_refs())
+
+    def record_if_doubly_attached(self, volid):
+        holders = self.drive_holders(volid)
+        if len(holders) > 1:
+            self.double_attachments.append({"volume": volid, "vms": holders})
+
+    def hotplug_fault(self, vm, action):
+        """The message of an injected hot-plug failure for this VM, if one fires."""
+        import random
+        for rule in self.hotplug_faults:
+            if rule.get("action", action) != action or rule.get("vmid", vm.vmid) != vm.vmid:
+                continue
+            if rule.get("remaining") == 0 or random.random() >= rule.get("rate", 1.0):
+                continue
+            if "remaining" in rule:
+                rule["remaining"] -= 1
+            return rule.get("message", "VM %d qmp command 'device_del' failed - timeout" % vm.vmid
+                            if action == "unplug" else "VM %d qmp command 'device_add' failed" % vm.vmid)
+        return None
+
+    def migrate(self, vmid, target):
+        """An offline or online migration as qemu-server QemuMigrate ends it: the
+        config moves to the target node's directory, so requests naming the old
+        node answer "Configuration file ... does not exist"; volumes on local
+        storage move to the target's pool of the same storage id."""
+        vm = self.vm(vmid)
+        if target not in self.nodes:
+            raise PVEError(f"no such cluster node '{target}'", 400)
+        for volid in {ref for ref, _ in vm.disks().values()} | vm.drive_refs():
+            storage_id, _, part = volid.partition(":")
+            source = self.storages.get((storage_id, vm.node))
+            destination = self.storages.get((storage_id, target))
+            if source is None or destination is None:
+                continue  # shared, or not there
+            volume = source.volume_by_volid_part(part)
+            if volume is not None:
+                del source.volumes[volume.name]
+                volume.storage = destination
+                destination.volumes[volume.name] = volume
+        vm.node = target
 
     def notify(self, event, vm, key, volume):
         for listener in self.listeners:

@@ -243,8 +243,10 @@ class Handler(BaseHTTPRequestHandler):
             return 404, None
         api_path = path[len(API_PREFIX):] or "/"
         fault = sim.pick_fault(method, api_path)
+        extra_task_seconds = 0.0
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
+            extra_task_seconds = fault.get("task_extra_seconds", 0)
             self.reply_delay = fault.get("reply_delay_ms", 0) / 1000
             if fault.get("status") == "timeout":
                 time.sleep(fault.get("seconds", 60))
@@ -297,7 +299,12 @@ class Handler(BaseHTTPRequestHandler):
                 sim.cluster.wait_for_config_lock(sim.cluster.vm(checked["vmid"]))
             with sim.cluster.lock:
                 sim.cluster.advance()
-                data = getattr(sim.api, handler_name)(checked, caller)
+                # A slow task (a 40 s import, say): the task this request starts takes longer.
+                sim.cluster.extra_task_seconds = extra_task_seconds
+                try:
+                    data = getattr(sim.api, handler_name)(checked, caller)
+                finally:
+                    sim.cluster.extra_task_seconds = 0.0
         except PVEError as error:
             reason = error.message.split("\n")[0]
             self.reply(error.status, reason, {"data": None, "message": error.message + "\n"})
@@ -352,6 +359,33 @@ class Handler(BaseHTTPRequestHandler):
             with sim.cluster.lock:
                 sim.cluster.vm(int(params["vmid"])).status = params["status"]
             return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/hotplug-faults" and method == "PUT":
+            # Failing hot-plugs: [{"vmid"?, "action": "plug"|"unplug", "count"?, "rate"?, "message"?}]
+            rules = json.loads(params.get("rules", "[]"))
+            for rule in rules:
+                if "count" in rule:
+                    rule["remaining"] = rule["count"]
+            with sim.cluster.lock:
+                sim.cluster.hotplug_faults = rules
+            return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/vm-config" and method == "PUT":
+            # Sets a key of a VM's current config as an administrator would (e.g. `hotplug`).
+            with sim.cluster.lock:
+                vm = sim.cluster.vm(int(params["vmid"]))
+                if params.get("value", "") == "":
+                    vm.config.pop(params["key"], None)
+                else:
+                    vm.config[params["key"]] = params["value"]
+            return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/migrate" and method == "PUT":
+            with sim.cluster.lock:
+                sim.cluster.migrate(int(params["vmid"]), params["target"])
+            return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/holders" and method == "GET":
+            # The VMs whose drives hold a volume, in the current config or pending.
+            with sim.cluster.lock:
+                sim.cluster.advance()
+                return self.reply(200, "OK", {"data": sim.cluster.drive_holders(params["volid"])})
         if path == "/_sim/state" and method == "GET":
             with sim.cluster.lock:
                 sim.cluster.advance()
@@ -367,6 +401,7 @@ def snapshot_state(cluster):
                                   for v in s.volumes.values()}}
                      for s in cluster.storages.values()},
         "vms": {str(vm.vmid): {"node": vm.node, "status": vm.status, "config": dict(vm.config),
+                               "pending": dict(vm.pending), "pending_delete": sorted(vm.pending_delete),
                                "snapshots": sorted(vm.snapshots)} for vm in cluster.vms.values()},
         "double_attachments": list(cluster.double_attachments),
         "tasks": {"running": sum(t.status == "running" for t in cluster.tasks.values()),
