@@ -361,7 +361,11 @@ def test_a_volume_in_two_vms_at_once_is_recorded(sim, api):
 
 
 def control(sim, method, path, **params):
-    request = urllib.request.Request(sim.base + path, data=urllib.parse.urlencode(params).encode(), method=method)
+    query = urllib.parse.urlencode(params)
+    if method == "GET":
+        request = urllib.request.Request(sim.base + path + (f"?{query}" if query else ""), method=method)
+    else:
+        request = urllib.request.Request(sim.base + path, data=query.encode(), method=method)
     with urllib.request.urlopen(request) as response:
         return json.loads(response.read())["data"]
 
