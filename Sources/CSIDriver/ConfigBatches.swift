@@ -1,11 +1,27 @@
 import ProxmoxAPI
 import Synchronization
 
-/// A VM's config as a batch changes it: the values read, and the values with
-/// the edits so far applied.
+/// A VM's config as a batch changes it: what the config held when read
+/// (current values and pending additions, `VMConfig.held`), and the values
+/// with the edits so far applied.
 struct ConfigDraft {
+    /// The config as read, with its pending changes.
+    let config: VMConfig
     let read: [String: String]
     var values: [String: String]
+    /// Keys whose pending change is dropped (`revert`): a detach left pending
+    /// that a new attach of the same volume cancels.
+    var revert: Set<String> = []
+    /// Keys to send again although their value is unchanged: qemu-server's
+    /// update_vm marks a key it is sent as modified even when the value equals
+    /// its pending one, so its hot-plug is tried again (a plug that failed).
+    var resend: Set<String> = []
+
+    init(config: VMConfig) {
+        self.config = config
+        read = config.held
+        values = read
+    }
 
     /// Whether a new disk may go to `key`: free now, and free when the batch
     /// began. A slot a detach in this batch frees is taken only by a later
@@ -91,12 +107,13 @@ final class ConfigBatches: Sendable {
         for attempt in 1...attempts {
             let config: VMConfig
             do {
-                config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+                config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
             } catch {
                 (members + postponed).forEach { $0.resume(.failure(error)) }
                 return []
             }
-            var draft = ConfigDraft(read: config.values, values: config.values)
+            let held = config.held
+            var draft = ConfigDraft(config: config)
             var accepted: [Waiting] = []
             let candidates = members + postponed
             postponed = []
@@ -113,13 +130,20 @@ final class ConfigBatches: Sendable {
                 }
             }
             members = accepted
-            let (set, delete) = difference(from: config.values, to: draft.values)
-            if set.isEmpty && delete.isEmpty {
+            var (set, delete) = difference(from: held, to: draft.values)
+            for key in draft.resend.sorted() where !set.contains(where: { $0.0 == key }) {
+                if let value = draft.values[key] { set.append((key, value)) }
+            }
+            let revert = draft.revert.sorted()
+            set.removeAll { revert.contains($0.0) }
+            delete.removeAll(where: revert.contains)
+            if set.isEmpty && delete.isEmpty && revert.isEmpty {
                 members.forEach { $0.resume(.success(())) }
                 return postponed
             }
             do {
-                try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, digest: config.digest)
+                try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, revert: revert,
+                                                digest: config.digest)
                 // Before anyone hears of success, so no scan they start can see the old config.
                 volumes.configChanged(vm)
                 members.forEach { $0.resume(.success(())) }

@@ -243,13 +243,18 @@ public struct ControllerService: Sendable {
         value += options.map { "\($0.0)=\($0.1)" }
         if readonly { value.append("ro=1") }
         let diskValue = value.joined(separator: ",")
-        try await volumes.editConfig(vm) { draft in
+        let written = try await volumes.editConfig(vm) { draft in
             if let (key, value) = ProxmoxVolumes.disks(holding: volid, in: draft.values).first {
                 let attachedReadonly = value.split(separator: ",").contains("ro=1")
                 guard attachedReadonly == readonly else {
                     throw RPCError(.alreadyExists, "volume is attached to VM \(vm.vmid) as \(key) with readonly=\(attachedReadonly)")
                 }
-                return  // already there: publishing again changes nothing
+                if draft.config.values[key] == nil {
+                    draft.resend.insert(key)  // pending only: its hot-plug is tried again
+                } else if draft.config.pendingDelete.contains(key) {
+                    draft.revert.insert(key)  // a detach left pending: keep the disk instead
+                }
+                return  // otherwise already there: publishing again changes nothing
             }
             let limit = bus == "virtio" ? 16 : 31
             let slots = (0..<limit).map { "\(bus)\($0)" }
@@ -260,6 +265,38 @@ public struct ControllerService: Sendable {
             }
             draft.values[slot] = diskValue
         }
+        try await confirmAttached(volid, to: written)
+    }
+
+    /// Publish answers OK only once the disk is in the VM's current config,
+    /// which the running VM has: Proxmox leaves an attach it could not
+    /// hot-plug pending (qemu-server vmconfig_hotplug_pending), and the VM
+    /// would get the disk only when it restarts. The way aws-ebs-csi-driver
+    /// waits for the attachment state before answering.
+    private func confirmAttached(_ volid: String, to vm: VMRef) async throws {
+        let after = try await volumes.freshConfig(vm)
+        let keys = ProxmoxVolumes.disks(holding: volid, in: after)
+        if keys.contains(where: { after.values[$0] != nil && after.isSettled($0) }) { return }
+        guard let key = keys.first else {
+            throw RPCError(.unavailable, "the attach of \(volid) to VM \(vm.vmid) (\(vm.name)) did not reach its config; try again")
+        }
+        if let hotplug = Self.hotplugWithoutDisk(after) {
+            // Nothing is left for the VM's next start: the pending attach is dropped.
+            _ = try await volumes.editConfig(vm) { draft in draft.revert.insert(key) }
+            throw RPCError(.failedPrecondition, "VM \(vm.vmid) (\(vm.name)) has hotplug \"\(hotplug)\", which leaves out disk: "
+                + "Proxmox cannot attach a disk while it runs. Add disk to the VM's hotplug option "
+                + "(qm set \(vm.vmid) --hotplug \(hotplug.isEmpty || hotplug == "0" ? "" : hotplug + ",")disk)")
+        }
+        throw RPCError(.unavailable, "Proxmox left the attach of \(volid) to VM \(vm.vmid) (\(vm.name)) as \(key) pending: "
+            + "the hot-plug did not happen (the VM's task log says why); it is tried again on the next call")
+    }
+
+    /// The VM's `hotplug` option when it leaves out disks (qemu-server
+    /// parse_hotplug_features: default network,disk,usb; 1 = that; 0 = none).
+    static func hotplugWithoutDisk(_ config: VMConfig) -> String? {
+        let hotplug = config.values["hotplug"] ?? "network,disk,usb"
+        if hotplug == "1" { return nil }
+        return hotplug.split(separator: ",").contains("disk") ? nil : hotplug
     }
 
     func unpublish(_ request: Csi_V1_ControllerUnpublishVolumeRequest) async throws -> Csi_V1_ControllerUnpublishVolumeResponse {
@@ -277,18 +314,43 @@ public struct ControllerService: Sendable {
                 targets = [vm]
             }
             for vm in targets.sorted(by: { $0.vmid < $1.vmid }) {
+                let written: VMRef
                 do {
-                    try await volumes.editConfig(vm) { draft in
-                        for (key, _) in ProxmoxVolumes.disks(holding: volid, in: draft.values) { draft.values[key] = nil }
+                    written = try await volumes.editConfig(vm) { draft in
+                        for key in ProxmoxVolumes.disks(holding: volid, in: draft.config) {
+                            draft.values[key] = nil
+                            draft.revert.remove(key)
+                        }
                     }
                 } catch ProxmoxError.notFound {
-                    // The VM went away: nothing is attached any more.
+                    continue  // the VM is gone from every node (editConfig looked): nothing is attached any more
                 }
+                try await confirmDetached(volid, from: written)
             }
             return .init()
         } catch {
             throw rpcError(error, "ControllerUnpublishVolume \(request.volumeID) from \(request.nodeID)")
         }
+    }
+
+    /// Unpublish answers OK only when neither the current config nor a
+    /// pending change holds the disk: a detach Proxmox could not hot-unplug
+    /// stays pending while the running VM keeps the disk.
+    private func confirmDetached(_ volid: String, from vm: VMRef) async throws {
+        let after: VMConfig
+        do {
+            after = try await volumes.freshConfig(vm)
+        } catch ProxmoxError.notFound {
+            return
+        }
+        guard let key = ProxmoxVolumes.disks(holding: volid, in: after).first else { return }
+        if after.values[key] != nil, let hotplug = Self.hotplugWithoutDisk(after) {
+            throw RPCError(.failedPrecondition, "VM \(vm.vmid) (\(vm.name)) has hotplug \"\(hotplug)\", which leaves out disk: "
+                + "the volume stays attached as \(key) until the VM restarts (Proxmox keeps the detach pending). "
+                + "Add disk to the VM's hotplug option or restart the VM")
+        }
+        throw RPCError(.unavailable, "volume \(volid) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key): "
+            + "Proxmox left the detach pending (the hot-unplug did not happen; the VM's task log says why); it is tried again on the next call")
     }
 
     // MARK: - Expand

@@ -9,6 +9,7 @@ public struct VMRef: Sendable, Hashable {
     public var node: String
     public var vmid: Int
     public var name: String
+    public var isTemplate = false
 
     /// The VM across clusters, for the driver's per-VM locks and caches.
     var key: String { "\(cluster)/\(vmid)" }
@@ -87,7 +88,7 @@ public final class ProxmoxVolumes: Sendable {
     func vms(_ cluster: String) async throws -> [VMRef] {
         try await resources(cluster).compactMap { resource in
             guard resource.type == "qemu", let vmid = resource.vmid else { return nil }
-            return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "")
+            return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "", isTemplate: resource.template)
         }
     }
 
@@ -96,10 +97,20 @@ public final class ProxmoxVolumes: Sendable {
     func vm(forNodeID nodeID: String) async throws -> VMRef? {
         let parts = nodeID.split(separator: "/", maxSplits: 1).map(String.init)
         let (clusterFilter, key) = parts.count == 2 ? (Optional(parts[0]), parts[1]) : (nil, nodeID)
-        for cluster in config.clusters.map(\.name) where clusterFilter == nil || clusterFilter == cluster {
-            let vms = try await vms(cluster)
-            if let match = vms.first(where: { $0.name == key }) ?? Int(key).flatMap({ id in vms.first { $0.vmid == id } }) {
-                return match
+        // A miss in the cached listing is asked again: a VM that just appeared
+        // or moved must not count as missing (a VM reported missing is gone
+        // only if a fresh listing agrees).
+        for fresh in [false, true] {
+            for cluster in config.clusters.map(\.name) where clusterFilter == nil || clusterFilter == cluster {
+                let vms = try await vms(cluster, fresh: fresh).filter { !$0.isTemplate }
+                let named = vms.filter { $0.name == key }
+                if named.count > 1 {
+                    throw RPCError(.failedPrecondition, "node id \(nodeID) matches \(named.count) VMs named \"\(key)\" in cluster \(cluster) "
+                        + "(vmids \(named.map { String($0.vmid) }.joined(separator: ", "))): rename all but the node's VM")
+                }
+                if let match = named.first ?? Int(key).flatMap({ id in vms.first { $0.vmid == id } }) {
+                    return match
+                }
             }
         }
         return nil
@@ -138,11 +149,12 @@ public final class ProxmoxVolumes: Sendable {
             .first { $0.volid == volid }?.size
     }
 
-    /// A VM's config as it is now (a read that started after this call, shared with concurrent callers).
+    /// A VM's config as it is now, current values and pending changes (a read
+    /// that started after this call, shared with concurrent callers).
     func freshConfig(_ vm: VMRef) async throws -> VMConfig {
         let client = try client(vm.cluster)
         return try await configReads.read(vm.key, asked: .now()) {
-            try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+            try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
         }
     }
 
@@ -164,9 +176,22 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Changes a VM's config with `edit`, in one write with the edits other
-    /// callers make to that VM meanwhile.
-    func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws {
-        try await configBatches.apply(vm, in: self, edit)
+    /// callers make to that VM meanwhile; returns the VM as written to. A VM
+    /// whose node no longer knows it (migrated: qemu-server answers
+    /// "Configuration file … does not exist") is looked up afresh and the edit
+    /// goes to its new node; notFound means it is gone from every node.
+    @discardableResult
+    func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+        do {
+            try await configBatches.apply(vm, in: self, edit)
+            return vm
+        } catch ProxmoxError.notFound(let message) {
+            guard let moved = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }), moved.node != vm.node else {
+                throw ProxmoxError.notFound(message)
+            }
+            try await configBatches.apply(moved, in: self, edit)
+            return moved
+        }
     }
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
@@ -211,9 +236,18 @@ public final class ProxmoxVolumes: Sendable {
         }
         var found: [(VMRef, String)] = []
         for (vm, vmConfig) in try await scanConfigs(candidates) {
-            found += Self.disks(holding: volid, in: vmConfig.values).map { (vm, $0.key) }
+            found += Self.disks(holding: volid, in: vmConfig).map { (vm, $0) }
         }
         return found
+    }
+
+    /// The disk keys that hold `volid` in any state: current (also with a
+    /// pending delete, which the running VM still has) or pending (an attach
+    /// not yet hot-plugged, which the VM gets when it restarts).
+    static func disks(holding volid: String, in config: VMConfig) -> [String] {
+        let current = disks(holding: volid, in: config.values).map(\.key)
+        let pending = disks(holding: volid, in: config.pending).map(\.key)
+        return Array(Set(current + pending)).sorted()
     }
 
     static func isDiskKey(_ key: String) -> Bool {

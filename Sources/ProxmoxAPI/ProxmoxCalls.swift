@@ -91,16 +91,37 @@ public struct VolumeInfo: Sendable, Equatable {
 }
 
 /// A VM's configuration and the digest that guards changes to it.
+///
+/// qemu-server writes every change to a `[PENDING]` section first and applies
+/// it to a running VM only when it can hot-plug it (API2/Qemu.pm update_vm,
+/// QemuServer.pm vmconfig_hotplug_pending); what it cannot stays pending until
+/// the VM restarts. Read through `vmConfigWithPending`, `values` are the
+/// current ones — what the running VM has — and `pending` / `pendingDelete`
+/// the changes not yet applied. Read through `vmConfig`, `values` have the
+/// pending changes applied (Proxmox's default answer) and the rest is empty.
 public struct VMConfig: Sendable, Equatable {
     public var values: [String: String]
     public var digest: String
+    /// Keys set or changed but not yet applied, with their new values.
+    public var pending: [String: String]
+    /// Keys whose removal is not yet applied (still in `values`).
+    public var pendingDelete: Set<String>
 
-    public init(values: [String: String], digest: String) {
+    public init(values: [String: String], digest: String, pending: [String: String] = [:], pendingDelete: Set<String> = []) {
         self.values = values
         self.digest = digest
+        self.pending = pending
+        self.pendingDelete = pendingDelete
     }
 
     public subscript(key: String) -> String? { values[key] }
+
+    /// What the config holds in any state: the current values, and pending
+    /// values of keys that have none yet. A slot is free only when free here.
+    public var held: [String: String] { values.merging(pending) { current, _ in current } }
+
+    /// Whether `key`'s current value is what the VM will keep: no pending change or delete.
+    public func isSettled(_ key: String) -> Bool { pending[key] == nil && !pendingDelete.contains(key) }
 }
 
 public struct VMSnapshot: Sendable, Equatable {
@@ -189,12 +210,33 @@ extension ProxmoxClient {
         return VMConfig(values: values, digest: digest)
     }
 
+    /// The current config, its pending changes and its digest, in one read
+    /// (GET …/pending: pve-guest-common GuestHelpers config_with_pending_array,
+    /// whose items include the loaded config's `digest`).
+    public func vmConfigWithPending(node: String, vmid: Int) async throws -> VMConfig {
+        let data = try await call("GET", vmPath(node, vmid) + "/pending")
+        var config = VMConfig(values: [:], digest: "")
+        for item in data.array ?? [] {
+            guard let key = item["key"].string else { continue }
+            if key == "digest" {
+                config.digest = item["value"].string ?? ""
+                continue
+            }
+            if let value = item["value"].string { config.values[key] = value }
+            if let pending = item["pending"].string { config.pending[key] = pending }
+            if let delete = item["delete"].int, delete > 0 { config.pendingDelete.insert(key) }
+        }
+        return config
+    }
+
     /// Changes a VM's config (POST, as a task) and waits for it. Pass the
-    /// digest read with the config so a concurrent change is detected.
+    /// digest read with the config so a concurrent change is detected;
+    /// `revert` drops pending changes of those keys.
     public func updateVMConfig(node: String, vmid: Int, set: [(String, String)] = [], delete: [String] = [],
-                               digest: String? = nil, timeout: Double = 600) async throws {
+                               revert: [String] = [], digest: String? = nil, timeout: Double = 600) async throws {
         var parameters = set
         if !delete.isEmpty { parameters.append(("delete", delete.joined(separator: ","))) }
+        if !revert.isEmpty { parameters.append(("revert", revert.joined(separator: ","))) }
         if let digest { parameters.append(("digest", digest)) }
         parameters.append(("background_delay", "5"))
         let data = try await call("POST", vmPath(node, vmid) + "/config", parameters, idempotency: .idempotent)

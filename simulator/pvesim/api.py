@@ -114,10 +114,13 @@ class Api:
         return values | {"digest": vm.digest()}
 
     def vm_pending(self, p, caller):
-        """qemu-server vm_pending: one item per key with its current `value`,
-        its `pending` value, and `delete` 1 (2 when forced) for a pending delete."""
+        """qemu-server vm_pending → pve-guest-common GuestHelpers
+        config_with_pending_array: one item per key with its current `value`, its
+        `pending` value, and `delete` 1 (2 when forced) for a pending delete. The
+        loaded config carries its digest, so `digest` is an item too (format_pending
+        skips it when printing)."""
         vm = self.cluster.vm(p["vmid"], p["node"])
-        out = []
+        out = [{"key": "digest", "value": vm.digest()}]
         for key in sorted(set(vm.config) | set(vm.pending) | set(vm.pending_delete)):
             item = {"key": key}
             if key in vm.config:
@@ -185,9 +188,8 @@ class Api:
     def delete_volume(self, p, caller):
         self._node(p)
         volume = self._volume(p)
-        if volume.vmid in self.cluster.vms:
-            raise PVEError(f"Cannot remove image, a guest with VMID '{volume.vmid}' exists\n"
-                           f"You can delete the image from the guest's hardware pane")
+        # No check of the owner guest: pve-storage API2/Storage/Content.pm delete
+        # → Storage.pm vdisk_free free it whatever uses it (only the web UI refuses).
         task = self.cluster.start_task(p["node"], "imgdel", volume.volid, caller.id,
                                        lambda: volume.storage.free(volume))
         return self._maybe_wait(task, p.get("delay"))
@@ -263,7 +265,9 @@ class Api:
             self._cleanup_pending(vm)
             errors = self._hotplug_pending(vm, modified) if vm.status == "running" else self._apply_pending(vm)
             if errors:
-                raise PVEError("; ".join(f"{key}: {text}" for key, text in sorted(errors.items())))
+                # raise_param_exc in a worker: the task log's last line, newlines folded.
+                raise PVEError("400 Parameter verification failed. "
+                               + " ".join(f"{key}: {text}" for key, text in sorted(errors.items())))
 
         if sync:
             effect()

@@ -210,9 +210,12 @@ def test_local_storages_are_separate_per_node_and_shared_ones_are_not(api):
     assert api.call("GET", "/nodes/pve2/storage/vg0/status").status == 500
 
 
-def test_volume_of_an_existing_guest_cannot_be_deleted_through_storage(api):
-    reply = api.call("DELETE", "/nodes/pve1/storage/local-lvm/content/local-lvm:vm-100-disk-0")
-    assert reply.status == 500 and "a guest with VMID '100' exists" in reply.reason
+def test_the_storage_api_deletes_a_volume_a_vm_still_uses(api):
+    # pve-storage's content DELETE (API2/Storage/Content.pm delete → vdisk_free)
+    # checks no owner guest; only the web UI (ImageView.js) refuses. The driver
+    # must never delete a volume a config references.
+    api.wait(api.ok("DELETE", "/nodes/pve1/storage/local-lvm/content/local-lvm:vm-100-disk-0"))
+    assert "local-lvm:vm-100-disk-0" not in [v["volid"] for v in api.ok("GET", "/nodes/pve1/storage/local-lvm/content")]
 
 
 def test_delete_is_a_task_or_null_within_delay(api):
