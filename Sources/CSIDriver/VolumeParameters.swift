@@ -110,6 +110,10 @@ public struct VolumeParameters: Sendable, Equatable {
         result.backup = try bool("backup") ?? result.backup
         result.iops = try number("diskIOPS", 1...10_000_000) ?? result.iops
         result.mbps = try number("diskMBps", 1...100_000) ?? result.mbps
+        // qemu-server Drive.pm: the virtio drive format has no ssd key (scsi, sata and ide have).
+        if result.bus == "virtio", result.ssd == true {
+            throw invalid("ssd", "cannot be true with bus virtio: Proxmox's virtio-blk disks have no ssd option (use bus scsi)")
+        }
         if let size = try number("blockSize", 512...65_536) {
             guard size & (size - 1) == 0 else { throw invalid("blockSize", "must be a power of two, not \"\(size)\"") }
             result.blockSize = size
@@ -142,7 +146,8 @@ public struct VolumeParameters: Sendable, Equatable {
         var options: [(String, String)] = []
         if let cache { options.append(("cache", cache)) }
         if let discard { options.append(("discard", discard ? "on" : "ignore")) }
-        if let ssd, bus == "scsi" || ssd == false { options.append(("ssd", ssd ? "1" : "0")) }
+        // Only buses whose drive format has the key (never virtio: Proxmox refuses the write).
+        if let ssd, bus == "scsi" { options.append(("ssd", ssd ? "1" : "0")) }
         if let iothread { options.append(("iothread", iothread ? "1" : "0")) }
         if let backup { options.append(("backup", backup ? "1" : "0")) }
         if let iops { options += [("iops_rd", String(iops)), ("iops_wr", String(iops))] }

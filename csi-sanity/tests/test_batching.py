@@ -160,7 +160,7 @@ def test_a_read_that_overlapped_a_detach_is_not_trusted_after_it(controller, vol
     assert publish(controller, volume) == grpc.StatusCode.OK
     # A scan (GetVolume) reads the VM's config while the volume is attached; the
     # answer arrives late, after the detach below has finished.
-    simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "GET", "path": f"/qemu/{VMID}/config$",
+    simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "GET", "path": f"/qemu/{VMID}/pending$",
                                                         "reply_delay_ms": 1500, "count": 1}]))
     with ThreadPoolExecutor(1) as pool:
         scan = pool.submit(controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id),

@@ -1,0 +1,166 @@
+"""The controller where real Proxmox differs from what the driver first
+believed (simulator/FIDELITY.md cites the qemu-server code each case follows):
+pending hot-plug changes, VMs without disk hot-plug, migrated VMs, names two
+VMs share, and drive options each bus accepts. Needs the runner's simulator
+and driver (SIM_URL is set by csi-sanity/run)."""
+import json
+import os
+import uuid
+
+import grpc
+import pytest
+
+import csi_pb2
+from test_batching import VMID, NODE, WRITER, GiB, controller, simulator  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.skipif(not os.environ.get("SIM_URL"), reason="needs csi-sanity/run's simulator and driver")
+OTHER_VMID, OTHER_NODE = 101, "k8s-node-2"
+
+
+@pytest.fixture
+def volume(controller):
+    made = []
+
+    def make(parameters=None):
+        made.append(controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name=f"pvc-{uuid.uuid4()}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB),
+            volume_capabilities=[WRITER], parameters=parameters or {"storage": "ceph"}), timeout=30).volume)
+        return made[-1]
+    yield make
+    simulator("PUT", "/_sim/hotplug-faults", rules="[]")
+    simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,disk,usb")
+    for each in made:
+        controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(volume_id=each.volume_id), timeout=30)
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=each.volume_id), timeout=30)
+
+
+def call(method, request):
+    try:
+        method(request, timeout=30)
+        return grpc.StatusCode.OK, ""
+    except grpc.RpcError as error:
+        return error.code(), error.details()
+
+
+def publish(controller, vol, node=NODE):
+    return call(controller.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=vol.volume_id, node_id=node, volume_capability=WRITER, volume_context=vol.volume_context))
+
+
+def unpublish(controller, vol, node=NODE):
+    return call(controller.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id=vol.volume_id, node_id=node))
+
+
+def volid(vol):
+    return "ceph:" + vol.volume_id.split("/")[-1]
+
+
+def holders(vol):
+    return simulator("GET", "/_sim/holders?volid=" + volid(vol))
+
+
+def test_unpublish_is_never_ok_while_a_failed_unplug_keeps_the_disk(controller, volume):
+    vol = volume()
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    simulator("PUT", "/_sim/hotplug-faults", rules=json.dumps([{"vmid": VMID, "action": "unplug", "count": 3}]))
+    # The unplug fails three times: each unpublish says so, none answers OK, and
+    # publishing to another node is refused while the running VM holds the disk.
+    for _ in range(3):
+        code, details = unpublish(controller, vol)
+        assert code != grpc.StatusCode.OK and "hotplug problem" in details, (code, details)
+        assert holders(vol) == [VMID]
+    code, details = publish(controller, vol, node=OTHER_NODE)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and f"VM {VMID}" in details
+    code, details = call(controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    # The next attempt unplugs it.
+    assert unpublish(controller, vol)[0] == grpc.StatusCode.OK
+    assert holders(vol) == []
+    assert publish(controller, vol, node=OTHER_NODE)[0] == grpc.StatusCode.OK
+    assert unpublish(controller, vol, node=OTHER_NODE)[0] == grpc.StatusCode.OK
+
+
+def test_a_failed_plug_is_retried_by_the_next_publish(controller, volume):
+    vol = volume()
+    simulator("PUT", "/_sim/hotplug-faults", rules=json.dumps([{"vmid": VMID, "action": "plug", "count": 1}]))
+    code, details = publish(controller, vol)
+    assert code != grpc.StatusCode.OK and "hotplug problem" in details
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    config = simulator("GET", "/_sim/state")["vms"][str(VMID)]
+    assert any(v.startswith(volid(vol)) for v in config["config"].values()) and not config["pending"]
+
+
+def test_a_vm_whose_hotplug_leaves_out_disks_is_failed_precondition_and_nothing_stays_pending(controller, volume):
+    vol = volume()
+    simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,usb")
+    code, details = publish(controller, vol)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and 'hotplug "network,usb"' in details, details
+    state = simulator("GET", "/_sim/state")["vms"][str(VMID)]
+    assert not state["pending"] and holders(vol) == []
+
+
+def test_a_detach_the_vm_cannot_hot_unplug_is_failed_precondition_while_it_holds_the_disk(controller, volume):
+    vol = volume()
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,usb")
+    for _ in range(2):
+        code, details = unpublish(controller, vol)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "until the VM restarts" in details, details
+        assert holders(vol) == [VMID]
+    # Publishing it again to the same node keeps it: the pending detach is dropped.
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    assert not simulator("GET", "/_sim/state")["vms"][str(VMID)]["pending_delete"]
+    simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,disk,usb")
+    assert unpublish(controller, vol)[0] == grpc.StatusCode.OK and holders(vol) == []
+
+
+def test_a_migrated_vm_is_found_on_its_new_node(controller, volume):
+    vol = volume()
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    simulator("PUT", "/_sim/migrate", vmid=VMID, target="pve2")
+    try:
+        # The old node answers "does not exist" for the VM: the driver must look again, not call it gone.
+        assert unpublish(controller, vol)[0] == grpc.StatusCode.OK
+        assert holders(vol) == []
+        assert publish(controller, vol)[0] == grpc.StatusCode.OK
+        assert holders(vol) == [VMID]
+    finally:
+        unpublish(controller, vol)
+        simulator("PUT", "/_sim/migrate", vmid=VMID, target="pve1")
+
+
+def test_a_node_name_two_vms_share_resolves_to_neither(controller, volume):
+    vol = volume()
+    simulator("PUT", "/_sim/vm-config", vmid=OTHER_VMID, key="name", value=NODE)
+    try:
+        code, details = publish(controller, vol)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "2 VMs named" in details, details
+        assert holders(vol) == []
+        # The cluster/vmid form still names exactly one.
+        assert publish(controller, vol, node=f"sim/{VMID}")[0] == grpc.StatusCode.OK
+        assert unpublish(controller, vol, node=f"sim/{VMID}")[0] == grpc.StatusCode.OK
+    finally:
+        simulator("PUT", "/_sim/vm-config", vmid=OTHER_VMID, key="name", value=OTHER_NODE)
+
+
+OPTIONS = [("cache", v) for v in ("none", "writethrough", "writeback", "directsync", "unsafe")] + [
+    (key, value) for key in ("ssd", "discard", "iothread", "backup") for value in ("true", "false")] + [
+    ("diskIOPS", "500"), ("diskMBps", "100")]
+
+
+@pytest.mark.parametrize("bus", ["scsi", "virtio"])
+@pytest.mark.parametrize("key,value", OPTIONS)
+def test_every_storage_class_option_on_every_bus_writes_only_what_the_bus_accepts(controller, volume, bus, key, value):
+    parameters = {"storage": "ceph", "bus": bus, key: value}
+    if bus == "virtio" and key == "ssd" and value == "true":
+        code, details = call(controller.CreateVolume, csi_pb2.CreateVolumeRequest(
+            name=f"pvc-{uuid.uuid4()}", volume_capabilities=[WRITER], parameters=parameters))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "bus virtio" in details
+        return
+    vol = volume(parameters)
+    # The simulator checks every write against the official schema's drive format of that bus.
+    assert publish(controller, vol) == (grpc.StatusCode.OK, "")
+    config = simulator("GET", "/_sim/state")["vms"][str(VMID)]["config"]
+    key_of_disk = next(k for k, v in config.items() if v.startswith(volid(vol) + ","))
+    assert key_of_disk.startswith(bus)
