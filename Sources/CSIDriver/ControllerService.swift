@@ -30,9 +30,13 @@ public struct ControllerService: Sendable {
     ]
 
     public func register(into router: inout Router) {
-        router.register("/csi.v1.Controller/CreateVolume") { request, _ in try await createVolume(request) }
-        // Calls that change where a volume is attached, or whether it exists, run one at a time per volume.
+        // Calls that change where a volume is attached, or whether it exists, run one at a time per
+        // volume; concurrent calls with one name wait for each other and give the same answer
+        // (the way aws-ebs-csi-driver's inflight.go keeps duplicates apart).
         let one = volumes.volumeLocks
+        router.register("/csi.v1.Controller/CreateVolume") { request, _ in
+            try await one.run("create/\(request.name)") { try await createVolume(request) }
+        }
         router.register("/csi.v1.Controller/DeleteVolume") { request, _ in try await one.run(request.volumeID) { try await deleteVolume(request) } }
         router.register("/csi.v1.Controller/ControllerPublishVolume") { request, _ in try await one.run(request.volumeID) { try await publish(request) } }
         router.register("/csi.v1.Controller/ControllerUnpublishVolume") { request, _ in
@@ -388,12 +392,8 @@ public struct ControllerService: Sendable {
                 try await volumes.changingVM(vm) {
                     try await client.resize(node: vm.node, vmid: vm.vmid, disk: key, size: size)
                 }
-            } else if let record = try await recordVM(of: handle) {
-                // A restored volume's own (stopped) record VM already carries it as scsi0.
-                try await volumes.changingVM(record.vm) {
-                    try await client.resize(node: record.vm.node, vmid: record.vm.vmid, disk: "scsi0", size: size)
-                }
             } else {
+                // Detached (a restored volume too: its record VM holds it only as unused0, which resize cannot name).
                 let node = handle.node ?? storage.available.keys.sorted().first ?? ""
                 try await volumes.withHolder(handle, storage: storage, node: node) { holder, key in
                     try await client.resize(node: holder.node, vmid: holder.vmid, disk: key, size: size)
@@ -559,7 +559,7 @@ public struct ControllerService: Sendable {
         }
         // Restored and cloned volumes, owned by their record VMs.
         for record in try await volumes.copyVMs(.volume) {
-            guard let volid = record.volid, !record.copying else { continue }
+            guard let volid = record.volid, record.settled else { continue }
             let storageID = String(volid.split(separator: ":", maxSplits: 1).first ?? "")
             guard let storage = try await volumes.storage(record.vm.cluster, storageID) else { continue }
             let name = String(volid.split(separator: ":", maxSplits: 1).last?.split(separator: "/").last ?? "")

@@ -11,8 +11,13 @@ extension ControllerService {
     static let copyWait = 25.0
 
     func registerSnapshots(into router: inout Router) {
-        router.register("/csi.v1.Controller/CreateSnapshot") { request, _ in try await createSnapshot(request) }
-        router.register("/csi.v1.Controller/DeleteSnapshot") { request, _ in try await deleteSnapshot(request) }
+        let one = volumes.volumeLocks
+        router.register("/csi.v1.Controller/CreateSnapshot") { request, _ in
+            try await one.run("snapshot/\(request.name)") { try await createSnapshot(request) }
+        }
+        router.register("/csi.v1.Controller/DeleteSnapshot") { request, _ in
+            try await one.run("snapshot-id/\(request.snapshotID)") { try await deleteSnapshot(request) }
+        }
         router.register("/csi.v1.Controller/ListSnapshots") { request, _ in try await listSnapshots(request) }
     }
 
@@ -36,13 +41,13 @@ extension ControllerService {
             $0.sourceVolumeID = copy.source
             $0.sizeBytes = size
             $0.creationTime = Google_Protobuf_Timestamp(seconds: copy.createdAt, nanos: 0)
-            $0.readyToUse = !copy.copying && copy.volid != nil
+            $0.readyToUse = copy.settled
         }
     }
 
     /// Size of a copy VM's disk (the source's size while it is still copying).
     private func size(of copy: CopyVM, fallback: Int64) async throws -> Int64 {
-        guard let volid = copy.volid, !copy.copying else { return fallback }
+        guard let volid = copy.volid, copy.settled else { return fallback }
         let storage = String(volid.split(separator: ":", maxSplits: 1).first ?? "")
         let found = try await volumes.client(copy.vm.cluster).volumes(node: copy.vm.node, storage: storage, vmid: copy.vm.vmid)
         return found.first { $0.volid == volid }?.size ?? fallback
@@ -62,17 +67,14 @@ extension ControllerService {
             guard let (handle, storage, size) = try await volumes.existing(request.sourceVolumeID) else {
                 throw RPCError(.notFound, "source volume \(request.sourceVolumeID) does not exist")
             }
-            if let copy = try await volumes.copyVM(.snapshot, csiName: request.name, cluster: handle.cluster) {
-                guard copy.source == request.sourceVolumeID else {
-                    throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(copy.source))")
-                }
-                return .with { $0.snapshot = message(copy, size: size) }
-            }
             let node = handle.node ?? storage.available.keys.sorted().first ?? ""
-            let copy = try await volumes.createCopyVM(
+            let copy = try await volumes.ensureCopyVM(
                 .snapshot, csiName: request.name, source: request.sourceVolumeID, cluster: handle.cluster, node: node,
                 storage: storage.id, sourceVolid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type),
                 wait: Self.copyWait)
+            guard copy.source == request.sourceVolumeID else {
+                throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(copy.source))")
+            }
             return .with { $0.snapshot = message(copy, size: size) }
         } catch {
             throw rpcError(error, what)
@@ -128,10 +130,12 @@ extension ControllerService {
         var sourceNode: String?
         switch request.volumeContentSource.type {
         case let .snapshot(snapshotSource)?:
-            guard let copy = try await snapshot(snapshotSource.snapshotID), let volid = copy.volid else {
+            guard let copy = try await snapshot(snapshotSource.snapshotID) else {
                 throw RPCError(.notFound, "snapshot \(snapshotSource.snapshotID) does not exist")
             }
-            guard !copy.copying else { throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied") }
+            guard copy.settled, let volid = copy.volid else {
+                throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied")
+            }
             sourceID = snapshotSource.snapshotID
             sourceVolid = volid
             sourceSize = try await size(of: copy, fallback: 0)
@@ -158,30 +162,22 @@ extension ControllerService {
             bytes = sourceSize
         }
 
-        let copy: CopyVM
-        if let existing = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster) {
-            guard existing.source == sourceID else {
-                throw RPCError(.alreadyExists, "volume \(request.name) exists with another content source (\(existing.source))")
-            }
-            copy = existing
-        } else {
-            // The copy is made on the source's node (its local storage is only there).
-            let node = sourceNode ?? storage.available.keys.sorted().first ?? ""
-            guard storage.available[node] != nil else {
-                throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the source is")
-            }
-            copy = try await volumes.createCopyVM(.volume, csiName: request.name, source: sourceID, cluster: cluster, node: node,
-                                                  storage: storage.id, sourceVolid: sourceVolid, wait: Self.copyWait)
+        // The copy is made on the source's node (its local storage is only there).
+        let node = sourceNode ?? storage.available.keys.sorted().first ?? ""
+        guard storage.available[node] != nil else {
+            throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the source is")
         }
-        guard let volid = copy.volid, !copy.copying else {
+        let copy = try await volumes.ensureCopyVM(.volume, csiName: request.name, source: sourceID, cluster: cluster, node: node,
+                                                  storage: storage.id, sourceVolid: sourceVolid, bytes: bytes, wait: Self.copyWait)
+        guard copy.source == sourceID else {
+            throw RPCError(.alreadyExists, "volume \(request.name) exists with another content source (\(copy.source))")
+        }
+        guard copy.settled, let volid = copy.volid else {
             throw RPCError(.unavailable, "volume \(request.name) is still being copied from \(sourceID); try again")
         }
         let name = String(volid.split(separator: ":", maxSplits: 1).last?.split(separator: "/").last ?? "")
         let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : copy.vm.node, storage: storage.id, volume: name)
         let current = try await volumes.size(of: handle, storage: storage) ?? sourceSize
-        if current < bytes {
-            try await volumes.client(cluster).resize(node: copy.vm.node, vmid: copy.vm.vmid, disk: "scsi0", size: "\(bytes >> 20)M")
-        }
         var response = createdVolume(handle, bytes: max(current, bytes), storage: storage, parameters: parameters)
         response.volume.contentSource = request.volumeContentSource
         return response

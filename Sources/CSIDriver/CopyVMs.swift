@@ -5,11 +5,21 @@ import UnaryGRPC
 /// Proxmox copies a volume only into a VM (`import-from` when a disk is
 /// added), and the copy is named and owned by that VM. So every copy the
 /// driver makes lives in a stopped VM of its own:
-/// - a snapshot: `csi-snap-<hash of the snapshot name>`, holding the copy as scsi0;
+/// - a snapshot: `csi-snap-<hash of the snapshot name>`;
 /// - a volume restored from a snapshot or cloned: `csi-vol-<hash of the volume name>`.
 /// The VM's name makes creation idempotent; its description records what
 /// it is (name, source, time), so a restarted controller finds everything.
 /// Deleting the VM frees the copy: Proxmox frees the volumes a VM owns.
+///
+/// A copy is made in steps, each found again by a retry or a restarted
+/// controller: (1) the VM, named, with no disk — qemu-server's create_vm
+/// writes a VM's name only with its final config, after its disks are
+/// copied, so a VM created with its disk could not be found by name while
+/// it copies; (2) the copy, added as scsi0 with `import-from` (a config
+/// task that runs as long as the copy); (3) settled: scsi0 detached, which
+/// leaves the owned copy as `unused0`, and `protection=1`. A settled copy is
+/// in no VM's drives but the node's it is published to: starting, backing up
+/// or destroying the copy VM (protection refuses that) cannot reach it.
 public struct CopyVM: Sendable, Equatable {
     public enum Kind: String, Sendable {
         case snapshot = "csi-snap-", volume = "csi-vol-"
@@ -26,8 +36,10 @@ public struct CopyVM: Sendable, Equatable {
     public var createdAt: Int64
     /// The copy's volume id (`storage:vm-<vmid>-disk-0`), once the VM has it.
     public var volid: String?
-    /// True while Proxmox is still copying (the VM is locked by its creation).
+    /// True while Proxmox is still copying (a create or import task runs).
     public var copying: Bool
+    /// True once the copy is held only as `unused0` under protection (step 3).
+    public var settled = false
     /// For `.options`: the disk options recorded for the volume.
     public var options: [String: String] = [:]
 
@@ -55,14 +67,15 @@ public struct CopyVM: Sendable, Equatable {
             if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
         }
         guard let name = fields["name"], let source = fields["source"], vmName(kind, csiName: name) == vm.name else { return nil }
-        let disk = config["scsi0"].map { ProxmoxVolumes.volid(of: $0) }
+        let disk = (config["scsi0"] ?? config["unused0"]).map { ProxmoxVolumes.volid(of: $0) }
         var options: [String: String] = [:]
         for pair in (fields["options"] ?? "").split(separator: ";") {
             let parts = pair.split(separator: "=", maxSplits: 1)
             if parts.count == 2 { options[String(parts[0])] = String(parts[1]) }
         }
         return CopyVM(kind: kind, vm: vm, csiName: name, source: source, createdAt: Int64(fields["created"] ?? "") ?? 0,
-                      volid: disk, copying: config["lock"] != nil, options: options)
+                      volid: disk, copying: config["lock"] != nil, settled: config["scsi0"] == nil && config["unused0"] != nil,
+                      options: options)
     }
 }
 
@@ -72,23 +85,41 @@ extension ProxmoxVolumes {
         [CopyVM.Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
     }
 
-    /// The copy VM made for `csiName`, if there is one.
+    /// The copy VM made for `csiName`, if there is one (the lowest vmid when
+    /// an old crash left twins). `fresh` asks each node for its VMs' names as
+    /// their configs say now, not the cluster resources' up to 10 s old ones.
     func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
-        guard let vm = try await vms(cluster, fresh: fresh).first(where: { $0.name == name }) else { return nil }
+        let candidates = fresh ? try await vmsAsConfigured(cluster) : try await vms(cluster)
+        guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
         let vmConfig: VMConfig
         do {
             vmConfig = try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
         } catch ProxmoxError.notFound {
             return nil
         }
-        if let copy = CopyVM.parse(vm, config: vmConfig) { return copy }
-        // An earlier attempt's create is still running (Proxmox writes the description
-        // when it ends): making another would leave twins. The caller's retry finds it done.
-        if vmConfig["lock"] == "create" {
-            throw RPCError(.aborted, "\(name) (VM \(vm.vmid)) is still being created by an earlier attempt; try again shortly")
+        guard var copy = CopyVM.parse(vm, config: vmConfig) else { return nil }
+        if copy.volid == nil, !copy.copying {
+            // No disk yet: an import is running, or an earlier attempt stopped before starting it.
+            copy.copying = try await !client(vm.cluster).activeTasks(node: vm.node, vmid: vm.vmid).isEmpty
         }
-        return nil
+        return copy
+    }
+
+    /// Every VM of the cluster, named as its config says now (one listing per node).
+    func vmsAsConfigured(_ cluster: String) async throws -> [VMRef] {
+        let client = try client(cluster)
+        let nodes = Set(try await resources(cluster, fresh: true).filter { $0.type == "node" }.map(\.node)).sorted()
+        return try await withThrowingTaskGroup(of: [VMRef].self) { group in
+            for node in nodes {
+                group.addTask {
+                    try await client.vmList(node: node).map { VMRef(cluster: cluster, node: node, vmid: $0.vmid, name: $0.name ?? "") }
+                }
+            }
+            var all: [VMRef] = []
+            for try await listed in group { all += listed }
+            return all
+        }
     }
 
     /// Reads one copy VM; nil when it vanished or is not one.
@@ -111,29 +142,62 @@ extension ProxmoxVolumes {
         return out
     }
 
-    /// Creates a copy VM on `node` whose scsi0 is a full copy of `sourceVolid`
-    /// on `storage`, and waits for the copy up to `wait` seconds.
-    func createCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
-                      storage: String, sourceVolid: String, wait: Double) async throws -> CopyVM {
+    /// Makes (or goes on making) the copy VM for `csiName`: a full copy of
+    /// `sourceVolid` on `storage`, grown to `bytes` if smaller, settled as the
+    /// VM's unused0 under protection. Waits for the copy up to `wait` seconds;
+    /// a copy still running then is returned with `copying` (not ready yet).
+    /// Steps already done — by this call's earlier attempts, or a controller
+    /// that died — are found and not repeated; one call per name at a time.
+    func ensureCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
+                      storage: String, sourceVolid: String, bytes: Int64? = nil, wait: Double) async throws -> CopyVM {
         let client = try client(cluster)
         let name = CopyVM.vmName(kind, csiName: csiName)
-        let created = Int64(Date().timeIntervalSince1970)
-        let (vmid, upid) = try await startCreatingVM(
-            cluster: cluster, node: node, name: name,
-            description: CopyVM.description(kind, csiName: csiName, source: source, createdAt: created),
-            disks: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")], what: "a VM for \(csiName)")
-        if let upid {
-            // A copy still running after `wait` is reported as not ready yet.
-            do {
-                try await client.waitForTask(upid, timeout: wait)
-            } catch ProxmoxError.taskTimedOut {
+        return try await vmLocks.run("\(cluster)/copy/\(name)") {
+            var copy: CopyVM
+            if let found = try await self.copyVM(kind, csiName: csiName, cluster: cluster) {
+                guard found.source == source else { return found }  // the caller refuses it
+                copy = found
+            } else {
+                let vmid = try await self.createVM(
+                    cluster: cluster, node: node, name: name,
+                    description: CopyVM.description(kind, csiName: csiName, source: source, createdAt: Int64(Date().timeIntervalSince1970)),
+                    what: "a VM for \(csiName)")
+                guard let made = try await self.copyVM(VMRef(cluster: cluster, node: node, vmid: vmid, name: name)) else {
+                    throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
+                }
+                copy = made
             }
+            if copy.copying || copy.settled { return copy }
+            let vm = copy.vm
+            if copy.volid == nil {
+                let config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+                do {
+                    // The digest: a copy another controller started meanwhile is not made twice.
+                    try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")],
+                                                    digest: config.digest, timeout: wait)
+                } catch ProxmoxError.taskTimedOut {
+                    copy.copying = true
+                    return copy
+                }
+                guard let imported = try await self.copyVM(vm), imported.volid != nil else {
+                    throw RPCError(.unavailable, "the copy into VM \(vm.vmid) for \(csiName) did not appear; try again")
+                }
+                copy = imported
+            }
+            if let bytes, let volid = copy.volid,
+               let size = try await client.volumes(node: vm.node, storage: storage, vmid: vm.vmid).first(where: { $0.volid == volid })?.size,
+               size < bytes {
+                try await client.resize(node: vm.node, vmid: vm.vmid, disk: "scsi0", size: "\(bytes >> 20)M")
+            }
+            // Settle: the VM owns the copy, so detaching scsi0 leaves it as unused0
+            // (qemu-server vmconfig_register_unused_drive); protection refuses destroying the VM.
+            try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1")], delete: ["scsi0"])
+            self.invalidate(cluster)
+            guard let settled = try await self.copyVM(vm) else {
+                throw RPCError(.internal, "the copy VM \(vm.vmid) for \(csiName) vanished while it was being settled")
+            }
+            return settled
         }
-        let vm = VMRef(cluster: cluster, node: node, vmid: vmid, name: name)
-        guard let copy = try await copyVM(vm) else {
-            throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
-        }
-        return copy
     }
 
     /// Records options for a volume in its options VM (created on first use).
@@ -163,6 +227,8 @@ extension ProxmoxVolumes {
         }
         for vm in doomed {
             do {
+                // Protection (set when the copy settled) refuses destroy_vm until lifted.
+                try await client(vm.cluster).updateVMConfigSync(node: vm.node, vmid: vm.vmid, delete: ["protection"])
                 try await client(vm.cluster).destroyVM(node: vm.node, vmid: vm.vmid, timeout: config.taskTimeout)
             } catch ProxmoxError.notFound {
                 // Already gone.

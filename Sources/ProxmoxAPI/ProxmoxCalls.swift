@@ -210,6 +210,23 @@ extension ProxmoxClient {
         return VMConfig(values: values, digest: digest)
     }
 
+    /// The VMs whose configs are on `node` (GET /nodes/{node}/qemu): names as
+    /// their configs say now. /cluster/resources takes names from pvestatd,
+    /// which refreshes them every 10 s (pve-manager API2Tools.pm).
+    public func vmList(node: String) async throws -> [(vmid: Int, name: String?)] {
+        let data = try await call("GET", "/nodes/\(segment(node))/qemu")
+        return (data.array ?? []).compactMap { item in
+            guard let vmid = item["vmid"].int else { return nil }
+            return (Int(vmid), item["name"].string)
+        }
+    }
+
+    /// Task ids of the VM's tasks running on `node` (GET /nodes/{node}/tasks?source=active).
+    public func activeTasks(node: String, vmid: Int) async throws -> [String] {
+        let data = try await call("GET", "/nodes/\(segment(node))/tasks", [("vmid", String(vmid)), ("source", "active")])
+        return (data.array ?? []).compactMap { $0["upid"].string }
+    }
+
     /// The current config, its pending changes and its digest, in one read
     /// (GET …/pending: pve-guest-common GuestHelpers config_with_pending_array,
     /// whose items include the loaded config's `digest`).

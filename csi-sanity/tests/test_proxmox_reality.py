@@ -3,8 +3,10 @@ believed (simulator/FIDELITY.md cites the qemu-server code each case follows):
 pending hot-plug changes, VMs without disk hot-plug, migrated VMs, names two
 VMs share, and drive options each bus accepts. Needs the runner's simulator
 and driver (SIM_URL is set by csi-sanity/run)."""
+import hashlib
 import json
 import os
+import time
 import uuid
 
 import grpc
@@ -164,3 +166,118 @@ def test_every_storage_class_option_on_every_bus_writes_only_what_the_bus_accept
     config = simulator("GET", "/_sim/state")["vms"][str(VMID)]["config"]
     key_of_disk = next(k for k, v in config.items() if v.startswith(volid(vol) + ","))
     assert key_of_disk.startswith(bus)
+
+
+def copy_vms(prefix, csi_name=None):
+    """The driver's copy VMs (of one CSI name: their VM name is the prefix and a hash of it)."""
+    wanted = prefix + hashlib.sha256(csi_name.encode()).hexdigest()[:24] if csi_name else None
+    return {vmid: vm for vmid, vm in simulator("GET", "/_sim/state")["vms"].items()
+            if str(vm["config"].get("name", "")).startswith(prefix) and (wanted is None or vm["config"]["name"] == wanted)}
+
+
+def snapshot_request(name, vol):
+    return csi_pb2.CreateSnapshotRequest(name=name, source_volume_id=vol.volume_id)
+
+
+def test_a_restored_volume_is_in_no_drive_of_its_copy_vm_once_published(controller, volume):
+    source = volume()
+    snap = controller.CreateSnapshot(snapshot_request(f"snap-{uuid.uuid4()}", source), timeout=60).snapshot
+    assert snap.ready_to_use
+    restored = controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=f"pvc-{uuid.uuid4()}", volume_capabilities=[WRITER], parameters={"storage": "ceph"},
+        volume_content_source=csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(
+            snapshot_id=snap.snapshot_id))), timeout=60).volume
+    try:
+        assert publish(controller, restored)[0] == grpc.StatusCode.OK
+        state = simulator("GET", "/_sim/state")
+        assert state["double_attachments"] == [], state["double_attachments"]
+        assert holders(restored) == [VMID]
+        # Its copy VM keeps it only as an owned unused disk, and refuses to be destroyed.
+        record = next(vm for vm in copy_vms("csi-vol-").values()
+                      if vm["config"].get("unused0", "").startswith(volid(restored)))
+        assert "scsi0" not in record["config"] and record["config"]["protection"] == "1"
+        assert unpublish(controller, restored)[0] == grpc.StatusCode.OK
+    finally:
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id), timeout=60)
+        controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+    assert not [v for s in simulator("GET", "/_sim/state")["storages"].values() for v in s["volumes"]
+                if v == volid(restored)]
+
+
+def test_a_slow_copy_is_made_once_whatever_the_retries(controller, volume):
+    source = volume()
+    name = f"snap-{uuid.uuid4()}"
+    since = len(simulator("GET", "/_sim/log"))
+    # The import outlives the first call's 25 s wait (a 40 s copy); the snapshotter calls again meanwhile.
+    simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "POST", "path": r"/qemu/\d+/config$",
+                                                        "task_extra_seconds": 40, "count": 1}]))
+    try:
+        first = controller.CreateSnapshot(snapshot_request(name, source), timeout=60).snapshot
+        assert not first.ready_to_use
+        again = controller.CreateSnapshot(snapshot_request(name, source), timeout=60).snapshot
+        assert again.snapshot_id == first.snapshot_id and not again.ready_to_use
+        assert len(copy_vms("csi-snap-", name)) == 1
+        imports = [e for e in simulator("GET", "/_sim/log")[since:] if e["method"] == "POST"
+                   and "import-from" in e["params"].get("scsi0", "") and e["path"].endswith(first.snapshot_id.split("/")[1] + "/config")]
+        assert len(imports) == 1
+    finally:
+        simulator("PUT", "/_sim/faults", rules="[]")
+    for _ in range(40):
+        done = controller.CreateSnapshot(snapshot_request(name, source), timeout=60).snapshot
+        if done.ready_to_use:
+            break
+        time.sleep(1)
+    assert done.ready_to_use and done.snapshot_id == first.snapshot_id
+    controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=done.snapshot_id), timeout=60)
+    assert copy_vms("csi-snap-", name) == {}
+
+
+def test_a_copy_interrupted_before_its_import_is_finished_by_the_retry(controller, volume):
+    source = volume()
+    name = f"snap-{uuid.uuid4()}"
+    simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "POST", "path": r"/qemu/\d+/config$",
+                                                        "status": 500, "message": "injected", "count": 1}]))
+    code, _ = call(controller.CreateSnapshot, snapshot_request(name, source))
+    assert code != grpc.StatusCode.OK
+    simulator("PUT", "/_sim/faults", rules="[]")
+    (vm,) = copy_vms("csi-snap-", name).values()  # named, without its copy
+    assert "scsi0" not in vm["config"] and "unused0" not in vm["config"]
+    snap = controller.CreateSnapshot(snapshot_request(name, source), timeout=60).snapshot
+    assert snap.ready_to_use and len(copy_vms("csi-snap-", name)) == 1
+    controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+
+
+def test_sixteen_concurrent_duplicates_converge(controller):
+    from concurrent.futures import ThreadPoolExecutor
+    name = f"pvc-{uuid.uuid4()}"
+    request = csi_pb2.CreateVolumeRequest(name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB),
+                                          volume_capabilities=[WRITER], parameters={"storage": "ceph"})
+
+    def create(_):
+        try:
+            return grpc.StatusCode.OK, controller.CreateVolume(request, timeout=60).volume.volume_id
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(create, range(16)))
+    assert {code for code, _ in results} <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}, results
+    ids = {detail for code, detail in results if code == grpc.StatusCode.OK}
+    assert len(ids) == 1
+    (volume_id,) = ids
+    vol = csi_pb2.Volume(volume_id=volume_id)
+    with ThreadPoolExecutor(16) as pool:
+        published = list(pool.map(lambda _: publish(controller, vol)[0], range(16)))
+        assert set(published) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}, published
+        assert holders(vol) == [VMID]
+        unpublished = list(pool.map(lambda _: unpublish(controller, vol)[0], range(16)))
+        assert set(unpublished) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and holders(vol) == []
+        snapshot_name = f"snap-{uuid.uuid4()}"
+        snapshots = list(pool.map(lambda _: call(controller.CreateSnapshot, snapshot_request(snapshot_name, vol))[0], range(16)))
+        assert set(snapshots) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and len(copy_vms("csi-snap-", snapshot_name)) == 1
+        snapshot_id = controller.CreateSnapshot(snapshot_request(snapshot_name, vol), timeout=60).snapshot.snapshot_id
+        deleted = list(pool.map(lambda _: call(controller.DeleteSnapshot, csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id))[0],
+                                range(16)))
+        assert set(deleted) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and copy_vms("csi-snap-", snapshot_name) == {}
+        gone = list(pool.map(lambda _: call(controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=volume_id))[0], range(16)))
+    assert set(gone) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}
+    assert volid(vol) not in [v for s in simulator("GET", "/_sim/state")["storages"].values() for v in s["volumes"]]

@@ -102,8 +102,8 @@ class Api:
 
     def vm_list(self, p, caller):
         self._node(p)
-        return [{"vmid": vm.vmid, "status": vm.status, "template": int(vm.template)}
-                | ({"name": vm.name} if vm.name is not None else {})
+        # qemu-server vmstatus reads names from the configs: `name` || "VM <vmid>".
+        return [{"vmid": vm.vmid, "status": vm.status, "template": int(vm.template), "name": vm.name or f"VM {vm.vmid}"}
                 for vm in self.cluster.vms.values() if vm.node == p["node"]]
 
     def vm_config(self, p, caller):
@@ -253,14 +253,14 @@ class Api:
                 vm.pending_delete[key] = force
             for key, value in sets.items():
                 modified.add(key)
-                if vm.pending.get(key) == value:
+                if vm.pending.get(key) == _option_text(value):
                     continue
                 if key in planned:
                     if key in vm.pending:
                         self._register_unused(vm, vm.pending[key])
                     vm.pending[key] = self._create_disk(vm, planned[key])
                 else:
-                    vm.pending[key] = value
+                    vm.pending[key] = _option_text(value)  # the config file holds text: booleans as 1/0
                 vm.pending_delete.pop(key, None)
             self._cleanup_pending(vm)
             errors = self._hotplug_pending(vm, modified) if vm.status == "running" else self._apply_pending(vm)
