@@ -94,6 +94,14 @@ import UnaryGRPC
         #expect(parameters.bus == "scsi" && parameters.fsType == "ext4")
     }
 
+    /// qemu-server's virtio drive format has no ssd key: a virtio disk's options never carry it.
+    @Test func virtioDisksNeverCarrySSD() throws {
+        let virtio = try VolumeParameters.parse(["storage": "tank", "bus": "virtio", "ssd": "false", "discard": "true"], config: config, cluster: "main")
+        #expect(virtio.diskOptions.map(\.0) == ["discard"])
+        let scsi = try VolumeParameters.parse(["storage": "tank", "bus": "scsi", "ssd": "false"], config: config, cluster: "main")
+        #expect(scsi.diskOptions.map(\.0) == ["ssd"])
+    }
+
     @Test(arguments: [
         ([:], "must name a Proxmox storage"),
         (["storage": "tank", "colour": "red"], "\"colour\" is not known"),
@@ -102,6 +110,7 @@ import UnaryGRPC
         (["storage": "tank", "csi.storage.k8s.io/fstype": "btrfs"], "fstype\" must be one of xfs, ext4"),
         (["storage": "tank", "bus": "ide"], "\"bus\" must be one of scsi, virtio"),
         (["storage": "tank", "ssd": "maybe"], "\"ssd\" must be true or false"),
+        (["storage": "tank", "bus": "virtio", "ssd": "true"], "\"ssd\" cannot be true with bus virtio"),
         (["storage": "tank", "diskIOPS": "-1"], "\"diskIOPS\" must be a whole number"),
         (["storage": "tank", "blockSize": "1000"], "\"blockSize\" must be a power of two"),
     ] as [([String: String], String)])
@@ -194,12 +203,31 @@ import UnaryGRPC
     }
 
     @Test func aSlotFreedInABatchIsNotFreeUntilTheNextWrite() {
-        var draft = ConfigDraft(read: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-a"],
-                                values: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-a"])
+        var draft = ConfigDraft(config: VMConfig(values: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-a"], digest: "d"))
         draft.values["scsi1"] = nil  // a detach in this batch
         #expect(!draft.isFree("scsi0") && !draft.isFree("scsi1") && draft.isFree("scsi2"))
         draft.values["scsi2"] = "ceph:vm-9999-b"  // an attach in this batch
         #expect(!draft.isFree("scsi2") && draft.isFree("scsi3"))
+    }
+
+    /// A slot is taken while the current config or a pending change holds it;
+    /// a disk counts as attached in either state (qemu-server keeps what it
+    /// could not hot-plug in the pending section).
+    @Test func pendingChangesHoldSlotsAndDisks() {
+        let config = VMConfig(values: ["scsi0": "local-lvm:vm-100-disk-0", "scsi1": "ceph:vm-9999-gone,serial=a", "hotplug": "network,usb"],
+                              digest: "d", pending: ["scsi2": "ceph:vm-9999-new,serial=b"], pendingDelete: ["scsi1"])
+        let draft = ConfigDraft(config: config)
+        #expect(!draft.isFree("scsi1") && !draft.isFree("scsi2") && draft.isFree("scsi3"))
+        #expect(ProxmoxVolumes.disks(holding: "ceph:vm-9999-gone", in: config) == ["scsi1"])
+        #expect(ProxmoxVolumes.disks(holding: "ceph:vm-9999-new", in: config) == ["scsi2"])
+        #expect(config.isSettled("scsi0") && !config.isSettled("scsi1") && !config.isSettled("scsi2"))
+        #expect(ControllerService.hotplugWithoutDisk(config) == "network,usb")
+    }
+
+    @Test(arguments: [(nil, nil), ("1", nil), ("network,disk", nil), ("0", "0"), ("network,usb", "network,usb"), ("cpu", "cpu")] as [(String?, String?)])
+    func hotplugOptionsThatLeaveOutDisks(hotplug: String?, leftOut: String?) {
+        let config = VMConfig(values: hotplug.map { ["hotplug": $0] } ?? [:], digest: "d")
+        #expect(ControllerService.hotplugWithoutDisk(config) == leftOut)
     }
 
     @Test func onlyErrorsThatMayComeFromOneEditSplitABatch() {
