@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -95,7 +96,7 @@ class Sidecar:
                 delay = min(delay * 2, 8)
 
 
-async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures, node_slots):
+async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures, node_slots, sim_url, held_after_ok):
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
     try:
@@ -108,6 +109,12 @@ async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures
                 volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
             await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node))
+            # OK must mean detached: no VM's current config or pending change holds the disk.
+            volid = "ceph:" + volume.volume_id.split("/")[-1]
+            holders = await asyncio.get_running_loop().run_in_executor(
+                None, sim, sim_url, "/_sim/holders?volid=" + urllib.parse.quote(volid))
+            if holders:
+                held_after_ok.append({"volume": volid, "vms": holders})
         if with_expansion:
             # Detached: the driver grows it through the node's holder VM.
             await sidecar.call("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest(
@@ -142,6 +149,32 @@ def leak_check(url):
                 if key[:4] in ("scsi", "virt") and "vm-9999-" in str(value)]
     locked = [vmid for vmid, vm in state["vms"].items() if vm["config"].get("lock")]
     return {"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked}, state["double_attachments"]
+
+
+async def disturb_vms(sim_url, vms, stop):
+    """What an administrator does meanwhile: a VM's hotplug option leaves out
+    disks for a while, and a VM migrates to the other Proxmox node."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        vmid = 100 + random.randrange(vms)
+        await loop.run_in_executor(None, sim, sim_url, "/_sim/vm-config", "PUT", {"vmid": vmid, "key": "hotplug", "value": "network,usb"})
+        await asyncio.sleep(2)
+        await loop.run_in_executor(None, sim, sim_url, "/_sim/vm-config", "PUT", {"vmid": vmid, "key": "hotplug", "value": "network,disk,usb"})
+        moving = 100 + random.randrange(vms)
+        state = await loop.run_in_executor(None, sim, sim_url, "/_sim/state")
+        target = "pve2" if state["vms"][str(moving)]["node"] == "pve1" else "pve1"
+        await loop.run_in_executor(None, sim, sim_url, "/_sim/migrate", "PUT", {"vmid": moving, "target": target})
+        await asyncio.sleep(3)
+
+
+def duplicate_copies(log_entries):
+    """Copy VMs created more than once for one name (each name is one snapshot or restore)."""
+    created = {}
+    for entry in log_entries:
+        name = entry.get("params", {}).get("name", "")
+        if entry["status"] == 200 and entry["method"] == "POST" and entry["path"].endswith("/qemu") and name.startswith("csi-"):
+            created[name] = created.get(name, 0) + 1
+    return {name: n for name, n in created.items() if n > 1}
 
 
 async def hold_locks(sim_url, vms, stop):
@@ -200,6 +233,8 @@ async def run(args, endpoint, sim_url, driver):
     stats, failures = {}, []
     stop = asyncio.Event()
     locker = asyncio.create_task(hold_locks(sim_url, args.vms, stop)) if args.faults else None
+    disturber = asyncio.create_task(disturb_vms(sim_url, args.vms, stop)) if args.faults else None
+    held_after_ok = []
     crasher = asyncio.create_task(crash_now_and_then(driver, stop)) if args.crash else None
     async with aio.insecure_channel(endpoint) as channel:
         workers = {"provisioner": args.provisioner_workers, "attacher": args.attacher_workers,
@@ -210,14 +245,15 @@ async def run(args, endpoint, sim_url, driver):
         expansions = set(random.Random(11).sample(range(args.lifecycles), int(args.lifecycles * args.expand_share)))
         # max_volumes_per_node as NodeGetInfo reports it for these VMs (scsi0 is their own disk).
         node_slots = [asyncio.Semaphore(30) for _ in range(args.vms)]
-        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, i in expansions, failures, node_slots)
+        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, i in expansions, failures, node_slots,
+                                         sim_url, held_after_ok)
                                for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
     stop.set()
-    for helper in (locker, crasher):
+    for helper in (locker, disturber, crasher):
         if helper:
             await helper
-    return wall, stats, failures, len(snapshots), len(expansions)
+    return wall, stats, failures, len(snapshots), len(expansions), held_after_ok
 
 
 def template(path):
@@ -304,8 +340,13 @@ def main():
                 {"method": "DELETE", "rate": 0.10, "status": 500, "message": "injected failure"},
                 {"rate": 0.05, "delay_ms": 2000},
             ])})
+            # 10% of hot-unplugs and 5% of hot-plugs fail (the task fails, the change stays pending);
+            # copies take 40 s (an import of a 1 GiB volume at ~25 MiB/s).
+            sim(sim_url, "/_sim/hotplug-faults", "PUT", {"rules": json.dumps([
+                {"action": "unplug", "rate": 0.10}, {"action": "plug", "rate": 0.05}])})
+            sim(sim_url, "/_sim/task-seconds", "PUT", {"import-per-gib": 40})
         sim(sim_url, "/_sim/log", "DELETE")
-        wall, stats, failures, snapshots, expansions = asyncio.run(run(args, f"unix://{socket}", sim_url, driver))
+        wall, stats, failures, snapshots, expansions, held_after_ok = asyncio.run(run(args, f"unix://{socket}", sim_url, driver))
         if args.faults:
             sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
         log_entries = sim(sim_url, "/_sim/log") or []
@@ -367,6 +408,7 @@ def main():
         "proxmox_calls_by_path": dict(sorted(by_path.items(), key=lambda kv: -kv[1])),
         "simulator_ms_p50_p99": {k: [statistics.median(v), percentile(v, 0.99)] for k, v in server_ms.items()},
         "rpcs": rpcs, "leaks": leaks, "double_attachments": doubles, "disks_swapped_in_place": swaps,
+        "unpublish_ok_while_held": held_after_ok, "duplicate_copies": duplicate_copies(log_entries),
     }
     print(json.dumps({k: v for k, v in result.items() if k not in ("rpcs", "proxmox_calls_by_path", "simulator_ms_p50_p99")}, indent=1))
     print("simulator ms p50/p99:", json.dumps(result["simulator_ms_p50_p99"]))
@@ -379,7 +421,8 @@ def main():
     out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{variant}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
-    clean = not failures and not any(leaks.values()) and not result["double_attachments"] and not swaps
+    clean = (not failures and not any(leaks.values()) and not result["double_attachments"] and not swaps
+             and not held_after_ok and not result["duplicate_copies"])
     sys.exit(0 if clean else 1)
 
 

@@ -10,6 +10,8 @@ public struct VMRef: Sendable, Hashable {
     public var vmid: Int
     public var name: String
     public var isTemplate = false
+    /// The config's `lock` (`create` while a create task runs: the VM has no name yet).
+    public var lock: String?
 
     /// The VM across clusters, for the driver's per-VM locks and caches.
     var key: String { "\(cluster)/\(vmid)" }
@@ -44,6 +46,8 @@ public final class ProxmoxVolumes: Sendable {
     /// moved meanwhile) does not cache what it read, which may predate it.
     private let scanned = Mutex<(configs: [String: (at: Double, config: VMConfig)], changes: [String: UInt64])>(([:], [:]))
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
+    /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
+    let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.
     let cacheSeconds: Double
 
@@ -88,7 +92,7 @@ public final class ProxmoxVolumes: Sendable {
     func vms(_ cluster: String) async throws -> [VMRef] {
         try await resources(cluster).compactMap { resource in
             guard resource.type == "qemu", let vmid = resource.vmid else { return nil }
-            return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "", isTemplate: resource.template)
+            return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "", isTemplate: resource.template, lock: resource.lock)
         }
     }
 

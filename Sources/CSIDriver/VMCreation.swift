@@ -19,12 +19,17 @@ extension ProxmoxVolumes {
         return try await vmLocks.run("\(cluster)/new-vmid") {
             for _ in 0..<5 {
                 let vmid = try await client.nextVMID()
+                self.creating.withLock { _ = $0.insert("\(cluster)/\(vmid)") }
                 do {
                     let upid = try await client.startCreateVM(node: node, vmid: vmid, settings: settings)
                     self.invalidate(cluster)
                     return (vmid, upid)
                 } catch let error as ProxmoxError where error.description.contains("already exists") {
+                    self.creating.withLock { _ = $0.remove("\(cluster)/\(vmid)") }
                     continue
+                } catch {
+                    self.creating.withLock { _ = $0.remove("\(cluster)/\(vmid)") }
+                    throw error
                 }
             }
             throw RPCError(.unavailable, "could not create \(what): vmids kept being taken by others")
@@ -34,6 +39,7 @@ extension ProxmoxVolumes {
     /// Creates a record VM without disks and waits for the create task.
     func createVM(cluster: String, node: String, name: String, description: String, what: String) async throws -> Int {
         let (vmid, upid) = try await startCreatingVM(cluster: cluster, node: node, name: name, description: description, what: what)
+        defer { creating.withLock { _ = $0.remove("\(cluster)/\(vmid)") } }
         if let upid { _ = try await client(cluster).waitForTask(upid) }
         return vmid
     }

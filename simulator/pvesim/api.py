@@ -273,6 +273,9 @@ class Api:
             effect()
             return None
         disks = len(planned) + sum(1 for key in deletes if DISK_KEY.match(key))
+        # An import-from copy runs inside the config task (create_disks), as long as the copy takes.
+        copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
+        c.extra_task_seconds += copied / GiB * c.task_seconds.get("import-per-gib", 0)
         task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect, items=disks)
         return self._maybe_wait(task, p.get("background_delay"), fail_message=f"failed to update VM {vm.vmid}")
 

@@ -368,6 +368,11 @@ class Handler(BaseHTTPRequestHandler):
             with sim.cluster.lock:
                 sim.cluster.hotplug_faults = rules
             return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/task-seconds" and method == "PUT":
+            # Changes task durations while running, e.g. {"import-per-gib": 40}.
+            with sim.cluster.lock:
+                sim.cluster.task_seconds.update({k: float(v) for k, v in params.items()})
+            return self.reply(200, "OK", {"data": None})
         if path == "/_sim/vm-config" and method == "PUT":
             # Sets a key of a VM's current config as an administrator would (e.g. `hotplug`).
             with sim.cluster.lock:
