@@ -120,8 +120,13 @@ async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures
             await sidecar.call("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest(
                 volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GiB), volume_capability=WRITER))
         if with_snapshot:
-            snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
-                name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
+            # csi-snapshotter calls CreateSnapshot again until the snapshot is ready to use.
+            while True:
+                snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
+                    name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
+                if snapshot.ready_to_use:
+                    break
+                await asyncio.sleep(2)
             restored = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
                 name=f"restore-{name}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
                 parameters={"storage": "ceph"}, volume_content_source=csi_pb2.VolumeContentSource(

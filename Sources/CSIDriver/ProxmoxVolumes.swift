@@ -186,16 +186,21 @@ public final class ProxmoxVolumes: Sendable {
     /// goes to its new node; notFound means it is gone from every node.
     @discardableResult
     func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
-        do {
-            try await configBatches.apply(vm, in: self, edit)
-            return vm
-        } catch ProxmoxError.notFound(let message) {
-            guard let moved = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }), moved.node != vm.node else {
-                throw ProxmoxError.notFound(message)
+        var target = vm
+        for attempt in 1...3 {
+            do {
+                try await configBatches.apply(target, in: self, edit)
+                return target
+            } catch ProxmoxError.notFound(let message) {
+                // A batch that a caller with the VM's old node started fails as a whole:
+                // notFound means gone only when a fresh listing has no such VM.
+                guard attempt < 3, let found = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }) else {
+                    throw ProxmoxError.notFound(message)
+                }
+                target = found
             }
-            try await configBatches.apply(moved, in: self, edit)
-            return moved
         }
+        return target  // not reached: the last attempt returns or throws
     }
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
