@@ -112,7 +112,6 @@ final class ConfigBatches: Sendable {
                 (members + postponed).forEach { $0.resume(.failure(error)) }
                 return []
             }
-            let held = config.held
             var draft = ConfigDraft(config: config)
             var accepted: [Waiting] = []
             let candidates = members + postponed
@@ -130,7 +129,7 @@ final class ConfigBatches: Sendable {
                 }
             }
             members = accepted
-            var (set, delete) = difference(from: held, to: draft.values)
+            var (set, delete) = difference(from: draft.read, to: draft.values)
             for key in draft.resend.sorted() where !set.contains(where: { $0.0 == key }) {
                 if let value = draft.values[key] { set.append((key, value)) }
             }

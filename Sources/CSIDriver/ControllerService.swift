@@ -321,10 +321,7 @@ public struct ControllerService: Sendable {
                 let written: VMRef
                 do {
                     written = try await volumes.editConfig(vm) { draft in
-                        for key in ProxmoxVolumes.disks(holding: volid, in: draft.config) {
-                            draft.values[key] = nil
-                            draft.revert.remove(key)
-                        }
+                        for key in ProxmoxVolumes.disks(holding: volid, in: draft.config) { draft.values[key] = nil }
                     }
                 } catch ProxmoxError.notFound {
                     continue  // the VM is gone from every node (editConfig looked): nothing is attached any more

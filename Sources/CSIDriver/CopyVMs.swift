@@ -40,6 +40,8 @@ public struct CopyVM: Sendable, Equatable {
     public var copying: Bool
     /// True once the copy is held only as `unused0` under protection (step 3).
     public var settled = false
+    /// The digest of the config this was read from, for the next change of it.
+    public var digest = ""
     /// For `.options`: the disk options recorded for the volume.
     public var options: [String: String] = [:]
 
@@ -75,7 +77,7 @@ public struct CopyVM: Sendable, Equatable {
         }
         return CopyVM(kind: kind, vm: vm, csiName: name, source: source, createdAt: Int64(fields["created"] ?? "") ?? 0,
                       volid: disk, copying: config["lock"] != nil, settled: config["scsi0"] == nil && config["unused0"] != nil,
-                      options: options)
+                      digest: config.digest, options: options)
     }
 }
 
@@ -178,11 +180,10 @@ extension ProxmoxVolumes {
             if copy.copying || copy.settled { return copy }
             let vm = copy.vm
             if copy.volid == nil {
-                let config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
                 do {
                     // The digest: a copy another controller started meanwhile is not made twice.
                     try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")],
-                                                    digest: config.digest, timeout: wait)
+                                                    digest: copy.digest, timeout: wait)
                 } catch ProxmoxError.taskTimedOut {
                     copy.copying = true
                     return copy
@@ -245,4 +246,3 @@ extension ProxmoxVolumes {
         invalidate(copy.vm.cluster)
     }
 }
-

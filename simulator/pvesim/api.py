@@ -274,10 +274,14 @@ class Api:
             return None
         disks = len(planned) + sum(1 for key in deletes if DISK_KEY.match(key))
         # An import-from copy runs inside the config task (create_disks), as long as the copy takes.
-        copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
-        c.extra_task_seconds += copied / GiB * c.task_seconds.get("import-per-gib", 0)
+        c.extra_task_seconds += self._import_seconds(planned)
         task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect, items=disks)
         return self._maybe_wait(task, p.get("background_delay"), fail_message=f"failed to update VM {vm.vmid}")
+
+    def _import_seconds(self, planned):
+        """How long the import-from copies of planned disks take (`import-per-gib` s per GiB copied)."""
+        copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
+        return copied / GiB * self.cluster.task_seconds.get("import-per-gib", 0)
 
     def _cleanup_pending(self, vm):
         """guest-common cleanup_pending: drop pending values equal to the current
@@ -295,28 +299,30 @@ class Api:
         (the simulator knows no option that needs a reboot)."""
         errors = {}
         can_plug = "disk" in vm.hotplug_features()
+
+        def hotplug(key, action, change):
+            """Applies a drive change unless it must stay pending; True when applied."""
+            if not can_plug or re.match(r"(efidisk|ide|sata|tpmstate)\d+", key):
+                return False  # "skip": stays pending
+            failure = self.cluster.hotplug_fault(vm, action)
+            if failure:
+                errors[key] = f"hotplug problem - {failure}"
+                return False
+            change()
+            return True
+
         for key in sorted(k for k in vm.pending_delete if k in modified):
             if DISK_KEY.match(key):
-                if not can_plug or re.match(r"(efidisk|ide|sata|tpmstate)\d+", key):
+                if not hotplug(key, "unplug", lambda: self._detach(vm, key, force=vm.pending_delete[key])):
                     continue
-                failure = self.cluster.hotplug_fault(vm, "unplug")
-                if failure:
-                    errors[key] = f"hotplug problem - {failure}"
-                    continue
-                self._detach(vm, key, force=vm.pending_delete[key])
             else:
                 vm.config.pop(key, None)
             del vm.pending_delete[key]
         for key in sorted(k for k in vm.pending if k in modified):
             value = vm.pending[key]
             if DISK_KEY.match(key):
-                if not can_plug or re.match(r"(efidisk|ide|sata|tpmstate)\d+", key):
+                if not hotplug(key, "plug", lambda: self._plug(vm, key, value)):
                     continue
-                failure = self.cluster.hotplug_fault(vm, "plug")
-                if failure:
-                    errors[key] = f"hotplug problem - {failure}"
-                    continue
-                self._plug(vm, key, value)
             else:
                 vm.config[key] = value
             del vm.pending[key]
@@ -568,8 +574,7 @@ class Api:
             if p.get("start"):
                 vm.status = "running"
 
-        copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
-        c.extra_task_seconds += copied / GiB * c.task_seconds.get("import-per-gib", 0)
+        c.extra_task_seconds += self._import_seconds(planned)
         return c.start_task(p["node"], "qmcreate", vmid, caller.id, effect).upid
 
     def destroy_vm(self, p, caller):
