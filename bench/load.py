@@ -288,7 +288,8 @@ def disks_swapped_in_place(log_entries, vms):
         if not vmid.isdigit() or int(vmid) >= 100 + vms:
             continue
         params, held = entry.get("params", {}), slots.setdefault(vmid, {})
-        for key in (k for k in re.split(r"[,;\s]+", params.get("delete", "")) if k):
+        # A delete frees the slot; so does a revert, which drops a pending attach (qemu-server update_vm).
+        for key in (k for field in ("delete", "revert") for k in re.split(r"[,;\s]+", params.get(field, "")) if k):
             held.pop(key, None)
         for key, value in params.items():
             if DISK_KEY.match(key):

@@ -30,15 +30,21 @@ extension NodeService {
                 }
                 return .init()
             }
-            let source: String
+            let source: String, deviceNumber: String
             if isBlock {
-                source = try await device(of: volume, timeout: settings.deviceWaitSeconds).path
+                (source, deviceNumber) = try await device(of: volume, timeout: settings.deviceWaitSeconds)
             } else {
-                guard case let .filesystem(_, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
+                guard case let .filesystem(entry, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
                     throw RPCError(.failedPrecondition, "\(what): the volume is not staged at staging_target_path "
                         + "\(request.stagingTargetPath); NodeStageVolume comes first")
                 }
-                source = request.stagingTargetPath
+                (source, deviceNumber) = (request.stagingTargetPath, entry.device)
+            }
+            // SINGLE_NODE_SINGLE_WRITER: one workload only, so one published target (CSI spec; csi-sanity checks it).
+            if request.volumeCapability.accessMode.mode == .singleNodeSingleWriter,
+               let other = try publications(ofDevice: deviceNumber, except: [request.stagingTargetPath, request.targetPath]).first {
+                throw RPCError(.failedPrecondition, "\(what): access mode SINGLE_NODE_SINGLE_WRITER allows one target, "
+                    + "and the volume is already published at \(other)")
             }
             try createTarget(request.targetPath, asFile: isBlock, what: what)
             do {
@@ -67,6 +73,17 @@ extension NodeService {
             }
             return .init()
         }
+    }
+
+    /// Mount points inside kubelet's directories that show the disk `number`
+    /// (a bound filesystem, or a bound device node), other than `paths`.
+    private func publications(ofDevice number: String, except paths: Set<String>) throws(RPCError) -> [String] {
+        let excluded = Set(paths.map(Self.resolvingSymlinks))
+        let roots = settings.allowedRoots.map(Self.resolvingSymlinks)
+        return try mountTable().filter { entry in
+            !excluded.contains(entry.mountPoint) && roots.contains { entry.mountPoint.hasPrefix($0 + "/") }
+                && (entry.device == number || DeviceFacts.blockDeviceNumber(entry.mountPoint) == number)
+        }.map(\.mountPoint)
     }
 
     /// The target is the SP's to create: a directory for a filesystem, an empty file for a device.

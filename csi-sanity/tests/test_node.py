@@ -224,6 +224,29 @@ def test_block_access_gives_the_pod_the_device(volumes):
     assert code == grpc.StatusCode.ALREADY_EXISTS and "block" in details
 
 
+@pytest.mark.parametrize("capability", [
+    mount_cap(mode=Mode.SINGLE_NODE_SINGLE_WRITER),
+    csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(),
+                             access_mode=csi_pb2.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_SINGLE_WRITER)),
+], ids=["mount", "block"])
+def test_a_single_writer_volume_is_published_at_one_target_only(volumes, capability):
+    volume = volumes(capability).attach().stage().publish()
+    other = volume.target.parent.parent / "other-pod" / "volume"
+    other.parent.mkdir(parents=True, exist_ok=True)
+
+    request = csi_pb2.NodePublishVolumeRequest(
+        volume_id=volume.id, staging_target_path=str(volume.staging), target_path=str(other),
+        volume_capability=capability, publish_context=volume.publish_context)
+    code, details = code_of(volume.node.NodePublishVolume, request)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and str(volume.target) in details, details
+    assert not other.exists(), "nothing was made at the refused target"
+    # The same target again is fine (idempotent); once unpublished, another target may take it.
+    volume.publish()
+    volume.unpublish()
+    volume.node.NodePublishVolume(request, timeout=60)
+    volume.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume.id, target_path=str(other)), timeout=60)
+
+
 def test_a_disk_holding_another_filesystem_is_refused_and_kept(volumes):
     volume = volumes(mount_cap("xfs")).attach()
     volume.capability = block_cap()
