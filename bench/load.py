@@ -153,7 +153,10 @@ def leak_check(url):
     attached = [(vmid, key) for vmid, vm in state["vms"].items() for key, value in vm["config"].items()
                 if key[:4] in ("scsi", "virt") and "vm-9999-" in str(value)]
     locked = [vmid for vmid, vm in state["vms"].items() if vm["config"].get("lock")]
-    return {"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked}, state["double_attachments"]
+    # Writes that put a volume into a slot another volume held (the simulator records each one):
+    # Proxmox would unplug one volume and plug another into the same device. The driver never asks that.
+    swaps = [f"VM {s['vm']} {s['key']}: {s['held']} -> {s['new']}" for s in state["in_place_swaps"]]
+    return {"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked}, state["double_attachments"], swaps[:20]
 
 
 async def disturb_vms(sim_url, vms, stop):
@@ -276,30 +279,6 @@ def disks_changed(params):
     return sum(1 for key in list(params) + deleted if DISK_KEY.match(key))
 
 
-def disks_swapped_in_place(log_entries, vms):
-    """Writes that put a volume into a slot another volume held (replaying the
-    Kubernetes-node VMs' config writes): Proxmox would unplug one volume and
-    plug another into the same device in one go. The driver never asks that."""
-    swaps, slots = [], {}
-    for entry in sorted(log_entries, key=lambda e: e["time"]):
-        if entry["status"] != 200 or entry["method"] not in ("POST", "PUT") or not entry["path"].endswith("/config"):
-            continue
-        vmid = entry["path"].split("/qemu/")[-1].split("/")[0]
-        if not vmid.isdigit() or int(vmid) >= 100 + vms:
-            continue
-        params, held = entry.get("params", {}), slots.setdefault(vmid, {})
-        # A delete frees the slot; so does a revert, which drops a pending attach (qemu-server update_vm).
-        for key in (k for field in ("delete", "revert") for k in re.split(r"[,;\s]+", params.get(field, "")) if k):
-            held.pop(key, None)
-        for key, value in params.items():
-            if DISK_KEY.match(key):
-                volid = value.split(",")[0]
-                if held.get(key, volid) != volid:
-                    swaps.append(f"VM {vmid} {key}: {held[key]} -> {volid}")
-                held[key] = volid
-    return swaps[:20]
-
-
 def percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -356,7 +335,7 @@ def main():
         if args.faults:
             sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
         log_entries = sim(sim_url, "/_sim/log") or []
-        leaks, doubles = leak_check(sim_url)
+        leaks, doubles, swaps = leak_check(sim_url)
     finally:
         simulator.stdin.close()
         driver.stop()
@@ -374,7 +353,6 @@ def main():
                 disks = disks_changed(entry.get("params", {}))
                 writes.setdefault(vmid, []).append(disks)
                 disk_changes[vmid] = disk_changes.get(vmid, 0) + disks
-    swaps = disks_swapped_in_place(log_entries, args.vms)
     task_seconds = {vmid: sum(TASKS["qmconfig"] + max(0, n - 1) * TASKS["qmconfig-each"] for n in ns) for vmid, ns in writes.items()}
     per_vm = {vmid: len(ns) for vmid, ns in writes.items()}
     bound = max(task_seconds.values(), default=0)

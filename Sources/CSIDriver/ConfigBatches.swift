@@ -48,9 +48,9 @@ typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
 final class ConfigBatches: Sendable {
     private struct Waiting {
         let edit: ConfigEdit
-        let continuation: CheckedContinuation<Void, any Error>
+        let continuation: CheckedContinuation<VMRef, any Error>
 
-        func resume(_ result: Result<Void, any Error>) { continuation.resume(with: result) }
+        func resume(_ result: Result<VMRef, any Error>) { continuation.resume(with: result) }
     }
 
     /// Edits not yet written, per VM. A key is present while a writer runs for
@@ -63,10 +63,11 @@ final class ConfigBatches: Sendable {
     struct NextWrite: Error {}
 
     /// Applies `edit` to the VM's config, together with whatever other edits
-    /// are waiting, and returns once the write that carried it is done.
-    func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws {
+    /// are waiting, and returns once the write that carried it is done, with
+    /// the VM as written to (on its new node if it migrated meanwhile).
+    func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws -> VMRef {
         let key = vm.key
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<VMRef, any Error>) in
             let startsWriter = queued.withLock { queues in
                 defer { queues[key, default: []].append(Waiting(edit: edit, continuation: continuation)) }
                 return queues[key] == nil
@@ -75,17 +76,22 @@ final class ConfigBatches: Sendable {
         }
     }
 
-    private func writeBatches(_ vm: VMRef, key: String, in volumes: ProxmoxVolumes) async {
+    private func writeBatches(_ first: VMRef, key: String, in volumes: ProxmoxVolumes) async {
+        var vm = first
         while true {
             // The batch is whatever waits once the VM is free (a resize may hold it).
-            _ = try? await volumes.changingVM(vm) {
+            let target = vm
+            if let written = try? await volumes.changingVM(target, {
                 let batch = self.queued.withLock { queues in
                     defer { queues[key] = [] }
                     return queues[key] ?? []
                 }
-                let postponed = await Self.write(batch, to: vm, in: volumes)
+                let (postponed, written) = await Self.write(batch, to: target, in: volumes)
                 // First in the next write, which sees the slots this one freed.
                 self.queued.withLock { $0[key, default: []].insert(contentsOf: postponed, at: 0) }
+                return written
+            }) {
+                vm = written  // a migrated VM's later batches go to its new node
             }
             let idle = queued.withLock { queues in
                 guard queues[key]?.isEmpty ?? true else { return false }
@@ -98,19 +104,33 @@ final class ConfigBatches: Sendable {
 
     /// One write for the whole batch: read the config, let each edit change
     /// the draft, send the difference with the config's digest. Returns the
-    /// edits postponed to the next write.
-    private static func write(_ batch: [Waiting], to vm: VMRef, in volumes: ProxmoxVolumes) async -> [Waiting] {
-        guard !batch.isEmpty else { return [] }
+    /// edits postponed to the next write, and the VM as last written to.
+    ///
+    /// A VM that migrated is no longer known to the node it was on (qemu-server
+    /// answers "Configuration file … does not exist"): the batch follows it to
+    /// its node in a fresh listing, and fails notFound only when no listing has it.
+    private static func write(_ batch: [Waiting], to target: VMRef, in volumes: ProxmoxVolumes) async -> ([Waiting], VMRef) {
+        var vm = target
+        guard !batch.isEmpty else { return ([], vm) }
         let client: ProxmoxClient
-        do { client = try volumes.client(vm.cluster) } catch { batch.forEach { $0.resume(.failure(error)) }; return [] }
+        do { client = try volumes.client(vm.cluster) } catch { batch.forEach { $0.resume(.failure(error)) }; return ([], vm) }
         var members = batch, postponed: [Waiting] = []
+        func moved() async -> VMRef? {
+            guard let found = try? await volumes.vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }),
+                  found.node != vm.node else { return nil }
+            return found
+        }
         for attempt in 1...attempts {
             let config: VMConfig
             do {
                 config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
+            } catch ProxmoxError.notFound where attempt < attempts {
+                if let found = await moved() { vm = found; continue }
+                (members + postponed).forEach { $0.resume(.failure(ProxmoxError.notFound("VM \(vm.vmid) is on no node"))) }
+                return ([], vm)
             } catch {
                 (members + postponed).forEach { $0.resume(.failure(error)) }
-                return []
+                return ([], vm)
             }
             var draft = ConfigDraft(config: config)
             var accepted: [Waiting] = []
@@ -137,29 +157,33 @@ final class ConfigBatches: Sendable {
             set.removeAll { revert.contains($0.0) }
             delete.removeAll(where: revert.contains)
             if set.isEmpty && delete.isEmpty && revert.isEmpty {
-                members.forEach { $0.resume(.success(())) }
-                return postponed
+                members.forEach { $0.resume(.success(vm)) }
+                return (postponed, vm)
             }
             do {
                 try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, revert: revert,
                                                 digest: config.digest)
                 // Before anyone hears of success, so no scan they start can see the old config.
                 volumes.configChanged(vm)
-                members.forEach { $0.resume(.success(())) }
-                return postponed
+                members.forEach { $0.resume(.success(vm)) }
+                return (postponed, vm)
             } catch ProxmoxError.digestConflict where attempt < attempts {
                 continue  // someone else changed the config: decide again on the new one
+            } catch ProxmoxError.notFound where attempt < attempts {
+                if let found = await moved() { vm = found; continue }  // migrated between the read and the write
+                members.forEach { $0.resume(.failure(ProxmoxError.notFound("VM \(vm.vmid) is on no node"))) }
+                return (postponed, vm)
             } catch let error as ProxmoxError where members.count > 1 && mayConcernOneEdit(error) {
                 // Proxmox refused or failed part of the change: each edit again
                 // alone, so one bad edit cannot fail the others.
-                for member in members { postponed += await write([member], to: vm, in: volumes) }
-                return postponed
+                for member in members { postponed += await write([member], to: vm, in: volumes).0 }
+                return (postponed, vm)
             } catch {
                 members.forEach { $0.resume(.failure(error)) }
-                return postponed
+                return (postponed, vm)
             }
         }
-        return postponed  // not reached: the last attempt returns
+        return (postponed, vm)  // not reached: the last attempt returns
     }
 
     /// Errors that may come from one edit's values (a bad option, a failed

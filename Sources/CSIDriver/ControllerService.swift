@@ -277,8 +277,10 @@ public struct ControllerService: Sendable {
     /// hot-plug pending (qemu-server vmconfig_hotplug_pending), and the VM
     /// would get the disk only when it restarts. The way aws-ebs-csi-driver
     /// waits for the attachment state before answering.
-    private func confirmAttached(_ volid: String, to vm: VMRef) async throws {
-        let after = try await volumes.freshConfig(vm)
+    private func confirmAttached(_ volid: String, to written: VMRef) async throws {
+        guard let (vm, after) = try await volumes.currentConfig(written) else {
+            throw RPCError(.notFound, "VM \(written.vmid) (\(written.name)) is on no Proxmox node any more")
+        }
         let keys = ProxmoxVolumes.disks(holding: volid, in: after)
         if keys.contains(where: { after.values[$0] != nil && after.isSettled($0) }) { return }
         guard let key = keys.first else {
@@ -324,7 +326,7 @@ public struct ControllerService: Sendable {
                         for key in ProxmoxVolumes.disks(holding: volid, in: draft.config) { draft.values[key] = nil }
                     }
                 } catch ProxmoxError.notFound {
-                    continue  // the VM is gone from every node (editConfig looked): nothing is attached any more
+                    continue  // the VM is on no node (the batch looked afresh): nothing is attached any more
                 }
                 try await confirmDetached(volid, from: written)
             }
@@ -337,13 +339,8 @@ public struct ControllerService: Sendable {
     /// Unpublish answers OK only when neither the current config nor a
     /// pending change holds the disk: a detach Proxmox could not hot-unplug
     /// stays pending while the running VM keeps the disk.
-    private func confirmDetached(_ volid: String, from vm: VMRef) async throws {
-        let after: VMConfig
-        do {
-            after = try await volumes.freshConfig(vm)
-        } catch ProxmoxError.notFound {
-            return
-        }
+    private func confirmDetached(_ volid: String, from written: VMRef) async throws {
+        guard let (vm, after) = try await volumes.currentConfig(written) else { return }  // the VM is gone: nothing is attached
         guard let key = ProxmoxVolumes.disks(holding: volid, in: after).first else { return }
         if after.values[key] != nil, let hotplug = Self.hotplugWithoutDisk(after) {
             throw RPCError(.failedPrecondition, "VM \(vm.vmid) (\(vm.name)) has hotplug \"\(hotplug)\", which leaves out disk: "

@@ -157,7 +157,8 @@ public final class ProxmoxVolumes: Sendable {
     /// that started after this call, shared with concurrent callers).
     func freshConfig(_ vm: VMRef) async throws -> VMConfig {
         let client = try client(vm.cluster)
-        return try await configReads.read(vm.key, asked: .now()) {
+        // Keyed by node too: a read another caller sent to the node a VM left must not answer for it.
+        return try await configReads.read("\(vm.key)@\(vm.node)", asked: .now()) {
             try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
         }
     }
@@ -180,27 +181,26 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Changes a VM's config with `edit`, in one write with the edits other
-    /// callers make to that VM meanwhile; returns the VM as written to. A VM
-    /// whose node no longer knows it (migrated: qemu-server answers
-    /// "Configuration file … does not exist") is looked up afresh and the edit
-    /// goes to its new node; notFound means it is gone from every node.
+    /// callers make to that VM meanwhile; returns the VM as written to (a VM
+    /// that migrated is followed to its node; notFound means it is on none).
     @discardableResult
     func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+        try await configBatches.apply(vm, in: self, edit)
+    }
+
+    /// The VM's config as it is now, read on the node that has it: one that
+    /// migrated is looked up afresh. Nil only when no node has the VM.
+    func currentConfig(_ vm: VMRef) async throws -> (VMRef, VMConfig)? {
         var target = vm
-        for attempt in 1...3 {
+        for _ in 0..<3 {
             do {
-                try await configBatches.apply(target, in: self, edit)
-                return target
-            } catch ProxmoxError.notFound(let message) {
-                // A batch that a caller with the VM's old node started fails as a whole:
-                // notFound means gone only when a fresh listing has no such VM.
-                guard attempt < 3, let found = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }) else {
-                    throw ProxmoxError.notFound(message)
-                }
+                return (target, try await freshConfig(target))
+            } catch ProxmoxError.notFound {
+                guard let found = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }) else { return nil }
                 target = found
             }
         }
-        return target  // not reached: the last attempt returns or throws
+        return (target, try await freshConfig(target))
     }
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.

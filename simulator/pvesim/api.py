@@ -258,7 +258,9 @@ class Api:
                 if key in planned:
                     if key in vm.pending:
                         self._register_unused(vm, vm.pending[key])
-                    vm.pending[key] = self._create_disk(vm, planned[key])
+                    new_value = self._create_disk(vm, planned[key])
+                    self._record_if_swapped(vm, key, new_value)
+                    vm.pending[key] = new_value
                 else:
                     vm.pending[key] = _option_text(value)  # the config file holds text: booleans as 1/0
                 vm.pending_delete.pop(key, None)
@@ -277,6 +279,14 @@ class Api:
         c.extra_task_seconds += self._import_seconds(planned)
         task = c.start_task(vm.node, "qmconfig", vm.vmid, caller.id, effect, items=disks)
         return self._maybe_wait(task, p.get("background_delay"), fail_message=f"failed to update VM {vm.vmid}")
+
+    def _record_if_swapped(self, vm, key, value):
+        """A write that puts a volume into a slot another volume holds (current or
+        pending) asks Proxmox to unplug one and plug the other into one device."""
+        held = vm.pending.get(key) or vm.config.get(key)
+        if held and held.split(",")[0] != value.split(",")[0]:
+            self.cluster.in_place_swaps.append({"vm": vm.vmid, "key": key, "held": held.split(",")[0],
+                                                "new": value.split(",")[0]})
 
     def _import_seconds(self, planned):
         """How long the import-from copies of planned disks take (`import-per-gib` s per GiB copied)."""

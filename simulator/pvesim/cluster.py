@@ -304,6 +304,7 @@ class Cluster:
         self.default_task_seconds = default_task_seconds
         self.listeners = []  # callables(event, vm, key, volume) for local mode
         self.double_attachments = []  # every time a volume was in two VMs' drives at once
+        self.in_place_swaps = []  # every write that put a volume into a slot another one held
         # Hot-plug failures to inject: {"vmid"?, "action": "plug"|"unplug", "count"?, "rate"?, "message"?}
         self.hotplug_faults = []
         self.extra_task_seconds = 0.0  # set by a fault rule for the task the current request starts

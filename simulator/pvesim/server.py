@@ -409,6 +409,7 @@ def snapshot_state(cluster):
                                "pending": dict(vm.pending), "pending_delete": sorted(vm.pending_delete),
                                "snapshots": sorted(vm.snapshots)} for vm in cluster.vms.values()},
         "double_attachments": list(cluster.double_attachments),
+        "in_place_swaps": list(cluster.in_place_swaps),
         "tasks": {"running": sum(t.status == "running" for t in cluster.tasks.values()),
                   "total": len(cluster.tasks)},
     }

@@ -107,3 +107,12 @@ def test_each_bus_takes_only_its_own_drive_options(sim, api, bus, option, accept
     volid = make_disk(api)
     reply = api.call("POST", "/nodes/pve1/qemu/100/config", **{f"{bus}5": f"{volid},{option}"})
     assert (reply.status == 200) == accepted, (reply.status, reply.reason, reply.raw)
+
+
+def test_a_write_that_puts_a_volume_into_a_held_slot_is_recorded(sim, api):
+    first, second = make_disk(api, "vm-9999-first"), make_disk(api, "vm-9999-second")
+    attach(api, "scsi1", first)
+    assert control(sim, "GET", "/_sim/state")["in_place_swaps"] == []
+    attach(api, "scsi1", second)  # one write swapping the volume inside the device
+    assert control(sim, "GET", "/_sim/state")["in_place_swaps"] == [
+        {"vm": 100, "key": "scsi1", "held": first, "new": second}]
