@@ -2,32 +2,44 @@
 import Glibc
 #endif
 import CLinux
-import Dispatch
 
 public struct CommandResult: Sendable {
     /// The exit status; 128 + N when signal N ended the process.
     public var status: Int32
     /// Standard output and error, interleaved.
     public var output: String
+    /// It ran past its time limit and was killed.
+    public var timedOut = false
 
     public var succeeded: Bool { status == 0 }
 }
 
 /// Runs external tools (mkfs, mount, fsck, growfs). Tests may substitute one.
 public protocol CommandRunning: Sendable {
-    func run(_ tool: String, _ arguments: [String]) async throws -> CommandResult
+    /// Runs `tool`, killing it once it has run `timeout` seconds.
+    func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult
 }
 
-/// Runs a tool with posix_spawn and waits for it on a dispatch queue of its
-/// own, so the wait never blocks a thread of Swift's cooperative pool.
-/// (Foundation's Process costs milliseconds more per spawn, and NodeStage
-/// spawns up to three tools.)
+/// How long each tool may take before it is killed: a mount or mkfs stuck
+/// on a dying disk must end its RPC with an error, not hold the volume forever.
+public enum ToolTimeout {
+    /// mkfs and fsck walk the whole device (mkfs.xfs discards it first).
+    public static let format: Double = 600
+    public static let check: Double = 600
+    /// A mount replays the journal; a grow rewrites group descriptors.
+    public static let mount: Double = 300
+    public static let grow: Double = 300
+}
+
+/// Runs a tool with posix_spawn and waits for it on a thread of its own, so
+/// the wait blocks neither Swift's cooperative pool nor a shared dispatch
+/// pool. (Foundation's Process costs milliseconds more per spawn, and
+/// NodeStage spawns up to three tools.)
 public struct ProcessRunner: CommandRunning {
     public struct SpawnFailure: Error, CustomStringConvertible {
         public let description: String
     }
 
-    private static let queue = DispatchQueue(label: "blockdevice.commands", attributes: .concurrent)
     /// Tools come from the system's directories only: a privileged plugin
     /// must not run whatever an inherited PATH names first.
     static let searchPath = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -39,18 +51,14 @@ public struct ProcessRunner: CommandRunning {
         return searchPath.lazy.map { $0 + "/" + tool }.first { access($0, X_OK) == 0 }
     }
 
-    public func run(_ tool: String, _ arguments: [String]) async throws -> CommandResult {
+    public func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult {
         guard let executable = Self.executable(tool) else {
             return CommandResult(status: 127, output: "\(tool): not found in \(Self.searchPath.joined(separator: ":"))")
         }
-        return try await withCheckedThrowingContinuation { continuation in
-            Self.queue.async {
-                continuation.resume(with: Result { try Self.spawnAndWait(executable, arguments) })
-            }
-        }
+        return try await OwnedThread.run { () throws(SpawnFailure) in try Self.spawnAndWait(executable, arguments, timeout: timeout) }
     }
 
-    static func spawnAndWait(_ executable: String, _ arguments: [String]) throws -> CommandResult {
+    static func spawnAndWait(_ executable: String, _ arguments: [String], timeout: Double) throws(SpawnFailure) -> CommandResult {
         var pipeEnds: [Int32] = [-1, -1]
         guard CLinux_pipe_cloexec(&pipeEnds) == 0 else { throw failure("pipe", errno) }
         let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
@@ -95,13 +103,33 @@ public struct ProcessRunner: CommandRunning {
             close(readEnd)
             throw failure("starting \(executable)", spawned)
         }
+        let deadline = ContinuousClock.now + .seconds(timeout)
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16_384)
-        while true {
+        var finished = false
+        while !finished {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { break }
+            var ready = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(min(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1, 60_000))
+            guard poll(&ready, 1, milliseconds) != 0 else { continue }
             let count = read(readEnd, &buffer, buffer.count)
-            if count > 0 { output += buffer[0..<count] } else if count == 0 || errno != EINTR { break }
+            if count > 0 { output += buffer[0..<count] } else if count == 0 || errno != EINTR { finished = true }
         }
         close(readEnd)
+        guard finished else {
+            // The kernel may hold a tool stuck on a dead disk past SIGKILL: a
+            // thread of its own reaps it whenever it ends, and the caller goes on.
+            kill(pid, SIGKILL)
+            OwnedThread.start { [pid] in
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+            }
+            let text = String(decoding: output, as: UTF8.self)
+            return CommandResult(status: 128 + SIGKILL,
+                                 output: text + (text.isEmpty ? "" : "\n") + "killed: no result within \(Int(timeout)) s",
+                                 timedOut: true)
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 {
             guard errno == EINTR else { throw failure("waiting for \(executable)", errno) }

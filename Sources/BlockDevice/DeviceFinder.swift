@@ -13,9 +13,13 @@ public struct DiskEntry: Sendable, Equatable {
     public var serial: String?
     /// SCSI `wwid` (`naa.<wwn>`), when the disk has a WWN.
     public var wwid: String?
+    /// The disk this is a partition of (`sda` for `sda1`); nil for a whole disk.
+    public var partitionOf: String?
 
-    /// Whether this is the disk with `serial` (or, for SCSI, `wwn`).
+    /// Whether this is the disk with `serial` (or, for SCSI, `wwn`). A
+    /// partition never is: a volume is a whole disk.
     public func matches(serial wanted: String, wwn: String?) -> Bool {
+        guard partitionOf == nil else { return false }
         if serial == wanted { return true }
         guard let wwn, let wwid else { return false }
         return wwid.lowercased() == DeviceFinder.wwid(ofWWN: wwn)
@@ -30,13 +34,15 @@ public struct DiskEntry: Sendable, Equatable {
 /// - `/dev/disk/by-id/virtio-<serial>` and `wwn-0x<wwn>` when udev made them.
 public struct DeviceFinder: Sendable {
     /// Where sysfs is (`/sys`; a test tree or the simulator's local mode elsewhere).
-    public var sysRoot: String
+    public let sysRoot: String
     /// Where device nodes are (`/dev`).
-    public var devRoot: String
+    public let devRoot: String
+    let scans: SCSIScans
 
     public init(sysRoot: String = "/sys", devRoot: String = "/dev") {
         self.sysRoot = sysRoot
         self.devRoot = devRoot
+        scans = SCSIScans(sysRoot: sysRoot)
     }
 
     /// Every disk under `<sys>/block`, in name order.
@@ -48,17 +54,33 @@ public struct DeviceFinder: Sendable {
 
     public func entry(named name: String) -> DiskEntry {
         let path = sysRoot + "/block/" + name
-        var serial = read(path + "/serial")
-        if serial == nil, let page = try? Data(contentsOf: URL(fileURLWithPath: path + "/device/vpd_pg80")) {
-            serial = Self.serial(fromVPD80: Array(page))
+        var serial = KernelFile.value(path + "/serial")
+        if serial == nil, let page = try? KernelFile.bytes(path + "/device/vpd_pg80") {
+            serial = Self.serial(fromVPD80: page)
         }
-        return DiskEntry(name: name, devicePath: devRoot + "/" + name, number: read(path + "/dev"),
-                         serial: serial, wwid: read(path + "/device/wwid"))
+        return DiskEntry(name: name, devicePath: devRoot + "/" + name, number: KernelFile.value(path + "/dev"),
+                         serial: serial, wwid: KernelFile.value(path + "/device/wwid"))
     }
 
-    /// The disk whose device number is `number` ("major:minor"); nil once it is gone.
+    /// The disk or partition whose device number is `number` ("major:minor");
+    /// nil once it is gone. A mounted partition is present, not a vanished disk.
     public func disk(number: String) -> DiskEntry? {
-        disks().first { $0.number == number }
+        disks().first { $0.number == number } ?? partition(number: number)
+    }
+
+    /// `<sys>/dev/block/MAJ:MIN` links to every block device, partitions
+    /// included: `…/block/sda/sda1`, whose parent directory is its disk.
+    func partition(number: String) -> DiskEntry? {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: sysRoot + "/dev/block/" + number) else {
+            return nil
+        }
+        let parts = target.split(separator: "/")
+        guard parts.count >= 2, FileManager.default.fileExists(atPath: sysRoot + "/dev/block/" + number + "/partition") else {
+            return nil
+        }
+        let name = String(parts[parts.count - 1])
+        return DiskEntry(name: name, devicePath: devRoot + "/" + name, number: number, serial: nil, wwid: nil,
+                         partitionOf: String(parts[parts.count - 2]))
     }
 
     /// The device node of the disk with this serial (or WWN), if present now.
@@ -73,25 +95,34 @@ public struct DeviceFinder: Sendable {
         return nil
     }
 
-    /// Waits up to `timeout` seconds for a hot-plugged disk to appear, asking
-    /// the SCSI hosts to rescan now and then (hot-plug events can be missed).
-    public func waitFor(serial: String, wwn: String? = nil, timeout: Double, pollInterval: Double = 0.1) async throws -> String? {
-        let deadline = Date().addingTimeInterval(timeout)
-        var polls = 0
+    /// Waits up to `timeout` seconds for a hot-plugged disk to appear. The
+    /// guest kernel adds it on the hot-plug event (virtio-blk, and
+    /// virtio-scsi's transport-reset event); when the disk is a SCSI LUN
+    /// that has not shown up after `rescanAfter` seconds, one scan of that
+    /// LUN is asked for, off the caller's thread, and the wait goes on
+    /// polling: it never waits for the scan itself.
+    public func waitFor(serial: String, wwn: String? = nil, scsiLUN: Int? = nil, timeout: Double,
+                        rescanAfter: Double = 3, pollInterval: Double = 0.1) async throws -> String? {
+        let start = ContinuousClock.now
+        var rescanned = false
         while true {
             if let found = find(serial: serial, wwn: wwn) { return found }
-            if Date() >= deadline { return nil }
-            polls += 1
-            if polls % 10 == 0 { rescanSCSIHosts() }
-            try await Task.sleep(nanoseconds: UInt64(pollInterval * 1_000_000_000))
+            let waited = start.duration(to: .now)
+            if let scsiLUN, !rescanned, waited >= .seconds(rescanAfter) {
+                rescanned = true
+                scans.request(lun: scsiLUN)
+            }
+            if waited >= .seconds(timeout) { return nil }
+            try await Task.sleep(for: .seconds(pollInterval))
         }
     }
 
-    /// Asks a SCSI disk to re-read its capacity (virtio-blk updates by itself).
-    public func rescan(_ disk: DiskEntry) {
+    /// Asks a SCSI disk to re-read its capacity (virtio-blk updates by
+    /// itself), on a thread of its own: the write returns once the disk answered.
+    public func rescan(_ disk: DiskEntry) async {
         let path = sysRoot + "/block/" + disk.name + "/device/rescan"
         guard FileManager.default.fileExists(atPath: path) else { return }
-        try? "1".write(toFile: path, atomically: false, encoding: .utf8)
+        await OwnedThread.run { SCSIScans.write("1", to: path) }
     }
 
     /// The serial in a VPD page 0x80 (Unit Serial Number): header 00 80 00 LEN.
@@ -106,14 +137,4 @@ public struct DeviceFinder: Sendable {
         "naa." + wwn.lowercased().replacingOccurrences(of: "0x", with: "")
     }
 
-    private func read(_ path: String) -> String? {
-        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    private func rescanSCSIHosts() {
-        let hosts = sysRoot + "/class/scsi_host"
-        for host in (try? FileManager.default.contentsOfDirectory(atPath: hosts)) ?? [] {
-            try? "- - -".write(toFile: hosts + "/" + host + "/scan", atomically: false, encoding: .utf8)
-        }
-    }
 }

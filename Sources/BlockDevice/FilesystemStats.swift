@@ -11,6 +11,8 @@ public struct FilesystemUsage: Sendable, Equatable {
     public var totalInodes: Int64
     public var freeInodes: Int64
     public var usedInodes: Int64
+    /// statvfs's ST_RDONLY: the mount or the filesystem itself is read-only.
+    public var readOnly: Bool = false
 }
 
 /// Sizes and numbers the kernel reports for filesystems and device nodes.
@@ -28,7 +30,24 @@ public enum DeviceFacts {
         return FilesystemUsage(
             totalBytes: Int64(info.f_blocks) * unit, availableBytes: Int64(info.f_bavail) * unit,
             usedBytes: Int64(info.f_blocks - info.f_bfree) * unit,
-            totalInodes: Int64(info.f_files), freeInodes: Int64(info.f_ffree), usedInodes: Int64(info.f_files - info.f_ffree))
+            totalInodes: Int64(info.f_files), freeInodes: Int64(info.f_ffree), usedInodes: Int64(info.f_files - info.f_ffree),
+            readOnly: info.f_flag & UInt(ST_RDONLY) != 0)
+    }
+
+    /// Whether stat of `path` fails for a reason other than its absence:
+    /// XFS answers EIO for every inode once it has shut down.
+    public static func statFailure(_ path: String) -> Failure? {
+        var info = stat()
+        guard stat(path, &info) != 0 else { return nil }
+        return failure("stat \(path)")
+    }
+
+    /// Errors an ext4 filesystem has recorded in its superblock, from the
+    /// kernel's counter (`/sys/fs/ext4/<device>/errors_count`). Since 5.11
+    /// an error under errors=remount-ro stops writes without setting the
+    /// read-only flag, so neither mountinfo nor statvfs shows it.
+    public static func ext4Errors(device name: String, sysRoot: String = "/sys") -> Int? {
+        KernelFile.value(sysRoot + "/fs/ext4/" + name + "/errors_count").flatMap { Int($0) }
     }
 
     /// The size of the block device at `path` (a device node, or a file a device is bound onto).
@@ -39,6 +58,34 @@ public enum DeviceFacts {
         var bytes: UInt64 = 0
         guard CLinux_block_device_bytes(fd, &bytes) == 0 else { throw failure("reading the size of \(path)") }
         return Int64(bytes)
+    }
+
+    /// Sets or clears the kernel's read-only flag of the block device at
+    /// `path`. A read-only bind of a device node still lets a process open
+    /// the device for writing (the mount flag guards files, not devices):
+    /// this flag is what makes the device refuse writes.
+    public static func setBlockDeviceReadOnly(_ path: String, _ readonly: Bool) throws(Failure) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure("open \(path)") }
+        defer { close(fd) }
+        guard CLinux_block_set_readonly(fd, readonly ? 1 : 0) == 0 else { throw failure("setting \(path) read-\(readonly ? "only" : "write")") }
+    }
+
+    public static func isBlockDeviceReadOnly(_ path: String) throws(Failure) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure("open \(path)") }
+        defer { close(fd) }
+        var readonly: Int32 = 0
+        guard CLinux_block_readonly(fd, &readonly) == 0 else { throw failure("reading the read-only flag of \(path)") }
+        return readonly != 0
+    }
+
+    /// Whether nothing is at `path` (ENOENT, ENOTDIR); a path that exists but
+    /// fails (EIO from a shut-down filesystem) is not missing.
+    public static func isMissing(_ path: String) -> Bool {
+        var info = stat()
+        guard lstat(path, &info) != 0 else { return false }
+        return errno == ENOENT || errno == ENOTDIR
     }
 
     /// "major:minor" of the block device `path` is (following a bind mount of

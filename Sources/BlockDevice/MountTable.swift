@@ -22,7 +22,7 @@ public struct MountEntry: Sendable, Equatable {
 /// /etc/mtab, which containers often lack or fake.
 public enum MountTable {
     public static func read(from path: String = "/proc/self/mountinfo") throws -> [MountEntry] {
-        try parse(String(contentsOfFile: path, encoding: .utf8))
+        try parse(KernelFile.text(path))
     }
 
     /// Fields: id parent major:minor root mountpoint options [optional...] - fstype source superoptions
@@ -55,9 +55,30 @@ public enum MountTable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// The entry mounted at exactly `path` (the last one, if stacked).
+    /// The entry mounted at `path` (the last one, if stacked). mountinfo
+    /// records resolved paths, so a path through a symbolic link (a kubelet
+    /// directory that is a link to another disk) is resolved first.
     public static func mount(at path: String, in entries: [MountEntry]) -> MountEntry? {
-        entries.last { $0.mountPoint == path }
+        let resolved = resolvingSymlinks(path)
+        return entries.last { $0.mountPoint == resolved }
+    }
+
+    /// `path` with every symbolic link in its existing part resolved; the
+    /// part that does not exist yet is appended as it is.
+    public static func resolvingSymlinks(_ path: String) -> String {
+        var existing = path
+        var missing: [Substring] = []
+        while true {
+            if let real = realpath(existing, nil) {
+                defer { free(real) }
+                let base = String(cString: real)
+                return missing.reversed().reduce(base) { $0.hasSuffix("/") ? $0 + $1 : $0 + "/" + $1 }
+            }
+            guard existing != "/", let slash = existing.lastIndex(of: "/") else { break }
+            missing.append(existing[existing.index(after: slash)...])
+            existing = slash == existing.startIndex ? "/" : String(existing[..<slash])
+        }
+        return path
     }
 }
 

@@ -32,7 +32,7 @@ public struct Mounter: Sendable {
 
     /// ext4 is checked and repaired before a read-write mount (fsck -p: 0 and 1 are fine).
     public func checkExt4(_ device: String) async throws {
-        let result = try await runner.run("fsck.ext4", ["-p", device])
+        let result = try await runner.run("fsck.ext4", ["-p", device], timeout: ToolTimeout.check)
         guard result.status <= 1 else {
             throw Failure(description: "fsck.ext4 \(device) found errors it could not repair (exit \(result.status)): "
                 + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -47,7 +47,7 @@ public struct Mounter: Sendable {
         case "ext4", "ext3", "ext2": ("resize2fs", [device])
         default: throw Failure(description: "cannot grow a \(fsType) filesystem (xfs and ext4 can grow)")
         }
-        let result = try await runner.run(tool, arguments)
+        let result = try await runner.run(tool, arguments, timeout: ToolTimeout.grow)
         guard result.succeeded else {
             throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(result.status)): "
                 + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
@@ -55,7 +55,7 @@ public struct Mounter: Sendable {
     }
 
     private func run(_ arguments: [String], _ what: String) async throws {
-        let result = try await runner.run("mount", arguments)
+        let result = try await runner.run("mount", arguments, timeout: ToolTimeout.mount)
         guard result.succeeded else {
             throw Failure(description: "\(what) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
         }

@@ -36,7 +36,8 @@ public struct SafeFormat: Sendable {
                                  mayFormat: Bool = true) async throws -> Bool {
         let found: ProbeResult
         do {
-            found = try BlockProbe.probe(device)
+            // Reading a dying disk can block: on a thread of its own, not the pool's.
+            found = try await OwnedThread.run { () throws(BlockProbe.Failure) in try BlockProbe.probe(device) }
         } catch {
             throw Failure.probe(error.description)
         }
@@ -48,7 +49,7 @@ public struct SafeFormat: Sendable {
         }
         guard mayFormat else { throw Failure.blank(device: device, wanted: fsType) }
         let (tool, arguments) = Self.mkfs(fsType, device: device, blockSize: blockSize, inodeSize: inodeSize)
-        let result = try await runner.run(tool, arguments)
+        let result = try await runner.run(tool, arguments, timeout: ToolTimeout.format)
         guard result.succeeded else {
             throw Failure.tool("\(tool) \(device) failed (exit \(result.status)): \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
         }

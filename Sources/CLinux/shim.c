@@ -24,6 +24,10 @@ int CLinux_block_device_bytes(int fd, unsigned long long *bytes) {
     return result;
 }
 
+int CLinux_block_set_readonly(int fd, int readonly) { return ioctl(fd, BLKROSET, &readonly); }
+
+int CLinux_block_readonly(int fd, int *readonly) { return ioctl(fd, BLKROGET, readonly); }
+
 int CLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {

@@ -230,17 +230,24 @@ public struct ControllerService: Sendable {
                 throw RPCError(.failedPrecondition, "volume is attached to VM \(other.vmid) (\(other.name)) as \(key)")
             }
             let bus = parameters.bus
-            try await attach(handle, storage: storage, to: vm, bus: bus, readonly: request.readonly, options: parameters.diskOptions)
+            let slot = try await attach(handle, storage: storage, to: vm, bus: bus, readonly: request.readonly,
+                                        options: parameters.diskOptions)
             var publishContext = ["serial": VolumeNaming.serial(for: handle), "bus": bus]
-            if bus == "scsi" { publishContext["wwn"] = VolumeNaming.wwn(for: handle) }
+            if bus == "scsi" {
+                publishContext["wwn"] = VolumeNaming.wwn(for: handle)
+                // qemu-server puts scsiN at LUN N (print_drivedevice_full): the node scans just that LUN
+                // if the guest missed the hot-plug event.
+                if let lun = Int(slot.dropFirst(bus.count)) { publishContext["lun"] = String(lun) }
+            }
             return .with { $0.publishContext = publishContext }
         } catch {
             throw rpcError(error, what)
         }
     }
 
+    /// Returns the slot (config key) the volume is in.
     private func attach(_ handle: VolumeHandle, storage: StorageRef, to vm: VMRef, bus: String, readonly: Bool,
-                        options: [(String, String)]) async throws {
+                        options: [(String, String)]) async throws -> String {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         var value = [volid, "serial=\(VolumeNaming.serial(for: handle))"]
         if bus == "scsi" { value.append("wwn=\(VolumeNaming.wwn(for: handle))") }
@@ -269,7 +276,7 @@ public struct ControllerService: Sendable {
             }
             draft.values[slot] = diskValue
         }
-        try await confirmAttached(volid, to: written)
+        return try await confirmAttached(volid, to: written)
     }
 
     /// Publish answers OK only once the disk is in the VM's current config,
@@ -277,12 +284,12 @@ public struct ControllerService: Sendable {
     /// hot-plug pending (qemu-server vmconfig_hotplug_pending), and the VM
     /// would get the disk only when it restarts. The way aws-ebs-csi-driver
     /// waits for the attachment state before answering.
-    private func confirmAttached(_ volid: String, to written: VMRef) async throws {
+    private func confirmAttached(_ volid: String, to written: VMRef) async throws -> String {
         guard let (vm, after) = try await volumes.currentConfig(written) else {
             throw RPCError(.notFound, "VM \(written.vmid) (\(written.name)) is on no Proxmox node any more")
         }
         let keys = ProxmoxVolumes.disks(holding: volid, in: after)
-        if keys.contains(where: { after.values[$0] != nil && after.isSettled($0) }) { return }
+        if let attached = keys.first(where: { after.values[$0] != nil && after.isSettled($0) }) { return attached }
         guard let key = keys.first else {
             throw RPCError(.unavailable, "the attach of \(volid) to VM \(vm.vmid) (\(vm.name)) did not reach its config; try again")
         }

@@ -1,3 +1,4 @@
+import BlockDevice
 import CSIProto
 import Foundation
 import ProxmoxAPI
@@ -11,9 +12,7 @@ struct SMBIOSIdentity: Sendable, Equatable {
     /// `<sys>/class/dmi/id/product_uuid` and `product_serial` (root-only files).
     static func read(sysRoot: String) -> SMBIOSIdentity {
         func value(_ name: String) -> String? {
-            let text = (try? String(contentsOfFile: sysRoot + "/class/dmi/id/" + name, encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            return text.flatMap { $0.isEmpty ? nil : $0 }
+            KernelFile.value(sysRoot + "/class/dmi/id/" + name).flatMap { $0.isEmpty ? nil : $0 }
         }
         return SMBIOSIdentity(uuid: value("product_uuid")?.lowercased(), serial: value("product_serial"))
     }

@@ -24,7 +24,10 @@ extension NodeService {
                     throw RPCError(.alreadyExists, "\(what): target_path \(request.targetPath) already holds \(mounted.summary)"
                         + (mounted.disk.map(volume.isOn) == true ? " (this volume, published for \(publishedAsBlock ? "block" : "mount") access)" : ""))
                 }
-                guard entry.options.contains("ro") == readonly else {
+                // A bind of a read-only stage (its `ro` mount flag) is read-only whatever was asked.
+                let staged = isBlock ? nil : try inspect(request.stagingTargetPath).entry
+                let stagedReadOnly = staged?.options.contains("ro") == true
+                guard entry.options.contains("ro") == (readonly || stagedReadOnly) else {
                     throw RPCError(.alreadyExists, "\(what): already published at \(request.targetPath) "
                         + "\(readonly ? "read-write" : "read-only"), now asked \(readonly ? "read-only" : "read-write")")
                 }
@@ -40,19 +43,21 @@ extension NodeService {
                 }
                 (source, deviceNumber) = (request.stagingTargetPath, entry.device)
             }
+            let others = try publications(ofDevice: deviceNumber, except: [request.stagingTargetPath, request.targetPath])
             // SINGLE_NODE_SINGLE_WRITER: one workload only, so one published target (CSI spec; csi-sanity checks it).
-            if request.volumeCapability.accessMode.mode == .singleNodeSingleWriter,
-               let other = try publications(ofDevice: deviceNumber, except: [request.stagingTargetPath, request.targetPath]).first {
+            if request.volumeCapability.accessMode.mode == .singleNodeSingleWriter, let other = others.first {
                 throw RPCError(.failedPrecondition, "\(what): access mode SINGLE_NODE_SINGLE_WRITER allows one target, "
-                    + "and the volume is already published at \(other)")
+                    + "and the volume is already published at \(other.mountPoint)")
             }
+            if isBlock { try checkBlockReadOnly(source, readonly: readonly, others: others, what: what) }
             try createTarget(request.targetPath, asFile: isBlock, what: what)
             do {
                 try await mounter.bind(source, at: request.targetPath, readonly: readonly)
-            } catch let failure as Mounter.Failure {
+                if isBlock, readonly { try DeviceFacts.setBlockDeviceReadOnly(source, true) }
+            } catch {
                 // A bind that half-happened (bound, remount ro failed) must not stay writable.
                 try? Unmounter.unmount(request.targetPath)
-                throw RPCError(.internal, "\(what): \(failure)")
+                throw RPCError(.internal, "\(what): \(error)")
             }
             return .init()
         }
@@ -64,26 +69,45 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.targetPath, field: "target_path")
         return try await serialized(request.volumeID) {
-            try requireOwnMount(inspect(request.targetPath), at: request.targetPath, volumeID: request.volumeID,
-                                what: "NodeUnpublishVolume")
+            let mounted = try inspect(request.targetPath)
+            try requireOwnMount(mounted, at: request.targetPath, volumeID: request.volumeID, what: "NodeUnpublishVolume")
             do {
                 try Unmounter.unmountAndRemove(request.targetPath)
             } catch {
                 throw RPCError(.internal, "NodeUnpublishVolume \(request.volumeID): \(error)")
             }
+            // The last read-only block target gone: the disk takes writes again (a later stage formats or mounts it).
+            if case let .blockDevice(entry, number, disk?) = mounted, entry.options.contains("ro"),
+               try publications(ofDevice: number, except: []).isEmpty {
+                try? DeviceFacts.setBlockDeviceReadOnly(disk.devicePath, false)
+            }
             return .init()
+        }
+    }
+
+    /// A read-only block target is enforced by the disk's own read-only flag,
+    /// which holds for every target of that disk: read-only and read-write
+    /// block targets of one disk cannot be mixed on a node.
+    private func checkBlockReadOnly(_ device: String, readonly: Bool, others: [MountEntry], what: String) throws(RPCError) {
+        if let other = others.first(where: { $0.options.contains("ro") != readonly }) {
+            throw RPCError(.failedPrecondition, "\(what): the volume is published \(readonly ? "read-write" : "read-only") at "
+                + "\(other.mountPoint); a block volume is read-only through the disk's own flag, so it cannot be both on one node")
+        }
+        // A flag left from an earlier read-only target (none remains) is cleared for a writer.
+        if !readonly, others.isEmpty, (try? DeviceFacts.isBlockDeviceReadOnly(device)) == true {
+            try? DeviceFacts.setBlockDeviceReadOnly(device, false)
         }
     }
 
     /// Mount points inside kubelet's directories that show the disk `number`
     /// (a bound filesystem, or a bound device node), other than `paths`.
-    private func publications(ofDevice number: String, except paths: Set<String>) throws(RPCError) -> [String] {
-        let excluded = Set(paths.map(Self.resolvingSymlinks))
-        let roots = settings.allowedRoots.map(Self.resolvingSymlinks)
+    private func publications(ofDevice number: String, except paths: Set<String>) throws(RPCError) -> [MountEntry] {
+        let excluded = Set(paths.map(MountTable.resolvingSymlinks))
+        let roots = settings.allowedRoots.map(MountTable.resolvingSymlinks)
         return try mountTable().filter { entry in
             !excluded.contains(entry.mountPoint) && roots.contains { entry.mountPoint.hasPrefix($0 + "/") }
                 && (entry.device == number || DeviceFacts.blockDeviceNumber(entry.mountPoint) == number)
-        }.map(\.mountPoint)
+        }
     }
 
     /// The target is the SP's to create: a directory for a filesystem, an empty file for a device.

@@ -35,7 +35,8 @@ extension NodeService {
         switch try inspect(path) {
         case .nothing: break
         case let .filesystem(entry, _) where entry.device == device.number:
-            guard entry.options.contains("ro") == readonly else {
+            // A `ro` mount flag makes a read-write stage read-only too: a retry of it is the same stage.
+            guard entry.options.contains("ro") == (readonly || flags.contains("ro")) else {
                 throw RPCError(.alreadyExists, "\(what): already staged at \(path) \(readonly ? "read-write" : "read-only"), "
                     + "now asked \(readonly ? "read-only" : "read-write")")
             }
@@ -112,12 +113,16 @@ extension NodeService {
         return (try size("blockSize"), try size("inodeSize"))
     }
 
-    /// The capability's flags, `ro` for readers, and `nouuid` for xfs so a
-    /// restored copy can be mounted beside its original (same fs UUID).
+    /// The capability's flags, `ro` for readers, `nouuid` for xfs so a
+    /// restored copy can be mounted beside its original (same fs UUID), and
+    /// errors=remount-ro for ext4 unless the flags choose: an error stops
+    /// writes instead of letting them go on over a damaged filesystem (the
+    /// default from the superblock, errors=continue, would).
     static func mountOptions(fsType: String, readonly: Bool, flags: [String]) -> [String] {
         var options = flags.filter { !$0.isEmpty }
         if readonly, !options.contains("ro") { options.append("ro") }
         if fsType == "xfs", !options.contains("nouuid") { options.append("nouuid") }
+        if fsType == "ext4", !options.contains(where: { $0.hasPrefix("errors=") }) { options.append("errors=remount-ro") }
         return options
     }
 }

@@ -9,6 +9,9 @@ struct NodeVolume: Sendable {
     let id: String
     let serial: String
     let wwn: String?
+    /// The SCSI LUN the disk is plugged at (publish context `lun`), which a
+    /// missed hot-plug event is rescanned for; nil for virtio-blk.
+    let scsiLUN: Int?
 
     /// The identity derives from the id; a publish context (what the
     /// controller actually set) wins when it has one.
@@ -19,6 +22,7 @@ struct NodeVolume: Sendable {
         self.id = id
         serial = publishContext["serial"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.serial(for: handle)
         wwn = publishContext["wwn"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.wwn(for: handle)
+        scsiLUN = publishContext["bus"] == "virtio" ? nil : publishContext["lun"].flatMap { Int($0) }.flatMap { (0..<256).contains($0) ? $0 : nil }
     }
 
     func isOn(_ disk: DiskEntry) -> Bool {
@@ -68,10 +72,15 @@ enum MountedThing {
         switch self {
         case .nothing: "nothing"
         case let .filesystem(entry, disk):
-            "a \(entry.fsType) filesystem from \(entry.source)" + (disk.map { " (disk \($0.name), serial \($0.serial ?? "none"))" } ?? "")
+            "a \(entry.fsType) filesystem from \(entry.source)" + (disk.map(Self.describe) ?? "")
         case let .blockDevice(_, number, disk):
-            "block device \(disk?.name ?? number)" + (disk.map { " (serial \($0.serial ?? "none"))" } ?? "")
+            "block device \(disk?.name ?? number)" + (disk.map(Self.describe) ?? "")
         }
+    }
+
+    private static func describe(_ disk: DiskEntry) -> String {
+        if let parent = disk.partitionOf { return " (partition \(disk.name) of disk \(parent))" }
+        return " (disk \(disk.name), serial \(disk.serial ?? "none"))"
     }
 }
 
@@ -112,33 +121,19 @@ extension NodeService {
         }
         // A symlink on the way could lead the mount anywhere: the real path must stay inside too.
         do {
-            try RequestPath.check(Self.resolvingSymlinks(path), allowedRoots: settings.allowedRoots.map(Self.resolvingSymlinks))
+            try RequestPath.check(MountTable.resolvingSymlinks(path), allowedRoots: settings.allowedRoots.map(MountTable.resolvingSymlinks))
         } catch {
             throw RPCError(.invalidArgument, "\(field): \"\(path)\" leads through a symbolic link to \(error)")
         }
     }
 
-    /// `path` with every symbolic link in its existing part resolved; the
-    /// part that does not exist yet is appended as it is.
-    static func resolvingSymlinks(_ path: String) -> String {
-        var existing = path
-        var missing: [String] = []
-        while existing != "/" {
-            if let real = realpath(existing, nil) {
-                defer { free(real) }
-                return ([String(cString: real)] + missing.reversed()).joined(separator: "/").replacingOccurrences(of: "//", with: "/")
-            }
-            missing.append((existing as NSString).lastPathComponent)
-            existing = (existing as NSString).deletingLastPathComponent
-        }
-        return path
-    }
-
     /// A path a stats or expand call names: where no volume can be is NotFound (as csi-sanity expects).
     func checkVolumePath(_ path: String, of volumeID: String) throws(RPCError) {
         guard !path.isEmpty else { throw RPCError(.invalidArgument, "volume_path is required") }
-        guard path.hasPrefix("/"), !path.split(separator: "/").contains(".."),
-              FileManager.default.fileExists(atPath: path) else {
+        // Only a path that is not there is NotFound: a filesystem that shut down
+        // (XFS after its disk vanished under a writer) answers stat with EIO,
+        // and that is the abnormal condition to report, not a missing volume.
+        guard path.hasPrefix("/"), !path.split(separator: "/").contains(".."), !DeviceFacts.isMissing(path) else {
             throw RPCError(.notFound, "volume \(volumeID) is not at volume_path \"\(path)\": no such absolute path")
         }
         try checkPath(path, field: "volume_path")
@@ -158,7 +153,7 @@ extension NodeService {
 
     /// The disk for `volume` on this VM, waiting for its hot-plug up to `timeout`.
     func device(of volume: NodeVolume, timeout: Double) async throws -> (path: String, number: String) {
-        guard let path = try await finder.waitFor(serial: volume.serial, wwn: volume.wwn, timeout: timeout) else {
+        guard let path = try await finder.waitFor(serial: volume.serial, wwn: volume.wwn, scsiLUN: volume.scsiLUN, timeout: timeout) else {
             throw RPCError(.notFound, "volume \(volume.id): no disk with serial \(volume.serial)"
                 + (volume.wwn.map { " or WWN \($0)" } ?? "") + " appeared on this VM within \(Int(timeout)) s "
                 + "(looked in \(settings.sysRoot)/block/*/serial, device/vpd_pg80, device/wwid and \(settings.devRoot)/disk/by-id); "

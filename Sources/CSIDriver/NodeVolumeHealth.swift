@@ -33,31 +33,43 @@ extension NodeService {
                 return abnormal("cannot read the device: \(error)")
             }
         case let .filesystem(entry, disk):
-            guard disk != nil else { return abnormal("the disk (device \(entry.device)) is gone from this VM; \(path) is a stale mount") }
+            guard let disk else { return abnormal("the disk (device \(entry.device)) is gone from this VM; \(path) is a stale mount") }
             let usage: FilesystemUsage
             do {
                 usage = try DeviceFacts.usage(at: path)
             } catch {
                 return abnormal("the filesystem does not answer: \(error)")
             }
-            var response = Csi_V1_NodeGetVolumeStatsResponse.with {
+            if let problem = Self.filesystemProblem(entry, disk: disk, at: path, usage: usage) { return abnormal(problem) }
+            return .with {
                 $0.usage = [
                     .with { $0.unit = .bytes; $0.total = usage.totalBytes; $0.available = usage.availableBytes; $0.used = usage.usedBytes },
                     .with { $0.unit = .inodes; $0.total = usage.totalInodes; $0.available = usage.freeInodes; $0.used = usage.usedInodes },
                 ]
-                $0.volumeCondition = .with { $0.abnormal = false; $0.message = "\(entry.fsType) on \(disk!.name) mounted" }
+                $0.volumeCondition = .with { $0.abnormal = false; $0.message = "\(entry.fsType) on \(disk.name) mounted" }
             }
-            // The kernel turned the filesystem read-only under a writable mount: it met errors.
-            // (Older kernels flip the superblock to `ro`; ext4 on 6.x says `emergency_ro`.)
-            let wentReadOnly = entry.superOptions.contains("ro") || entry.superOptions.contains("emergency_ro")
-            if wentReadOnly, !entry.options.contains("ro") {
-                response.volumeCondition = .with {
-                    $0.abnormal = true
-                    $0.message = "the \(entry.fsType) filesystem on \(disk!.name) went read-only (the kernel met errors; see dmesg)"
-                }
-            }
-            return response
         }
+    }
+
+    /// Why a mounted filesystem whose disk is present is unhealthy, asked of
+    /// the filesystem itself: mountinfo keeps saying `rw` after the kernel
+    /// stopped writes (ext4 on 6.1), and statvfs answers a shut-down XFS.
+    static func filesystemProblem(_ entry: MountEntry, disk: DiskEntry, at path: String, usage: FilesystemUsage) -> String? {
+        if let failure = DeviceFacts.statFailure(path) {
+            return "the \(entry.fsType) filesystem on \(disk.name) does not answer (\(failure)): it has shut down; see dmesg"
+        }
+        if entry.fsType.hasPrefix("ext"), let errors = DeviceFacts.ext4Errors(device: disk.name), errors > 0 {
+            let stopped = entry.superOptions.contains("errors=remount-ro") ? " and went read-only (errors=remount-ro)" : ""
+            return "the \(entry.fsType) filesystem on \(disk.name) has recorded \(errors) error(s)\(stopped); see dmesg. "
+                + "It is checked (fsck) when next staged"
+        }
+        // The kernel turned the filesystem read-only under a writable mount: it met errors.
+        // (Older kernels flip the superblock to `ro`; later ones say `emergency_ro`.)
+        let wentReadOnly = entry.superOptions.contains("ro") || entry.superOptions.contains("emergency_ro") || usage.readOnly
+        if wentReadOnly, !entry.options.contains("ro") {
+            return "the \(entry.fsType) filesystem on \(disk.name) went read-only (the kernel met errors; see dmesg)"
+        }
+        return nil
     }
 
     /// Re-reads the disk's size and grows the filesystem on it to match;
@@ -81,7 +93,11 @@ extension NodeService {
             guard volume.isOn(disk) else {
                 throw RPCError(.notFound, "\(what): volume_path \(request.volumePath) holds \(mounted.summary)")
             }
-            finder.rescan(disk)
+            if let failure = DeviceFacts.statFailure(request.volumePath) {
+                throw RPCError(.failedPrecondition, "\(what): the filesystem at volume_path \(request.volumePath) does not answer "
+                    + "(\(failure)); it cannot grow until it is checked and staged again")
+            }
+            await finder.rescan(disk)
             let bytes: Int64
             do {
                 bytes = try DeviceFacts.blockDeviceBytes(disk.devicePath)

@@ -144,7 +144,7 @@ func sparseFile(_ path: String, bytes: Int64) throws {
 
 @Suite struct ProcessRunnerTests {
     @Test func runsSystemToolsAndReportsTheirOutput() async throws {
-        let result = try await ProcessRunner().run("sh", ["-c", "echo out; echo err >&2; exit 3"])
+        let result = try await ProcessRunner().run("sh", ["-c", "echo out; echo err >&2; exit 3"], timeout: 30)
         #expect(result.status == 3 && result.output.contains("out") && result.output.contains("err"))
     }
 
@@ -159,7 +159,7 @@ func sparseFile(_ path: String, bytes: Int64) throws {
             pthread_sigmask(SIG_SETMASK, &previous, nil)
             signal(SIGPIPE, oldPipe)
         }
-        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "cat; echo \"locale=$LC_ALL\"; grep -E '^Sig(Blk|Ign)' /proc/self/status"])
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "cat; echo \"locale=$LC_ALL\"; grep -E '^Sig(Blk|Ign)' /proc/self/status"], timeout: 30)
         #expect(result.succeeded)
         #expect(result.output.hasPrefix("locale=C\n"))
         // Nothing blocked (the driver blocks SIGTERM for sigwait), SIGPIPE (13) not ignored.
@@ -174,17 +174,17 @@ func sparseFile(_ path: String, bytes: Int64) throws {
         let inheritable = open("/proc/self/status", O_RDONLY)
         #expect(inheritable > 2)
         defer { close(inheritable) }
-        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "ls /proc/$$/fd"])
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "ls /proc/$$/fd"], timeout: 30)
         let descriptors = Set(result.output.split(separator: "\n").compactMap { Int32($0) })
         #expect(descriptors == [0, 1, 2], "\(result.output)")
     }
 
     @Test func aSignalledToolReportsOneHundredTwentyEightPlusTheSignal() async throws {
-        #expect(try await ProcessRunner().run("sh", ["-c", "kill -TERM $$"]).status == 128 + 15)
+        #expect(try await ProcessRunner().run("sh", ["-c", "kill -TERM $$"], timeout: 30).status == 128 + 15)
     }
 
     @Test func aToolOutsideTheSystemDirectoriesIsNotRun() async throws {
-        let result = try await ProcessRunner().run("no-such-tool-xyz", [])
+        let result = try await ProcessRunner().run("no-such-tool-xyz", [], timeout: 30)
         #expect(result.status == 127 && result.output.contains("not found in /usr/sbin:/usr/bin:/sbin:/bin"))
     }
 }

@@ -81,7 +81,7 @@ struct LoopDeviceTests {
     @Test func mkfsOptionsReachTheFilesystem() async throws {
         let loop = try LoopDevice(megabytes: 320)
         try await format.ensureFilesystem(loop.device, fsType: "ext4", blockSize: 1024, inodeSize: 512)
-        let result = try await ProcessRunner().run("dumpe2fs", ["-h", loop.device])
+        let result = try await ProcessRunner().run("dumpe2fs", ["-h", loop.device], timeout: 30)
         #expect(result.output.contains("Block size:               1024"))
         #expect(result.output.contains("Inode size:\t          512"))
     }

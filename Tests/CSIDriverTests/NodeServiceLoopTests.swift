@@ -79,10 +79,16 @@ final class NodeFixture {
     let sysRoot: String
     let service: NodeService
 
-    init() throws {
+    /// `kubeletThroughSymlink`: the kubelet directory is a symbolic link to the real one, as on nodes
+    /// that keep /var/lib/kubelet on another disk.
+    init(kubeletThroughSymlink: Bool = false) throws {
         root = try temporaryDirectory("fixture")
         kubelet = root + "/kubelet"
         sysRoot = root + "/sys"
+        if kubeletThroughSymlink {
+            try FileManager.default.createDirectory(atPath: root + "/data/kubelet", withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: kubelet, withDestinationPath: root + "/data/kubelet")
+        }
         try FileManager.default.createDirectory(atPath: kubelet + "/plugins", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: sysRoot + "/block", withIntermediateDirectories: true)
         var settings = NodeSettings(nodeName: "k8s-node-1")
@@ -98,7 +104,8 @@ final class NodeFixture {
 
     func staging(_ disk: AttachedDisk) throws -> String {
         let path = kubelet + "/plugins/staging/" + (disk.volumeID as NSString).lastPathComponent
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        // Only when missing: a shut-down filesystem mounted there answers stat with EIO.
+        if DeviceFacts.isMissing(path) { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
         return path
     }
 

@@ -12,6 +12,9 @@ int CLinux_pthread_setname(unsigned long thread, const char *name);
 int CLinux_pipe_cloexec(int fds[2]);
 /* A block device's size in bytes (BLKGETSIZE64; ioctl is variadic, which Swift cannot call). */
 int CLinux_block_device_bytes(int fd, unsigned long long *bytes);
+/* A block device's read-only flag (BLKROSET / BLKROGET): writes through any of its nodes fail with EPERM. */
+int CLinux_block_set_readonly(int fd, int readonly);
+int CLinux_block_readonly(int fd, int *readonly);
 /* posix_spawn_file_actions_addclosefrom_np: the child keeps only the descriptors below `from`. */
 int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
 #endif
