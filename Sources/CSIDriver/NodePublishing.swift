@@ -13,7 +13,8 @@ extension NodeService {
         try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
         let isBlock = if case .block = request.volumeCapability.accessType { true } else { false }
         if !isBlock { try checkPath(request.stagingTargetPath, field: "staging_target_path") }
-        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext)
+        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext,
+                                    staged: identities.identity(of: request.volumeID))
         let readonly = request.readonly || Self.readsOnly(request.volumeCapability)
         let what = "NodePublishVolume \(volume.id)"
         return try await serialized(volume.id) {

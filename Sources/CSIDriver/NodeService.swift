@@ -17,6 +17,8 @@ public struct NodeSettings: Sendable {
     public var zone: String?
     /// How long NodeStage waits for a hot-plugged disk to appear.
     public var deviceWaitSeconds: Double = 60
+    /// Where the disk identity of each staged volume is kept (nil: in memory only).
+    public var stateDirectory: String?
 
     public init(nodeName: String) {
         self.nodeName = nodeName
@@ -34,6 +36,7 @@ public struct NodeService: Sendable {
     let format: SafeFormat
     let mounter: Mounter
     let volumeLocks = KeyedSerializer<String>()
+    let identities: NodeIdentities
 
     public var nodeID: String { settings.nodeName }
 
@@ -47,6 +50,7 @@ public struct NodeService: Sendable {
         finder = DeviceFinder(sysRoot: settings.sysRoot, devRoot: settings.devRoot)
         format = SafeFormat(runner: runner)
         mounter = Mounter(runner: runner)
+        identities = NodeIdentities(directory: settings.stateDirectory)
     }
 
     public func register(into router: inout Router) {

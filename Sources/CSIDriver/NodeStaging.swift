@@ -13,16 +13,20 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
         try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
-        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext)
+        let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext,
+                                    staged: identities.identity(of: request.volumeID))
         let capability = request.volumeCapability
         guard case .mount = capability.accessType else {
             _ = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            try identities.record(volume.identity)
             return .init()
         }
         let fsType = try Self.filesystem(capability, context: request.volumeContext)
         let options = try Self.mkfsOptions(request.volumeContext)
         return try await serialized(volume.id) {
             let device = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            // Recorded before the mount: a crash between the two leaves a mount the unstage still recognises.
+            try identities.record(volume.identity)
             try await mountFilesystem(volume, device: device, at: request.stagingTargetPath, fsType: fsType,
                                       readonly: Self.readsOnly(capability), flags: capability.mount.mountFlags, mkfs: options)
             return .init()
@@ -86,6 +90,7 @@ extension NodeService {
             } catch {
                 throw RPCError(.internal, "NodeUnstageVolume \(request.volumeID): \(error)")
             }
+            identities.forget(request.volumeID)
             return .init()
         }
     }

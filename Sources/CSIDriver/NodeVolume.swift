@@ -14,19 +14,27 @@ struct NodeVolume: Sendable {
     let scsiLUN: Int?
 
     /// The identity derives from the id; a publish context (what the
-    /// controller actually set) wins when it has one.
-    init(id: String, publishContext: [String: String] = [:]) throws(RPCError) {
+    /// controller actually set) wins when it has one, else the identity the
+    /// volume was staged with.
+    init(id: String, publishContext: [String: String] = [:], staged: NodeIdentities.Identity? = nil) throws(RPCError) {
         guard let handle = try? VolumeHandle(parsing: id) else {
             throw RPCError(.notFound, "volume_id \"\(id)\" is not a proxmox-csi volume (expected cluster/node/storage/volume)")
         }
         self.id = id
-        serial = publishContext["serial"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.serial(for: handle)
-        wwn = publishContext["wwn"].flatMap { $0.isEmpty ? nil : $0 } ?? VolumeNaming.wwn(for: handle)
+        let fromContext = publishContext["serial"] != nil || publishContext["wwn"] != nil
+        serial = publishContext["serial"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (fromContext ? nil : staged?.serial) ?? VolumeNaming.serial(for: handle)
+        wwn = publishContext["wwn"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (fromContext ? nil : staged?.wwn) ?? VolumeNaming.wwn(for: handle)
         scsiLUN = publishContext["bus"] == "virtio" ? nil : publishContext["lun"].flatMap { Int($0) }.flatMap { (0..<256).contains($0) ? $0 : nil }
     }
 
     func isOn(_ disk: DiskEntry) -> Bool {
         disk.matches(serial: serial, wwn: wwn)
+    }
+
+    var identity: NodeIdentities.Identity {
+        .init(volumeID: id, serial: serial, wwn: wwn)
     }
 }
 
@@ -85,6 +93,11 @@ enum MountedThing {
 }
 
 extension NodeService {
+    /// The volume as a call without a publish context knows it: by the identity it was staged with.
+    func knownVolume(_ volumeID: String) throws(RPCError) -> NodeVolume {
+        try NodeVolume(id: volumeID, staged: identities.identity(of: volumeID))
+    }
+
     func mountTable() throws(RPCError) -> [MountEntry] {
         do {
             return try MountTable.read()
@@ -96,7 +109,7 @@ extension NodeService {
     /// Refuses to unmount `path` unless what is mounted there is the volume's (or a vanished) disk.
     func requireOwnMount(_ mounted: MountedThing, at path: String, volumeID: String, what: String) throws(RPCError) {
         guard mounted.entry != nil else { return }
-        let volume = try NodeVolume(id: volumeID)
+        let volume = try knownVolume(volumeID)
         guard mounted.mayBeUnmounted(for: volume) else {
             throw RPCError(.failedPrecondition, "\(what) \(volume.id): \(path) holds \(mounted.summary), "
                 + "not this volume's disk (serial \(volume.serial)); left mounted")

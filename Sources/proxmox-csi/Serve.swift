@@ -95,6 +95,8 @@ struct Serve: ParsableCommand {
         settings.sysRoot = sysRoot
         settings.devRoot = devRoot
         settings.deviceWaitSeconds = deviceWait
+        // Inside kubelet's directory, which the node plugin's pod mounts: it outlives the plugin.
+        settings.stateDirectory = kubeletDir + "/plugins/" + driverName + "/staged-volumes"
         settings.region = region ?? environment("NODE_REGION")
         settings.zone = zone ?? environment("NODE_ZONE")
         return settings

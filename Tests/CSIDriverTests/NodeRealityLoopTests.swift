@@ -152,4 +152,29 @@ extension NodeServiceLoopTests {
         var block = [UInt8](repeating: 0x5a, count: 4096)
         return write(fd, &block, block.count) == block.count && fsync(fd) == 0
     }
+
+    @Test func aDiskKnownOnlyByTheWWNItsPublishContextNamedIsUnstagedByARestartedPlugin() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("plugin-made")
+        // As proxmox-csi-plugin attaches: a slot WWN (hex of "PVC-ID07"), no serial.
+        let wwn = "0x" + Data("PVC-ID07".utf8).map { String(format: "%02x", $0) }.joined()
+        try FileManager.default.removeItem(atPath: disk.sysEntry + "/serial")
+        try FileManager.default.createDirectory(atPath: disk.sysEntry + "/device", withIntermediateDirectories: true)
+        try ("naa." + wwn.dropFirst(2) + "\n").write(toFile: disk.sysEntry + "/device/wwid", atomically: true, encoding: .utf8)
+        let staging = try node.staging(disk)
+        _ = try await node.service.stage(.with {
+            $0.volumeID = disk.volumeID
+            $0.stagingTargetPath = staging
+            $0.volumeCapability = NodeFixture.mount("ext4")
+            $0.publishContext = ["wwn": wwn, "lun": "7"]
+        })
+        #expect(try node.mounted(at: staging)?.source == disk.device)
+        // The plugin restarts: a new service over the same kubelet directory; unstage carries no publish context.
+        var settings = node.service.settings
+        settings.deviceWaitSeconds = 1
+        let restarted = NodeService(settings: settings, volumes: nil)
+        _ = try await restarted.unstage(.with { $0.volumeID = disk.volumeID; $0.stagingTargetPath = staging })
+        #expect(try node.mounted(at: staging) == nil)
+        #expect(NodeIdentities(directory: settings.stateDirectory).identity(of: disk.volumeID) == nil)
+    }
 }

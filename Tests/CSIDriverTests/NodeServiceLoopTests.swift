@@ -95,6 +95,7 @@ final class NodeFixture {
         settings.sysRoot = sysRoot
         settings.allowedRoots = [kubelet]
         settings.deviceWaitSeconds = 1
+        settings.stateDirectory = root + "/kubelet-state/staged-volumes"
         service = NodeService(settings: settings, volumes: nil)
     }
 

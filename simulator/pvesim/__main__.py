@@ -54,6 +54,8 @@ def main(argv=None):
     parser.add_argument("--faults", default="[]", help="fault rules as JSON (see README), as PUT /_sim/faults takes")
     parser.add_argument("--local-vm", type=int, help="local mode: disks hot-plugged into this VM become loop devices")
     parser.add_argument("--sysfs-root", help="local mode: where to describe them, as the guest's /sys would")
+    parser.add_argument("--guest-vm", type=int, help="guest mode: disks hot-plugged into this VM are plugged into a real QEMU")
+    parser.add_argument("--guest-qmp", help="guest mode: that QEMU's QMP socket")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="exit when standard input closes: a lifeline for tests, which hold the other end")
     args = parser.parse_args(argv)
@@ -78,6 +80,13 @@ def main(argv=None):
             parser.error(f"--local-vm {args.local_vm}: the scenario has no such VM")
         local = LocalHost(args.local_vm, args.sysfs_root, cluster.vms[args.local_vm].config.get("smbios1", ""))
         cluster.listeners.append(local)
+    if args.guest_vm:
+        if not (args.guest_qmp and args.data_dir):
+            parser.error("--guest-vm needs --guest-qmp and --data-dir")
+        if args.guest_vm not in cluster.vms:
+            parser.error(f"--guest-vm {args.guest_vm}: the scenario has no such VM")
+        from .guestmode import GuestBridge
+        cluster.listeners.append(GuestBridge(args.guest_vm, args.guest_qmp))
     host, _, port = args.listen.rpartition(":")
     server = serve(simulator, host, int(port), args.tls_cert, args.tls_key)
     bound = server.server_address[1]
