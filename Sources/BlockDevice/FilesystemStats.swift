@@ -52,11 +52,8 @@ public enum DeviceFacts {
 
     /// The size of the block device at `path` (a device node, or a file a device is bound onto).
     public static func blockDeviceBytes(_ path: String) throws(Failure) -> Int64 {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw failure("open \(path)") }
-        defer { close(fd) }
         var bytes: UInt64 = 0
-        guard CLinux_block_device_bytes(fd, &bytes) == 0 else { throw failure("reading the size of \(path)") }
+        try ioctl(path, "reading the size of \(path)") { CLinux_block_device_bytes($0, &bytes) }
         return Int64(bytes)
     }
 
@@ -65,19 +62,21 @@ public enum DeviceFacts {
     /// the device for writing (the mount flag guards files, not devices):
     /// this flag is what makes the device refuse writes.
     public static func setBlockDeviceReadOnly(_ path: String, _ readonly: Bool) throws(Failure) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw failure("open \(path)") }
-        defer { close(fd) }
-        guard CLinux_block_set_readonly(fd, readonly ? 1 : 0) == 0 else { throw failure("setting \(path) read-\(readonly ? "only" : "write")") }
+        try ioctl(path, "setting \(path) read-\(readonly ? "only" : "write")") { CLinux_block_set_readonly($0, readonly ? 1 : 0) }
     }
 
     public static func isBlockDeviceReadOnly(_ path: String) throws(Failure) -> Bool {
+        var readonly: Int32 = 0
+        try ioctl(path, "reading the read-only flag of \(path)") { CLinux_block_readonly($0, &readonly) }
+        return readonly != 0
+    }
+
+    /// Opens `path` read-only for one ioctl (`call` returns its result).
+    private static func ioctl(_ path: String, _ what: String, _ call: (Int32) -> Int32) throws(Failure) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw failure("open \(path)") }
         defer { close(fd) }
-        var readonly: Int32 = 0
-        guard CLinux_block_readonly(fd, &readonly) == 0 else { throw failure("reading the read-only flag of \(path)") }
-        return readonly != 0
+        guard call(fd) == 0 else { throw failure(what) }
     }
 
     /// Whether nothing is at `path` (ENOENT, ENOTDIR); a path that exists but
