@@ -106,18 +106,28 @@ public struct ProcessRunner: CommandRunning {
         let deadline = ContinuousClock.now + .seconds(timeout)
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16_384)
-        var finished = false
-        while !finished {
-            let left = ContinuousClock.now.duration(to: deadline)
-            guard left > .zero else { break }
+        var outputEnded = false
+        while !outputEnded, ContinuousClock.now < deadline {
             var ready = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
-            let milliseconds = Int32(min(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1, 60_000))
-            guard poll(&ready, 1, milliseconds) != 0 else { continue }
+            let polled = poll(&ready, 1, milliseconds(until: deadline))
+            if polled < 0, errno != EINTR { break }
+            guard polled > 0 else { continue }
             let count = read(readEnd, &buffer, buffer.count)
-            if count > 0 { output += buffer[0..<count] } else if count == 0 || errno != EINTR { finished = true }
+            if count > 0 { output += buffer[0..<count] } else if count == 0 || errno != EINTR { outputEnded = true }
         }
         close(readEnd)
-        guard finished else {
+        // A tool may close its output and still run: its exit is awaited against the same deadline.
+        var status: Int32 = 0
+        var exited = false
+        var pause: UInt32 = 1_000
+        while outputEnded, ContinuousClock.now < deadline {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid { exited = true; break }
+            if reaped < 0, errno != EINTR { throw failure("waiting for \(executable)", errno) }
+            usleep(pause)
+            pause = min(pause * 2, 20_000)
+        }
+        guard exited else {
             // The kernel may hold a tool stuck on a dead disk past SIGKILL: a
             // thread of its own reaps it whenever it ends, and the caller goes on.
             kill(pid, SIGKILL)
@@ -130,14 +140,16 @@ public struct ProcessRunner: CommandRunning {
                                  output: text + (text.isEmpty ? "" : "\n") + "killed: no result within \(Int(timeout)) s",
                                  timedOut: true)
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { throw failure("waiting for \(executable)", errno) }
-        }
         // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot see.
         let signal = status & 0x7f
         return CommandResult(status: signal == 0 ? (status >> 8) & 0xff : 128 + signal,
                              output: String(decoding: output, as: UTF8.self))
+    }
+
+    /// poll(2)'s timeout: what is left until `deadline`, at most a minute (a later poll goes on).
+    private static func milliseconds(until deadline: ContinuousClock.Instant) -> Int32 {
+        let left = ContinuousClock.now.duration(to: deadline).components
+        return Int32(max(0, min(left.seconds * 1000 + left.attoseconds / 1_000_000_000_000_000 + 1, 60_000)))
     }
 
     private static func environmentStrings() -> [String] {

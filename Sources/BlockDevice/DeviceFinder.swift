@@ -98,18 +98,19 @@ public struct DeviceFinder: Sendable {
     /// Waits up to `timeout` seconds for a hot-plugged disk to appear. The
     /// guest kernel adds it on the hot-plug event (virtio-blk, and
     /// virtio-scsi's transport-reset event); when the disk is a SCSI LUN
-    /// that has not shown up after `rescanAfter` seconds, one scan of that
-    /// LUN is asked for, off the caller's thread, and the wait goes on
-    /// polling: it never waits for the scan itself.
+    /// that has not shown up after `rescanAfter` seconds, a scan of that
+    /// LUN is asked for, off the caller's thread, and again every
+    /// `rescanEvery` seconds (a host busy scanning another LUN skips a
+    /// request); the wait goes on polling and never waits for a scan.
     public func waitFor(serial: String, wwn: String? = nil, scsiLUN: Int? = nil, timeout: Double,
-                        rescanAfter: Double = 3, pollInterval: Double = 0.1) async throws -> String? {
+                        rescanAfter: Double = 3, rescanEvery: Double = 5, pollInterval: Double = 0.1) async throws -> String? {
         let start = ContinuousClock.now
-        var rescanned = false
+        var nextScan = Duration.seconds(rescanAfter)
         while true {
             if let found = find(serial: serial, wwn: wwn) { return found }
             let waited = start.duration(to: .now)
-            if let scsiLUN, !rescanned, waited >= .seconds(rescanAfter) {
-                rescanned = true
+            if let scsiLUN, waited >= nextScan {
+                nextScan = waited + .seconds(rescanEvery)
                 scans.request(lun: scsiLUN)
             }
             if waited >= .seconds(timeout) { return nil }

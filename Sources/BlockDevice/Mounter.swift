@@ -6,6 +6,9 @@ import Foundation
 public struct Mounter: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+        /// The tool was killed past its time limit: it may yet have done its work
+        /// (a mount stuck in the kernel can still complete), so the outcome is uncertain.
+        public var timedOut = false
     }
 
     let runner: any CommandRunning
@@ -35,7 +38,7 @@ public struct Mounter: Sendable {
         let result = try await runner.run("fsck.ext4", ["-p", device], timeout: ToolTimeout.check)
         guard result.status <= 1 else {
             throw Failure(description: "fsck.ext4 \(device) found errors it could not repair (exit \(result.status)): "
-                + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+                + result.output.trimmingCharacters(in: .whitespacesAndNewlines), timedOut: result.timedOut)
         }
     }
 
@@ -50,14 +53,15 @@ public struct Mounter: Sendable {
         let result = try await runner.run(tool, arguments, timeout: ToolTimeout.grow)
         guard result.succeeded else {
             throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(result.status)): "
-                + result.output.trimmingCharacters(in: .whitespacesAndNewlines))
+                + result.output.trimmingCharacters(in: .whitespacesAndNewlines), timedOut: result.timedOut)
         }
     }
 
     private func run(_ arguments: [String], _ what: String) async throws {
         let result = try await runner.run("mount", arguments, timeout: ToolTimeout.mount)
         guard result.succeeded else {
-            throw Failure(description: "\(what) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw Failure(description: "\(what) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))",
+                          timedOut: result.timedOut)
         }
     }
 }

@@ -8,6 +8,8 @@ public struct SafeFormat: Sendable {
         /// Blank, but formatting was not allowed (a read-only stage).
         case blank(device: String, wanted: String)
         case tool(String)
+        /// mkfs was killed past its time limit; the device may be half-formatted.
+        case timedOut(String)
         case probe(String)
 
         public var description: String {
@@ -16,8 +18,7 @@ public struct SafeFormat: Sendable {
                 "\(device) holds \(found), not \(wanted); refusing to format a device that holds data"
             case let .blank(device, wanted):
                 "\(device) is blank; it is not formatted as \(wanted) because it is to be mounted read-only"
-            case let .tool(message): message
-            case let .probe(message): message
+            case let .tool(message), let .timedOut(message), let .probe(message): message
             }
         }
     }
@@ -51,6 +52,7 @@ public struct SafeFormat: Sendable {
         let (tool, arguments) = Self.mkfs(fsType, device: device, blockSize: blockSize, inodeSize: inodeSize)
         let result = try await runner.run(tool, arguments, timeout: ToolTimeout.format)
         guard result.succeeded else {
+            if result.timedOut { throw Failure.timedOut("\(tool) \(device): \(result.output)") }
             throw Failure.tool("\(tool) \(device) failed (exit \(result.status)): \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         return true

@@ -25,27 +25,28 @@ final class NodeIdentities: Sendable {
         self.directory = directory
     }
 
+    /// Written through on every stage (one small file): memory holds only
+    /// what the file holds, so a failed write is failed again on the retry.
     func record(_ identity: Identity) throws(RPCError) {
-        let changed = known.withLock { known in
-            defer { known[identity.volumeID] = identity }
-            return known[identity.volumeID] != identity
+        if let directory {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                let data = try JSONEncoder().encode(identity)
+                try data.write(to: URL(fileURLWithPath: path(of: identity.volumeID, in: directory)), options: .atomic)
+            } catch {
+                throw RPCError(.internal, "cannot record the disk identity of volume \(identity.volumeID) in \(directory): \(error)")
+            }
         }
-        guard changed, let directory else { return }
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let data = try JSONEncoder().encode(identity)
-            try data.write(to: URL(fileURLWithPath: path(of: identity.volumeID, in: directory)), options: .atomic)
-        } catch {
-            throw RPCError(.internal, "cannot record the disk identity of volume \(identity.volumeID) in \(directory): \(error)")
-        }
+        known.withLock { $0[identity.volumeID] = identity }
     }
 
+    /// What this process recorded, else what the file says (a plugin that restarted); the
+    /// file is not cached, so a forget racing this read cannot bring an identity back.
     func identity(of volumeID: String) -> Identity? {
         if let identity = known.withLock({ $0[volumeID] }) { return identity }
         guard let directory,
               let data = FileManager.default.contents(atPath: path(of: volumeID, in: directory)),
               let identity = try? JSONDecoder().decode(Identity.self, from: data), identity.volumeID == volumeID else { return nil }
-        known.withLock { $0[volumeID] = identity }
         return identity
     }
 

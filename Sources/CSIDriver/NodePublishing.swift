@@ -32,6 +32,14 @@ extension NodeService {
                     throw RPCError(.alreadyExists, "\(what): already published at \(request.targetPath) "
                         + "\(readonly ? "read-write" : "read-only"), now asked \(readonly ? "read-only" : "read-write")")
                 }
+                // The first call may have ended between the bind and the disk's read-only flag.
+                if isBlock, readonly, (try? DeviceFacts.isBlockDeviceReadOnly(disk.devicePath)) != true {
+                    do {
+                        try DeviceFacts.setBlockDeviceReadOnly(disk.devicePath, true)
+                    } catch {
+                        throw RPCError(.internal, "\(what): \(error)")
+                    }
+                }
                 return .init()
             }
             let source: String, deviceNumber: String
@@ -58,7 +66,7 @@ extension NodeService {
             } catch {
                 // A bind that half-happened (bound, remount ro failed) must not stay writable.
                 try? Unmounter.unmount(request.targetPath)
-                throw RPCError(.internal, "\(what): \(error)")
+                throw RPCError((error as? Mounter.Failure)?.timedOut == true ? .deadlineExceeded : .internal, "\(what): \(error)")
             }
             return .init()
         }

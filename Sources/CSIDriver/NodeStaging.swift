@@ -65,6 +65,7 @@ extension NodeService {
         } catch let failure as SafeFormat.Failure {
             switch failure {
             case .holdsData, .blank: throw RPCError(.failedPrecondition, "\(what): \(failure)")
+            case .timedOut: throw RPCError(.deadlineExceeded, "\(what): \(failure)")
             case .tool, .probe: throw RPCError(.internal, "\(what): \(failure)")
             }
         }
@@ -73,7 +74,8 @@ extension NodeService {
             try await mounter.mount(device.path, at: path, fsType: fsType,
                                     options: Self.mountOptions(fsType: fsType, readonly: readonly, flags: flags))
         } catch let failure as Mounter.Failure {
-            throw RPCError(.internal, "\(what): \(failure)")
+            // DEADLINE_EXCEEDED is not final to kubelet: it keeps the stage "uncertain" and unstages it on cleanup.
+            throw RPCError(failure.timedOut ? .deadlineExceeded : .internal, "\(what): \(failure)")
         }
     }
 

@@ -115,7 +115,7 @@ extension NodeService {
                 do {
                     try await mounter.grow(fsType: entry.fsType, device: disk.devicePath, mountPoint: mountPoint)
                 } catch let failure as Mounter.Failure {
-                    throw RPCError(.internal, "\(what): \(failure)")
+                    throw RPCError(failure.timedOut ? .deadlineExceeded : .internal, "\(what): \(failure)")
                 }
             }
             return .with { $0.capacityBytes = bytes }

@@ -71,6 +71,26 @@ import Testing
         #expect(try await written(to: root + "/class/scsi_host/host0/scan", seconds: 5) == "0 0 4")
     }
 
+    @Test func aLUNWhoseScanWasSkippedIsAskedForAgain() async throws {
+        let root = try scsiHosts()
+        let finder = DeviceFinder(sysRoot: root)
+        let scan = root + "/class/scsi_host/host0/scan"
+        _ = try await finder.waitFor(serial: "csi-never", scsiLUN: 4, timeout: 0.2, rescanAfter: 0, pollInterval: 0.05)
+        // host0 is busy with LUN 4 when LUN 5 first asks; LUN 5 asks again once it is free.
+        let second = Task {
+            try await finder.waitFor(serial: "csi-never", scsiLUN: 5, timeout: 4, rescanAfter: 0, rescanEvery: 0.2, pollInterval: 0.05)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await written(to: scan, seconds: 5) == "0 0 4")
+        #expect(try await written(to: scan, seconds: 5) == "0 0 5")
+        _ = try await second.value
+    }
+
+    @Test func aToolThatClosesItsOutputAndHangsIsKilledToo() async throws {
+        let result = try await ProcessRunner().run("sh", ["-c", "exec >&- 2>&-; exec sleep 60"], timeout: 0.5)
+        #expect(result.timedOut && result.status == 128 + SIGKILL)
+    }
+
     @Test func procfsFilesAreReadToTheirEnd() throws {
         // /proc/self/mountinfo reports size 0; its text is whatever read(2) gives until EOF.
         let text = try KernelFile.text("/proc/self/mountinfo")

@@ -177,4 +177,46 @@ extension NodeServiceLoopTests {
         #expect(try node.mounted(at: staging) == nil)
         #expect(NodeIdentities(directory: settings.stateDirectory).identity(of: disk.volumeID) == nil)
     }
+
+    @Test func aRetriedReadOnlyBlockPublishRestoresTheDisksFlag() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("ro-retry", megabytes: 64)
+        try await node.publish(disk, NodeFixture.block, readonly: true)
+        // The first call ended between its bind and the flag (a crash, a failed ioctl).
+        try DeviceFacts.setBlockDeviceReadOnly(disk.device, false)
+        try await node.publish(disk, NodeFixture.block, readonly: true)
+        #expect(try DeviceFacts.isBlockDeviceReadOnly(disk.device))
+        #expect(!Self.writes(to: node.target(disk)))
+        try await node.unpublish(disk)
+    }
+
+    @Test func aMountPastItsTimeLimitIsDeadlineExceededWhichKubeletRetries() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("slow-mount")
+        let service = NodeService(settings: node.service.settings, volumes: nil, runner: StuckMount())
+        await expectCode(.deadlineExceeded, "no result within") {
+            _ = try await service.stage(.with {
+                $0.volumeID = disk.volumeID
+                $0.stagingTargetPath = try node.staging(disk)
+                $0.volumeCapability = NodeFixture.mount("xfs")
+            })
+        }
+    }
+
+    @Test func anIdentityThatCannotBeWrittenFailsEveryStageUntilItCan() throws {
+        let root = try temporaryDirectory("identities")
+        try Data().write(to: URL(fileURLWithPath: root + "/file"))
+        let identities = NodeIdentities(directory: root + "/file/staged-volumes")  // under a file: never writable
+        let identity = NodeIdentities.Identity(volumeID: "sim//ceph/vm-9999-x", serial: "csi-x", wwn: nil)
+        for _ in 0..<2 { #expect(throws: RPCError.self) { try identities.record(identity) } }
+        #expect(identities.identity(of: identity.volumeID) == nil)
+    }
+}
+
+/// Runs every tool for real but mount, which is killed past its limit (a mount stuck on a dying disk).
+struct StuckMount: CommandRunning {
+    func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult {
+        guard tool == "mount" else { return try await ProcessRunner().run(tool, arguments, timeout: timeout) }
+        return try await ProcessRunner().run("sleep", ["60"], timeout: 0.3)
+    }
 }

@@ -318,7 +318,14 @@ class Api:
             if failure:
                 errors[key] = f"hotplug problem - {failure}"
                 return False
-            change()
+            before = dict(vm.config)
+            try:
+                change()
+            except Exception as error:  # a real QEMU refused (guest mode): the change stays pending
+                vm.config.clear()
+                vm.config.update(before)
+                errors[key] = f"hotplug problem - {error}"
+                return False
             return True
 
         for key in sorted(k for k in vm.pending_delete if k in modified):

@@ -45,12 +45,16 @@ class GuestBridge:
         if vm.vmid != self.vmid:
             return
         with self.lock:
-            if event == "attach":
-                self.plug(vm.config, key, vm.config.get(key, ""), volume)
-            elif event == "detach":
-                self.unplug(vm.config, key)
-            elif event == "resize":
-                self.resize(key, volume.size)
+            try:
+                if event == "attach":
+                    self.plug(vm.config, key, vm.config.get(key, ""), volume)
+                elif event == "detach":
+                    self.unplug(vm.config, key)
+                elif event == "resize":
+                    self.resize(key, volume.size)
+            except (OSError, ValueError):
+                self._qmp = None  # the QMP client closed itself: the next event connects anew
+                raise
 
     # ------------------------------------------------------------------ plug
 

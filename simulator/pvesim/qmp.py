@@ -31,8 +31,13 @@ class QMP:
         message = {"execute": command}
         if arguments:
             message["arguments"] = arguments
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        reply = self._reply()
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+            reply = self._reply()
+        except (OSError, ValueError):
+            # A reply not read now would answer the next command: this connection is done.
+            self.close()
+            raise
         if "error" in reply:
             raise QMPError(command, reply["error"])
         return reply.get("return")
