@@ -340,7 +340,7 @@ extension ProxmoxClient {
     }
 
     public func taskStatus(upid: String) async throws -> TaskStatus {
-        let node = upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
+        let node = UPID.node(of: upid)
         let data = try await call("GET", "/nodes/\(segment(node))/tasks/\(segment(upid))/status")
         return TaskStatus(upid: upid, type: data["type"].string ?? "", running: data["status"].string == "running",
                           exitStatus: data["exitstatus"].string)

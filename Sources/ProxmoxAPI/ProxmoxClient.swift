@@ -237,7 +237,7 @@ public final class ProxmoxClient: Sendable {
     /// `WARNINGS: N` counts as success. Returns the exit status.
     @discardableResult
     public func waitForTask(_ upid: String, timeout: Double = 600, maxPollInterval: Double = 2) async throws -> String {
-        let node = upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
+        let node = UPID.node(of: upid)
         let path = "/nodes/\(FormEncoding.pathSegment(node))/tasks/\(FormEncoding.pathSegment(upid))/status"
         let deadline = now() + timeout
         var interval = 0.05

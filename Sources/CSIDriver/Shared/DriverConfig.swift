@@ -298,7 +298,7 @@ private struct ConfigReader {
 
     func storageID(_ node: Node, _ path: String) throws -> String {
         let value = try string(node, path)
-        guard value.range(of: #"^[a-z][a-z0-9\-_.]*[a-z0-9]$"#, options: .regularExpression) != nil else {
+        guard VolumeHandle.isStorageID(value) else {
             throw fail(path, node, "\"\(value)\" is not a Proxmox storage id (lowercase letters, digits, '-', '_', '.')")
         }
         return value

@@ -48,7 +48,7 @@ extension ControllerService {
     /// Size of a copy VM's disk (the source's size while it is still copying).
     private func size(of copy: CopyVM, fallback: Int64) async throws -> Int64 {
         guard let volid = copy.volid, copy.settled else { return fallback }
-        let storage = String(volid.split(separator: ":", maxSplits: 1).first ?? "")
+        let storage = Volid.storage(of: volid)
         let found = try await volumes.client(copy.vm.cluster).volumes(node: copy.vm.node, storage: storage, vmid: copy.vm.vmid)
         return found.first { $0.volid == volid }?.size ?? fallback
     }
@@ -67,7 +67,7 @@ extension ControllerService {
             guard let (handle, storage, size) = try await volumes.existing(request.sourceVolumeID) else {
                 throw RPCError(.notFound, "source volume \(request.sourceVolumeID) does not exist")
             }
-            let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+            let node = storage.node(for: handle)
             let copy = try await volumes.ensureCopyVM(
                 .snapshot, csiName: request.name, source: request.sourceVolumeID, cluster: handle.cluster, node: node,
                 storage: storage.id, sourceVolid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type),
@@ -163,7 +163,7 @@ extension ControllerService {
         }
 
         // The copy is made on the source's node (its local storage is only there).
-        let node = sourceNode ?? storage.available.keys.sorted().first ?? ""
+        let node = sourceNode ?? storage.anyNode
         guard storage.available[node] != nil else {
             throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the source is")
         }
@@ -175,7 +175,7 @@ extension ControllerService {
         guard copy.settled, let volid = copy.volid else {
             throw RPCError(.unavailable, "volume \(request.name) is still being copied from \(sourceID); try again")
         }
-        let name = String(volid.split(separator: ":", maxSplits: 1).last?.split(separator: "/").last ?? "")
+        let name = Volid.volumeName(of: volid)
         let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : copy.vm.node, storage: storage.id, volume: name)
         let current = try await volumes.size(of: handle, storage: storage) ?? sourceSize
         var response = createdVolume(handle, bytes: max(current, bytes), storage: storage, parameters: parameters)

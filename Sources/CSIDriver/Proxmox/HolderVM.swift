@@ -44,7 +44,7 @@ extension ProxmoxVolumes {
         return try await changingVM(holder) {
             let vmConfig = try await client.vmConfig(node: holder.node, vmid: holder.vmid)
             let key = Self.disks(holding: volid, in: vmConfig.values).first?.key
-                ?? (0..<31).map { "scsi\($0)" }.first { vmConfig[$0] == nil }!
+                ?? DiskBus.scsi.slots.first { vmConfig[$0] == nil }!
             if vmConfig[key] == nil {
                 try await client.updateVMConfig(node: holder.node, vmid: holder.vmid, set: [(key, volid)], digest: vmConfig.digest)
             }

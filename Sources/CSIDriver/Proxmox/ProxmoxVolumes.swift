@@ -146,7 +146,7 @@ public final class ProxmoxVolumes: Sendable {
 
     /// The volume's size if it exists (on its node, or the shared storage).
     func size(of handle: VolumeHandle, storage: StorageRef) async throws -> Int64? {
-        let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+        let node = storage.node(for: handle)
         guard storage.available[node] != nil else { return nil }
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: handle.ownerVMID ?? config.ownerVMID)
@@ -280,7 +280,7 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     func delete(_ handle: VolumeHandle, storage: StorageRef) async throws {
-        let node = handle.node ?? storage.available.keys.sorted().first ?? ""
+        let node = storage.node(for: handle)
         do {
             try await client(handle.cluster).deleteVolume(node: node, storage: storage.id,
                                                           volid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type))

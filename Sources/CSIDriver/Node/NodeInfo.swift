@@ -44,7 +44,7 @@ struct SMBIOSIdentity: Sendable, Equatable {
 
 extension NodeService {
     /// virtio-scsi has 31 slots (scsi0–scsi30), the bus volumes attach to by default.
-    static let scsiSlots: Int64 = 31
+    static let scsiSlots = Int64(DiskBus.scsi.slotCount)
 
     /// The node id the controller resolves to this VM, its topology (region =
     /// cluster, zone = Proxmox node) and how many volumes fit on its SCSI bus.
@@ -103,10 +103,10 @@ extension NodeService {
     /// SCSI slots holding the VM's own disks (anything not owned by another
     /// vmid: its system disk, a CD-ROM); the rest are for volumes.
     static func slotsTakenByOwnDisks(_ config: VMConfig, vmid: Int) -> Int {
-        (0..<Int(scsiSlots)).filter { slot in
-            guard let value = config["scsi\(slot)"] else { return false }
+        DiskBus.scsi.slots.filter { slot in
+            guard let value = config[slot] else { return false }
             let volid = ProxmoxVolumes.volid(of: value)
-            let name = volid.split(separator: ":", maxSplits: 1).last.map { $0.split(separator: "/").last.map(String.init) ?? "" } ?? ""
+            let name = Volid.volumeName(of: volid)
             guard name.hasPrefix("vm-"), let owner = Int(name.dropFirst(3).prefix { $0.isNumber }) else { return true }
             return owner == vmid
         }.count

@@ -1,0 +1,8 @@
+/// A Proxmox task id: `UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`
+/// (pve-common PVE/Tools.pm upid_decode).
+public enum UPID {
+    /// The node that runs the task: its status is asked of that node.
+    public static func node(of upid: String) -> String {
+        upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
+    }
+}
