@@ -28,7 +28,7 @@ driver:
         #expect(config.clusters.map(\.name) == ["pve-main"])
         guard case let .apiToken(id, secret) = config.clusters[0].credentials else { throw SetupError("token expected") }
         #expect(id == "csi@pve!csi" && secret == "super-secret-token-value")
-        #expect(config.profiles["fast"] == DriverConfig.Profile(storage: "local-lvm", bus: "virtio", ssd: true, discard: true, iops: 5000, fsType: "xfs"))
+        #expect(config.profiles["fast"] == DriverConfig.Profile(storage: "local-lvm", disk: DiskOptions(bus: "virtio", ssd: true, discard: true, iops: 5000), fsType: "xfs"))
         #expect(config.ownerVMID == 9998 && config.taskTimeout == 300 && config.requestTimeout == 30)
         #expect(config.warnings.isEmpty)
     }

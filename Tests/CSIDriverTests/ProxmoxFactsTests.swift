@@ -49,4 +49,11 @@ import Testing
     func storageIDsFollowProxmoxsPattern(id: String, valid: Bool) {
         #expect(VolumeHandle.isStorageID(id) == valid)
     }
+
+    @Test func aStorageClassOptionReplacesTheProfilesAndLeavesTheRest() {
+        let profile = DiskOptions(bus: "virtio", cache: "none", iothread: true, iops: 5000)
+        let merged = profile.overridden(by: DiskOptions(cache: "writeback", backup: false))
+        #expect(merged == DiskOptions(bus: "virtio", cache: "writeback", iothread: true, backup: false, iops: 5000))
+        #expect(profile.overridden(by: DiskOptions()) == profile)
+    }
 }

@@ -84,7 +84,7 @@ import UnaryGRPC
         let parameters = try VolumeParameters.parse(["profile": "fast", "diskIOPS": "500", "csi.storage.k8s.io/pv/name": "pv-1"],
                                                     config: config, cluster: "dr")
         #expect(parameters.storage == "ssd-pool")
-        #expect(parameters.iops == 500 && parameters.ssd == true && parameters.fsType == "xfs")
+        #expect(parameters.disk.iops == 500 && parameters.disk.ssd == true && parameters.fsType == "xfs")
         #expect(parameters.diskOptions.map(\.0) == ["discard", "ssd", "iops_rd", "iops_wr"])
     }
 

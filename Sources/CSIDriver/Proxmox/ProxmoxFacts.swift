@@ -9,6 +9,32 @@ enum DiskBus: String, Sendable, CaseIterable {
     var slots: [String] { (0..<slotCount).map { "\(rawValue)\($0)" } }
 }
 
+/// The Proxmox disk options a config profile or a StorageClass can set;
+/// nil is "not said". One value for both, so a profile and a class mean the same.
+public struct DiskOptions: Sendable, Equatable {
+    public var bus: String?
+    public var cache: String?
+    public var ssd: Bool?
+    public var discard: Bool?
+    public var iothread: Bool?
+    public var backup: Bool?
+    public var iops: Int?
+    public var mbps: Int?
+
+    public init(bus: String? = nil, cache: String? = nil, ssd: Bool? = nil, discard: Bool? = nil, iothread: Bool? = nil,
+                backup: Bool? = nil, iops: Int? = nil, mbps: Int? = nil) {
+        (self.bus, self.cache, self.ssd, self.discard) = (bus, cache, ssd, discard)
+        (self.iothread, self.backup, self.iops, self.mbps) = (iothread, backup, iops, mbps)
+    }
+
+    /// These options with every one `other` says put in their place.
+    func overridden(by other: DiskOptions) -> DiskOptions {
+        DiskOptions(bus: other.bus ?? bus, cache: other.cache ?? cache, ssd: other.ssd ?? ssd, discard: other.discard ?? discard,
+                    iothread: other.iothread ?? iothread, backup: other.backup ?? backup, iops: other.iops ?? iops,
+                    mbps: other.mbps ?? mbps)
+    }
+}
+
 /// A Proxmox volume id, `<storage>:<volume>` (`<storage>:<vmid>/<file>` on
 /// file storages), pve-storage PVE/Storage.pm parse_volume_id.
 enum Volid {

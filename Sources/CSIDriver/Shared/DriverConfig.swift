@@ -27,14 +27,7 @@ public struct DriverConfig: Sendable {
         /// The Proxmox storage, for every cluster unless `storagePerCluster` says otherwise.
         public var storage: String?
         public var storagePerCluster: [String: String] = [:]
-        public var bus: String?
-        public var cache: String?
-        public var ssd: Bool?
-        public var discard: Bool?
-        public var iothread: Bool?
-        public var backup: Bool?
-        public var iops: Int?
-        public var mbps: Int?
+        public var disk = DiskOptions()
         public var fsType: String?
 
         public func storage(forCluster cluster: String) -> String? { storagePerCluster[cluster] ?? storage }
@@ -278,15 +271,15 @@ private struct ConfigReader {
                 for (cluster, storage) in try mapping(value, keyPath, allowed: clusters) {
                     profile.storagePerCluster[cluster] = try storageID(storage, "\(keyPath).\(cluster)")
                 }
-            case "bus": profile.bus = try oneOf(value, keyPath, ["scsi", "virtio"])
-            case "cache": profile.cache = try oneOf(value, keyPath, ["none", "writethrough", "writeback", "directsync", "unsafe"])
+            case "bus": profile.disk.bus = try oneOf(value, keyPath, ["scsi", "virtio"])
+            case "cache": profile.disk.cache = try oneOf(value, keyPath, ["none", "writethrough", "writeback", "directsync", "unsafe"])
             case "fsType": profile.fsType = try oneOf(value, keyPath, ["xfs", "ext4"])
-            case "ssd": profile.ssd = try bool(value, keyPath)
-            case "discard": profile.discard = try bool(value, keyPath)
-            case "iothread": profile.iothread = try bool(value, keyPath)
-            case "backup": profile.backup = try bool(value, keyPath)
-            case "iops": profile.iops = try int(value, keyPath, 1...10_000_000)
-            default: profile.mbps = try int(value, keyPath, 1...100_000)
+            case "ssd": profile.disk.ssd = try bool(value, keyPath)
+            case "discard": profile.disk.discard = try bool(value, keyPath)
+            case "iothread": profile.disk.iothread = try bool(value, keyPath)
+            case "backup": profile.disk.backup = try bool(value, keyPath)
+            case "iops": profile.disk.iops = try int(value, keyPath, 1...10_000_000)
+            default: profile.disk.mbps = try int(value, keyPath, 1...100_000)
             }
         }
         if profile.storage == nil, !clusters.isSubset(of: Set(profile.storagePerCluster.keys)) {

@@ -8,14 +8,9 @@ public struct VolumeParameters: Sendable, Equatable {
     public var storage: String
     public var profile: String?
     public var fsType: String = "ext4"
-    public var bus: String = "scsi"
-    public var cache: String?
-    public var ssd: Bool?
-    public var discard: Bool?
-    public var iothread: Bool?
-    public var backup: Bool?
-    public var iops: Int?
-    public var mbps: Int?
+    /// The profile's options with the StorageClass's own in their place.
+    public var disk = DiskOptions()
+    public var bus: String { disk.bus ?? "scsi" }
     public var blockSize: Int?
     public var inodeSize: Int?
 
@@ -68,17 +63,7 @@ public struct VolumeParameters: Sendable, Equatable {
         guard VolumeHandle.isStorageID(storage) else { throw invalid("storage", "\"\(storage)\" is not a Proxmox storage id") }
 
         var result = VolumeParameters(storage: storage, profile: parameters["profile"])
-        if let profile {
-            result.bus = profile.bus ?? result.bus
-            result.cache = profile.cache
-            result.ssd = profile.ssd
-            result.discard = profile.discard
-            result.iothread = profile.iothread
-            result.backup = profile.backup
-            result.iops = profile.iops
-            result.mbps = profile.mbps
-            result.fsType = profile.fsType ?? result.fsType
-        }
+        result.fsType = profile?.fsType ?? result.fsType
 
         func bool(_ key: String) throws(RPCError) -> Bool? {
             guard let value = parameters[key] else { return nil }
@@ -102,16 +87,14 @@ public struct VolumeParameters: Sendable, Equatable {
         }
 
         result.fsType = try choice(fsTypeKey, ["xfs", "ext4"]) ?? result.fsType
-        result.bus = try choice("bus", ["scsi", "virtio"]) ?? result.bus
-        result.cache = try choice("cache", ["none", "writethrough", "writeback", "directsync", "unsafe"]) ?? result.cache
-        result.ssd = try bool("ssd") ?? result.ssd
-        result.discard = try bool("discard") ?? result.discard
-        result.iothread = try bool("iothread") ?? result.iothread
-        result.backup = try bool("backup") ?? result.backup
-        result.iops = try number("diskIOPS", 1...10_000_000) ?? result.iops
-        result.mbps = try number("diskMBps", 1...100_000) ?? result.mbps
+        let given = DiskOptions(
+            bus: try choice("bus", ["scsi", "virtio"]),
+            cache: try choice("cache", ["none", "writethrough", "writeback", "directsync", "unsafe"]),
+            ssd: try bool("ssd"), discard: try bool("discard"), iothread: try bool("iothread"), backup: try bool("backup"),
+            iops: try number("diskIOPS", 1...10_000_000), mbps: try number("diskMBps", 1...100_000))
+        result.disk = (profile?.disk ?? DiskOptions()).overridden(by: given)
         // qemu-server Drive.pm: the virtio drive format has no ssd key (scsi, sata and ide have).
-        if result.bus == "virtio", result.ssd == true {
+        if result.bus == "virtio", result.disk.ssd == true {
             throw invalid("ssd", "cannot be true with bus virtio: Proxmox's virtio-blk disks have no ssd option (use bus scsi)")
         }
         if let size = try number("blockSize", 512...65_536) {
@@ -129,13 +112,13 @@ public struct VolumeParameters: Sendable, Equatable {
     /// reads them back (csi-attacher passes the context) to set disk options.
     public var context: [String: String] {
         var out = ["storage": storage, "bus": bus, Self.fsTypeKey: fsType]
-        if let cache { out["cache"] = cache }
-        if let ssd { out["ssd"] = String(ssd) }
-        if let discard { out["discard"] = String(discard) }
-        if let iothread { out["iothread"] = String(iothread) }
-        if let backup { out["backup"] = String(backup) }
-        if let iops { out["diskIOPS"] = String(iops) }
-        if let mbps { out["diskMBps"] = String(mbps) }
+        if let cache = disk.cache { out["cache"] = cache }
+        if let ssd = disk.ssd { out["ssd"] = String(ssd) }
+        if let discard = disk.discard { out["discard"] = String(discard) }
+        if let iothread = disk.iothread { out["iothread"] = String(iothread) }
+        if let backup = disk.backup { out["backup"] = String(backup) }
+        if let iops = disk.iops { out["diskIOPS"] = String(iops) }
+        if let mbps = disk.mbps { out["diskMBps"] = String(mbps) }
         if let blockSize { out["blockSize"] = String(blockSize) }
         if let inodeSize { out["inodeSize"] = String(inodeSize) }
         return out
@@ -144,14 +127,14 @@ public struct VolumeParameters: Sendable, Equatable {
     /// The options of a Proxmox disk value (`serial` and `wwn` are added by the attacher).
     public var diskOptions: [(String, String)] {
         var options: [(String, String)] = []
-        if let cache { options.append(("cache", cache)) }
-        if let discard { options.append(("discard", discard ? "on" : "ignore")) }
+        if let cache = disk.cache { options.append(("cache", cache)) }
+        if let discard = disk.discard { options.append(("discard", discard ? "on" : "ignore")) }
         // Only buses whose drive format has the key (never virtio: Proxmox refuses the write).
-        if let ssd, bus == "scsi" { options.append(("ssd", ssd ? "1" : "0")) }
-        if let iothread { options.append(("iothread", iothread ? "1" : "0")) }
-        if let backup { options.append(("backup", backup ? "1" : "0")) }
-        if let iops { options += [("iops_rd", String(iops)), ("iops_wr", String(iops))] }
-        if let mbps { options += [("mbps_rd", String(mbps)), ("mbps_wr", String(mbps))] }
+        if let ssd = disk.ssd, bus == "scsi" { options.append(("ssd", ssd ? "1" : "0")) }
+        if let iothread = disk.iothread { options.append(("iothread", iothread ? "1" : "0")) }
+        if let backup = disk.backup { options.append(("backup", backup ? "1" : "0")) }
+        if let iops = disk.iops { options += [("iops_rd", String(iops)), ("iops_wr", String(iops))] }
+        if let mbps = disk.mbps { options += [("mbps_rd", String(mbps)), ("mbps_wr", String(mbps))] }
         return options
     }
 }
