@@ -1,11 +1,12 @@
 import ProxmoxAPI
 import UnaryGRPC
 
-/// Proxmox errors as CSI status codes, decided here and nowhere else.
-/// `what` says which operation on which object, so every message names it.
+/// Proxmox and domain errors as CSI status codes, decided here and nowhere
+/// else. `what` says which operation on which object, so every message names it.
 func rpcError(_ error: any Error, _ what: String) -> RPCError {
     if let error = error as? RPCError { return error }
     if error is CancellationError { return RPCError(.cancelled, "\(what): cancelled") }
+    if let error = error as? DomainError { return RPCError(error.rpcError.code, "\(what): \(error)", cause: error) }
     guard let error = error as? ProxmoxError else { return RPCError(.internal, "\(what): \(error)", cause: error) }
     let message = "\(what): \(error)"
     switch error {
@@ -17,5 +18,19 @@ func rpcError(_ error: any Error, _ what: String) -> RPCError {
     case .proxy, .transport, .taskTimedOut: return RPCError(.unavailable, message, cause: error)
     case .invalidParameters, .badRequest: return RPCError(.invalidArgument, message, cause: error)
     case .taskFailed, .server, .malformedResponse: return RPCError(.internal, message, cause: error)
+    }
+}
+
+/// A domain error that reaches the gRPC layer without an operation's context still gets its code.
+extension DomainError: RPCErrorConvertible {
+    var rpcError: RPCError {
+        let code: StatusCode = switch self {
+        case .notFound: .notFound
+        case .conflict: .failedPrecondition
+        case .busy: .aborted
+        case .notYet: .unavailable
+        case .inconsistent: .internal
+        }
+        return RPCError(code, description, cause: self)
     }
 }

@@ -165,7 +165,7 @@ extension ProxmoxVolumes {
                 let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" }
                 let ours = self.creating.withLock { $0 }  // read after the listing: our creations are in it by then
                 if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
-                    throw RPCError(.aborted, "VM \(other.vmid) is being created and has no name yet; it may be \(name) "
+                    throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
                         + "from an earlier attempt: try again shortly")
                 }
                 let vmid = try await self.createVM(
@@ -173,7 +173,7 @@ extension ProxmoxVolumes {
                     description: CopyVM.description(kind, csiName: csiName, source: source, createdAt: Int64(Date().timeIntervalSince1970)),
                     what: "a VM for \(csiName)")
                 guard let made = try await self.copyVM(VMRef(cluster: cluster, node: node, vmid: vmid, name: name)) else {
-                    throw RPCError(.internal, "the copy VM \(vmid) for \(csiName) vanished while it was being created")
+                    throw DomainError.inconsistent("the copy VM \(vmid) for \(csiName) vanished while it was being created")
                 }
                 copy = made
             }
@@ -189,7 +189,7 @@ extension ProxmoxVolumes {
                     return copy
                 }
                 guard let imported = try await self.copyVM(vm), imported.volid != nil else {
-                    throw RPCError(.unavailable, "the copy into VM \(vm.vmid) for \(csiName) did not appear; try again")
+                    throw DomainError.notYet("the copy into VM \(vm.vmid) for \(csiName) did not appear; try again")
                 }
                 copy = imported
             }
@@ -203,7 +203,7 @@ extension ProxmoxVolumes {
             try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1")], delete: ["scsi0"])
             self.invalidate(cluster)
             guard let settled = try await self.copyVM(vm) else {
-                throw RPCError(.internal, "the copy VM \(vm.vmid) for \(csiName) vanished while it was being settled")
+                throw DomainError.inconsistent("the copy VM \(vm.vmid) for \(csiName) vanished while it was being settled")
             }
             return settled
         }

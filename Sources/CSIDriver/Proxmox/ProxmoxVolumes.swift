@@ -56,9 +56,9 @@ public final class ProxmoxVolumes: Sendable {
         self.cacheSeconds = cacheSeconds
     }
 
-    func client(_ cluster: String) throws(RPCError) -> ProxmoxClient {
+    func client(_ cluster: String) throws(DomainError) -> ProxmoxClient {
         guard let client = clusters.clients[cluster] else {
-            throw RPCError(.notFound, "cluster \"\(cluster)\" is not in the driver's config")
+            throw DomainError.notFound("cluster \"\(cluster)\" is not in the driver's config")
         }
         return client
     }
@@ -109,7 +109,7 @@ public final class ProxmoxVolumes: Sendable {
                 let vms = try await vms(cluster, fresh: fresh).filter { !$0.isTemplate }
                 let named = vms.filter { $0.name == key }
                 if named.count > 1 {
-                    throw RPCError(.failedPrecondition, "node id \(nodeID) matches \(named.count) VMs named \"\(key)\" in cluster \(cluster) "
+                    throw DomainError.conflict("node id \(nodeID) matches \(named.count) VMs named \"\(key)\" in cluster \(cluster) "
                         + "(vmids \(named.map { String($0.vmid) }.joined(separator: ", "))): rename all but the node's VM")
                 }
                 if let match = named.first ?? Int(key).flatMap({ id in vms.first { $0.vmid == id } }) {

@@ -31,7 +31,7 @@ extension ProxmoxVolumes {
                     throw error
                 }
             }
-            throw RPCError(.unavailable, "could not create \(what): vmids kept being taken by others")
+            throw DomainError.notYet("could not create \(what): vmids kept being taken by others")
         }
         defer { creating.withLock { _ = $0.remove("\(cluster)/\(vmid)") } }
         if let upid { _ = try await client.waitForTask(upid) }
