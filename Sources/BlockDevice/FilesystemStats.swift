@@ -102,7 +102,8 @@ public enum DeviceFacts {
         return "\(major):\(minor)"
     }
 
-    private static func failure(_ what: String) -> Failure {
+    /// `what` and the current errno, as every system call of this module reports one.
+    static func failure(_ what: String) -> Failure {
         let code = errno
         return Failure(description: "\(what): \(String(cString: strerror(code)))", code: code)
     }

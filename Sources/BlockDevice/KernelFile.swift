@@ -7,14 +7,9 @@ import Glibc
 /// early: /proc/self/mountinfo of a kubelet node with a few dozen pod mounts
 /// came back cut at about 4 KiB, and the node then missed its own mounts.
 public enum KernelFile {
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-        public let code: Int32
-    }
-
-    public static func bytes(_ path: String) throws(Failure) -> [UInt8] {
+    public static func bytes(_ path: String) throws(DeviceFacts.Failure) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw failure("open \(path)") }
+        guard fd >= 0 else { throw DeviceFacts.failure("open \(path)") }
         defer { close(fd) }
         var contents: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -25,12 +20,12 @@ public enum KernelFile {
             } else if count == 0 {
                 return contents
             } else if errno != EINTR {
-                throw failure("read \(path)")
+                throw DeviceFacts.failure("read \(path)")
             }
         }
     }
 
-    public static func text(_ path: String) throws(Failure) -> String {
+    public static func text(_ path: String) throws(DeviceFacts.Failure) -> String {
         String(decoding: try bytes(path), as: UTF8.self)
     }
 
@@ -41,10 +36,5 @@ public enum KernelFile {
         while let last = trimmed.last, last.isWhitespace || last.isNewline { trimmed.removeLast() }
         while let first = trimmed.first, first.isWhitespace || first.isNewline { trimmed.removeFirst() }
         return String(trimmed)
-    }
-
-    private static func failure(_ what: String) -> Failure {
-        let code = errno
-        return Failure(description: "\(what): \(String(cString: strerror(code)))", code: code)
     }
 }

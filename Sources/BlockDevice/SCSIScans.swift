@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Synchronization
 
 /// Scans of one LUN on the guest's virtio-scsi hosts, for a hot-plug event
@@ -32,7 +33,7 @@ final class SCSIScans: Sendable {
     /// The SCSI hosts virtio-scsi drives (`proc_name`), by name.
     func virtioSCSIHosts() -> [String] {
         let hosts = sysRoot + "/class/scsi_host"
-        return ((try? DirectoryListing.names(hosts)) ?? []).filter {
+        return ((try? FileManager.default.contentsOfDirectory(atPath: hosts)) ?? []).sorted().filter {
             KernelFile.value(hosts + "/" + $0 + "/proc_name") == "virtio_scsi"
         }
     }
@@ -43,23 +44,5 @@ final class SCSIScans: Sendable {
         guard fd >= 0 else { return }
         defer { close(fd) }
         _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
-    }
-}
-
-/// Directory entries without Foundation, for sysfs.
-enum DirectoryListing {
-    struct Failure: Error {
-        let code: Int32
-    }
-
-    static func names(_ path: String) throws(Failure) -> [String] {
-        guard let directory = opendir(path) else { throw Failure(code: errno) }
-        defer { closedir(directory) }
-        var names: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != ".", name != ".." { names.append(name) }
-        }
-        return names.sorted()
     }
 }

@@ -31,6 +31,7 @@ VMID, VM_NAME = 100, "k8s-node-1"
 TOKEN = ("csi@pve!csi", "5ba0d1b4-8d0e-4c61-9a8f-3d2f1c7e6b21")  # the default scenario's
 # The node is not named like its VM: NodeGetInfo must find the VM by the SMBIOS uuid QEMU shows.
 GUEST_NODE_NAME = "guest-node"
+SCSIHW = {"scsihw": "virtio-scsi-pci"}  # the VM config the direct plugs follow
 
 
 def config_yaml(url):
@@ -81,10 +82,7 @@ class Bed:
         self.direct = GuestBridge(VMID, self.vm.qmp_socket("bridge-tests"))
         # The VM's own disk, scsi0 at LUN 0, as every such VM has: a host holding a LUN 0 is
         # what made a wildcard SCSI scan take seconds (6 s under TCG, ~10 s seen in a guest).
-        boot = workdir / "vm-100-disk-0.raw"
-        with open(boot, "wb") as f:
-            f.truncate(64 << 20)
-        self.direct.plug({"scsihw": "virtio-scsi-pci"}, "scsi0", "local-lvm:vm-100-disk-0", type("Volume", (), {"path": str(boot)}))
+        self.plug("scsi0")
         # Proxmox's scsihw for these VMs: one virtio-scsi controller, every disk a LUN on it.
         self.sim("PUT", "/_sim/vm-config", vmid=VMID, key="scsihw", value="virtio-scsi-pci")
         # The guest reaches the host's loopback at QEMU's gateway address.
@@ -99,6 +97,25 @@ class Bed:
         self.controller_channel = grpc.insecure_channel(f"unix://{socket}")
         self.controller = csi_pb2_grpc.ControllerStub(self.controller_channel)
         wait_for_probe(self.controller_channel, "the controller")
+
+    def plug(self, key, serial=None, wwn=None, size_mib=64):
+        """A disk of its own (a file here) plugged with qemu-server's commands, past the controller."""
+        path = self.workdir / f"direct-{key}-{os.urandom(3).hex()}.raw"
+        with open(path, "wb") as f:
+            f.truncate(size_mib << 20)
+        options = "".join(f",{k}={v}" for k, v in (("serial", serial), ("wwn", wwn)) if v)
+        self.direct.plug(SCSIHW, key, f"direct:{path.name}{options}", type("Volume", (), {"path": str(path)}))
+
+    def unplug(self, key):
+        self.direct.unplug(SCSIHW, key)
+
+    def mounted_source(self, path):
+        """What the guest's own mount table has mounted at `path`, or None."""
+        for line in self.vm.sh_ok("cat /proc/self/mountinfo").splitlines():
+            fields = line.split()
+            if fields[4] == path:
+                return fields[fields.index("-") + 2]
+        return None
 
     def restart_node(self, *flags, config=None):
         """Runs the guest's node service again with `flags` (and a config file)."""

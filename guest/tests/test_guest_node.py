@@ -89,11 +89,7 @@ class Volume:
 
     def guest_device(self):
         """The guest's device for the staged filesystem, from the guest's own mount table."""
-        for line in self.bed.vm.sh_ok("cat /proc/self/mountinfo").splitlines():
-            fields = line.split()
-            if fields[4] == self.staging:
-                return fields[fields.index("-") + 2]
-        return None
+        return self.bed.mounted_source(self.staging)
 
 
 @pytest.fixture(scope="module")
@@ -221,21 +217,6 @@ def test_an_unplug_while_staged_is_an_abnormal_condition_and_unstage_still_clean
     assert volume.guest_device() is None
 
 
-def plug_direct(bed, key, serial=None, wwn=None, size_mib=64):
-    """A disk plugged with qemu-server's commands, past the controller (a file of its own on the host)."""
-    path = bed.workdir / f"direct-{key}-{uuid.uuid4().hex[:6]}.raw"
-    with open(path, "wb") as f:
-        f.truncate(size_mib << 20)
-    options = ",".join(f"{k}={v}" for k, v in (("serial", serial), ("wwn", wwn)) if v)
-    bed.direct.plug({"scsihw": "virtio-scsi-pci"}, key, f"direct:{path.name}" + ("," + options if options else ""),
-                    type("Volume", (), {"path": str(path)}))
-    return path
-
-
-def unplug_direct(bed, key):
-    bed.direct.unplug({"scsihw": "virtio-scsi-pci"}, key)
-
-
 def direct_volume_id(name):
     return f"sim//ceph/vm-9999-{name}"
 
@@ -247,14 +228,6 @@ def stage_direct(bed, volume_id, context, staging, fs_type="ext4", timeout=60):
         volume_capability=mount_capability(fs_type)), timeout=timeout)
 
 
-def mounted_source(bed, path):
-    for line in bed.vm.sh_ok("cat /proc/self/mountinfo").splitlines():
-        fields = line.split()
-        if fields[4] == path:
-            return fields[fields.index("-") + 2]
-    return None
-
-
 def unstage_direct(bed, volume_id, staging):
     bed.node.NodeUnstageVolume(csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging), timeout=60)
 
@@ -263,17 +236,17 @@ def test_two_disks_with_near_identical_serials_are_told_apart(bed, node_id):
     # virtio-blk shows at most 20 bytes of a serial; these differ in the last one.
     serials = {"virtio8": "csi-0123456789abcdef", "virtio9": "csi-0123456789abcdee"}
     for key, serial in serials.items():
-        plug_direct(bed, key, serial=serial)
+        bed.plug(key, serial=serial)
     try:
         for key, serial in serials.items():
             staging = f"{KUBELET}/plugins/near/{key}"
             stage_direct(bed, direct_volume_id(key), {"serial": serial, "bus": "virtio"}, staging)
-            device = mounted_source(bed, staging)
+            device = bed.mounted_source(staging)
             assert bed.vm.sh_ok(f"cat /sys/block/{device[5:]}/serial").strip() == serial
             unstage_direct(bed, direct_volume_id(key), staging)
     finally:
         for key in serials:
-            unplug_direct(bed, key)
+            bed.unplug(key)
 
 
 def test_a_disk_plugged_seconds_after_node_stage_started_is_found_and_other_calls_go_on(bed, node_id):
@@ -291,13 +264,13 @@ def test_a_disk_plugged_seconds_after_node_stage_started_is_found_and_other_call
         for _ in range(5):
             bed.identity.Probe(csi_pb2.ProbeRequest(), timeout=1)
             bed.node.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=1)
-        plug_direct(bed, "scsi20", serial=serial)
+        bed.plug("scsi20", serial=serial)
         try:
             stages[0].result(timeout=60)
-            assert mounted_source(bed, staging).startswith("/dev/sd")
+            assert bed.mounted_source(staging).startswith("/dev/sd")
             unstage_direct(bed, volume_id, staging)
         finally:
-            unplug_direct(bed, "scsi20")
+            bed.unplug("scsi20")
         for never in stages[1:]:
             assert never.result(timeout=60)[0] == grpc.StatusCode.NOT_FOUND
 
@@ -305,15 +278,15 @@ def test_a_disk_plugged_seconds_after_node_stage_started_is_found_and_other_call
 def test_a_disk_attached_the_way_proxmox_csi_plugin_attaches_is_found_by_its_slot_wwn(bed, node_id):
     # proxmox-csi-plugin pkg/csi/utils.go attachVolume: wwn = hex("PVC-ID%02d" % lun), no serial.
     wwn = "0x" + "PVC-ID07".encode().hex()
-    plug_direct(bed, "scsi7", wwn=wwn)
+    bed.plug("scsi7", wwn=wwn)
     staging = f"{KUBELET}/plugins/plugin-made/scsi7"
     try:
         stage_direct(bed, direct_volume_id("plugin-made"), {"wwn": wwn, "lun": "7"}, staging)
-        device = mounted_source(bed, staging)
+        device = bed.mounted_source(staging)
         assert bed.vm.sh_ok(f"cat /sys/block/{device[5:]}/device/wwid").strip() == "naa." + wwn[2:]
         unstage_direct(bed, direct_volume_id("plugin-made"), staging)
     finally:
-        unplug_direct(bed, "scsi7")
+        bed.unplug("scsi7")
 
 
 def test_hundreds_of_mounts_on_the_node_hide_nothing(bed, volumes):
