@@ -47,6 +47,13 @@ let package = Package(
             dependencies: ["CCurl"],
             swiftSettings: strict
         ),
+        // The Proxmox domain: volumes and handles, VM disk slots, batched config
+        // writes, copy/holder/option VMs. Knows no CSI and no gRPC; its errors are its own.
+        .target(
+            name: "ProxmoxDomain",
+            dependencies: ["ProxmoxAPI"],
+            swiftSettings: strict
+        ),
         // Block devices on the node: mounts, probing, formatting. Knows no CSI.
         .target(
             name: "BlockDevice",
@@ -63,7 +70,7 @@ let package = Package(
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "BlockDevice", "Metrics",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "BlockDevice", "Metrics",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -73,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "Metrics",
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -92,7 +99,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CSIDriverTests",
-            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", "BlockDevice", "ProxmoxAPI", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", "BlockDevice", "ProxmoxAPI", "ProxmoxDomain", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ],

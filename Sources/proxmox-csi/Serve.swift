@@ -5,6 +5,7 @@ import ArgumentParser
 import CSIDriver
 import Logging
 import Metrics
+import ProxmoxDomain
 import UnaryGRPC
 
 extension DriverMode: ExpressibleByArgument {}
@@ -149,11 +150,11 @@ struct Serve: ParsableCommand {
             let loaded = try DriverConfig.load(path: config)
             for warning in loaded.warnings { logger.warning("config", metadata: ["config.warning": "\(warning)"]) }
             let clusters = ProxmoxClusters(config: loaded, metrics: metrics)
-            volumes = ProxmoxVolumes(clusters: clusters)
+            volumes = ProxmoxVolumes(clusters: clusters.ordered, ownerVMID: loaded.ownerVMID, taskTimeout: loaded.taskTimeout)
             if mode.servesController {
                 readiness = clusters.readiness
                 keepAlive = clusters.keepReadinessCurrent()
-                controller = ControllerService(volumes: volumes!)
+                controller = ControllerService(volumes: volumes!, config: loaded)
             }
         }
         defer { keepAlive?.cancel() }

@@ -1,4 +1,5 @@
 @testable import CSIDriver
+@testable import ProxmoxDomain
 import Foundation
 import ProxmoxAPI
 import Testing

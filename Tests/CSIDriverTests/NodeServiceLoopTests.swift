@@ -1,5 +1,6 @@
 import BlockDevice
 @testable import CSIDriver
+@testable import ProxmoxDomain
 import CSIProto
 import Foundation
 import ProxmoxAPI

@@ -1,4 +1,5 @@
 @testable import CSIDriver
+@testable import ProxmoxDomain
 import ProxmoxAPI
 import Testing
 

@@ -1,4 +1,5 @@
 @testable import CSIDriver
+@testable import ProxmoxDomain
 import ProxmoxAPI
 import CSIProto
 import Testing
@@ -221,13 +222,13 @@ import UnaryGRPC
         #expect(ProxmoxVolumes.disks(holding: "ceph:vm-9999-gone", in: config) == ["scsi1"])
         #expect(ProxmoxVolumes.disks(holding: "ceph:vm-9999-new", in: config) == ["scsi2"])
         #expect(config.isSettled("scsi0") && !config.isSettled("scsi1") && !config.isSettled("scsi2"))
-        #expect(ControllerService.hotplugWithoutDisk(config) == "network,usb")
+        #expect(config.hotplugWithoutDisk == "network,usb")
     }
 
     @Test(arguments: [(nil, nil), ("1", nil), ("network,disk", nil), ("0", "0"), ("network,usb", "network,usb"), ("cpu", "cpu")] as [(String?, String?)])
     func hotplugOptionsThatLeaveOutDisks(hotplug: String?, leftOut: String?) {
         let config = VMConfig(values: hotplug.map { ["hotplug": $0] } ?? [:], digest: "d")
-        #expect(ControllerService.hotplugWithoutDisk(config) == leftOut)
+        #expect(config.hotplugWithoutDisk == leftOut)
     }
 
     @Test func onlyErrorsThatMayComeFromOneEditSplitABatch() {

@@ -1,4 +1,5 @@
 import ProxmoxAPI
+import ProxmoxDomain
 import UnaryGRPC
 
 /// Proxmox and domain errors as CSI status codes, decided here and nowhere
@@ -23,12 +24,14 @@ func rpcError(_ error: any Error, _ what: String) -> RPCError {
 
 /// A domain error that reaches the gRPC layer without an operation's context still gets its code.
 extension DomainError: RPCErrorConvertible {
-    var rpcError: RPCError {
+    package var rpcError: RPCError {
         let code: StatusCode = switch self {
         case .notFound: .notFound
         case .conflict: .failedPrecondition
         case .busy: .aborted
         case .notYet: .unavailable
+        case .exists: .alreadyExists
+        case .exhausted: .resourceExhausted
         case .inconsistent: .internal
         }
         return RPCError(code, description, cause: self)

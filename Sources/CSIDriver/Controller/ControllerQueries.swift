@@ -1,6 +1,7 @@
 import CSIProto
 import Foundation
 import ProxmoxAPI
+import ProxmoxDomain
 import SwiftProtobuf
 import UnaryGRPC
 

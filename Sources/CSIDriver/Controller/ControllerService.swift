@@ -1,6 +1,7 @@
 import CSIProto
 import Foundation
 import ProxmoxAPI
+import ProxmoxDomain
 import SwiftProtobuf
 import UnaryGRPC
 
@@ -9,18 +10,26 @@ public enum TopologyKey {
     public static let zone = "topology.kubernetes.io/zone"
 }
 
+extension VolumeHandle {
+    /// Where the volume can be used: the cluster, and the node for local storage.
+    var topologySegments: [String: String] {
+        node.map { [TopologyKey.region: cluster, TopologyKey.zone: $0] } ?? [TopologyKey.region: cluster]
+    }
+}
+
 /// The CSI Controller service: thin translations of CSI onto ProxmoxVolumes.
 public struct ControllerService: Sendable {
     let volumes: ProxmoxVolumes
-    var config: DriverConfig { volumes.config }
+    let config: DriverConfig
 
     static let mebibyte: Int64 = 1 << 20
     static let gibibyte: Int64 = 1 << 30
     /// Sizes are rounded up to this: LVM's extent size, a multiple of every other storage's granule.
     static let allocationUnit: Int64 = 4 * mebibyte
 
-    public init(volumes: ProxmoxVolumes) {
+    public init(volumes: ProxmoxVolumes, config: DriverConfig) {
         self.volumes = volumes
+        self.config = config
     }
 
     public static let capabilities: [Csi_V1_ControllerServiceCapability.RPC.TypeEnum] = [

@@ -1,4 +1,5 @@
 import Foundation
+import ProxmoxDomain
 import Synchronization
 import UnaryGRPC
 

@@ -2,6 +2,7 @@ import BlockDevice
 import CSIProto
 import Foundation
 import ProxmoxAPI
+import ProxmoxDomain
 import UnaryGRPC
 
 /// What SMBIOS says about this VM: Proxmox sets it from the VM's `smbios1`.
@@ -91,7 +92,7 @@ extension NodeService {
             if !known || identity.matches(SMBIOSIdentity(smbios1: namedConfig["smbios1"] ?? "")) { return (named, namedConfig) }
         }
         guard identity.uuid != nil || identity.serial != nil else { return nil }
-        for cluster in volumes.config.clusters.map(\.name) {
+        for cluster in volumes.clusterNames {
             for vm in try await volumes.vms(cluster) where vm != named {
                 let candidate = try await config(of: vm)
                 if identity.matches(SMBIOSIdentity(smbios1: candidate["smbios1"] ?? "")) { return (vm, candidate) }

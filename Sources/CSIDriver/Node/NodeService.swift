@@ -1,5 +1,6 @@
 import BlockDevice
 import CSIProto
+import ProxmoxDomain
 import UnaryGRPC
 
 /// Where the node service looks and what it may touch.

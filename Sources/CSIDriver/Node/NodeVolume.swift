@@ -1,6 +1,7 @@
 import BlockDevice
 import CSIProto
 import Foundation
+import ProxmoxDomain
 import UnaryGRPC
 
 /// The disk a volume id stands for, as the guest sees it: the serial (and

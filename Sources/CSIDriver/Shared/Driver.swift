@@ -1,4 +1,5 @@
 import CSIProto
+import ProxmoxDomain
 import UnaryGRPC
 
 /// Assembles the services a mode serves into one router.

@@ -1,5 +1,6 @@
 import Foundation
 import ProxmoxAPI
+import ProxmoxDomain
 import Yams
 
 /// The driver's config file: which Proxmox clusters to use and how, named

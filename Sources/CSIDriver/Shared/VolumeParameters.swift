@@ -1,4 +1,5 @@
 import CSIProto
+import ProxmoxDomain
 import UnaryGRPC
 
 /// What a StorageClass asks for, validated: the storage (directly or through

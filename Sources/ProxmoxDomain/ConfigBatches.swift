@@ -4,20 +4,20 @@ import Synchronization
 /// A VM's config as a batch changes it: what the config held when read
 /// (current values and pending additions, `VMConfig.held`), and the values
 /// with the edits so far applied.
-struct ConfigDraft {
+package struct ConfigDraft {
     /// The config as read, with its pending changes.
-    let config: VMConfig
-    let read: [String: String]
-    var values: [String: String]
+    package let config: VMConfig
+    package let read: [String: String]
+    package var values: [String: String]
     /// Keys whose pending change is dropped (`revert`): a detach left pending
     /// that a new attach of the same volume cancels.
-    var revert: Set<String> = []
+    package var revert: Set<String> = []
     /// Keys to send again although their value is unchanged: qemu-server's
     /// update_vm marks a key it is sent as modified even when the value equals
     /// its pending one, so its hot-plug is tried again (a plug that failed).
-    var resend: Set<String> = []
+    package var resend: Set<String> = []
 
-    init(config: VMConfig) {
+    package init(config: VMConfig) {
         self.config = config
         read = config.held
         values = read
@@ -27,10 +27,10 @@ struct ConfigDraft {
     /// began. A slot a detach in this batch frees is taken only by a later
     /// write: one write that swapped a disk in place would have Proxmox unplug
     /// one volume and plug another into the same device.
-    func isFree(_ key: String) -> Bool { values[key] == nil && read[key] == nil }
+    package func isFree(_ key: String) -> Bool { values[key] == nil && read[key] == nil }
 
     /// Whether an edit earlier in this batch freed `key`: free for the next write.
-    func isFreedInThisBatch(_ key: String) -> Bool { values[key] == nil && read[key] != nil }
+    package func isFreedInThisBatch(_ key: String) -> Bool { values[key] == nil && read[key] != nil }
 }
 
 /// One caller's change to a VM's config, made on the batch's draft. It throws
@@ -38,14 +38,14 @@ struct ConfigDraft {
 /// error and the rest of the batch goes on without it. It throws
 /// `ConfigBatches.NextWrite` to go in the next write instead (it needs a slot
 /// this batch frees).
-typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
+package typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
 
 /// Merges concurrent edits of one VM's config into one write. Every write is
 /// a Proxmox task that takes the VM's config lock and hot-plugs what changed,
 /// so writes to one VM run one after another however many callers wait; edits
 /// that arrive while a write runs go together in the next one. Forty pods'
 /// volumes landing on one node are then a handful of tasks, not forty.
-final class ConfigBatches: Sendable {
+package final class ConfigBatches: Sendable {
     private struct Waiting {
         let edit: ConfigEdit
         let continuation: CheckedContinuation<VMRef, any Error>
@@ -57,15 +57,15 @@ final class ConfigBatches: Sendable {
     /// that VM; the caller that adds the key starts the writer.
     private let queued = Mutex<[String: [Waiting]]>([:])
     /// How often a write is redone when the config changed under it.
-    static let attempts = 5
+    package static let attempts = 5
 
     /// Thrown by an edit that can be made once this batch's write is done.
-    struct NextWrite: Error {}
+    package struct NextWrite: Error {}
 
     /// Applies `edit` to the VM's config, together with whatever other edits
     /// are waiting, and returns once the write that carried it is done, with
     /// the VM as written to (on its new node if it migrated meanwhile).
-    func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+    package func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws -> VMRef {
         let key = vm.key
         return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<VMRef, any Error>) in
             let startsWriter = queued.withLock { queues in
@@ -112,7 +112,7 @@ final class ConfigBatches: Sendable {
     private static func write(_ batch: [Waiting], to target: VMRef, in volumes: ProxmoxVolumes) async -> ([Waiting], VMRef) {
         var vm = target
         guard !batch.isEmpty else { return ([], vm) }
-        let client: ProxmoxClient
+        let client: any ProxmoxCluster
         do { client = try volumes.client(vm.cluster) } catch { batch.forEach { $0.resume(.failure(error)) }; return ([], vm) }
         var members = batch, postponed: [Waiting] = []
         func moved() async -> VMRef? {
@@ -188,7 +188,7 @@ final class ConfigBatches: Sendable {
 
     /// Errors that may come from one edit's values (a bad option, a failed
     /// hot-plug) rather than from the VM or the connection.
-    static func mayConcernOneEdit(_ error: ProxmoxError) -> Bool {
+    package static func mayConcernOneEdit(_ error: ProxmoxError) -> Bool {
         switch error {
         case .invalidParameters, .badRequest, .server, .taskFailed: true
         default: false
@@ -196,7 +196,7 @@ final class ConfigBatches: Sendable {
     }
 
     /// The keys to set (sorted, for a stable request) and to delete that turn `old` into `new`.
-    static func difference(from old: [String: String], to new: [String: String]) -> (set: [(String, String)], delete: [String]) {
+    package static func difference(from old: [String: String], to new: [String: String]) -> (set: [(String, String)], delete: [String]) {
         let set = new.filter { old[$0.key] != $0.value }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         let delete = old.keys.filter { new[$0] == nil }.sorted()
         return (set, delete)

@@ -1,4 +1,6 @@
 import ProxmoxAPI
+import ProxmoxDomain
+import ProxmoxDomain
 
 /// A client for each configured cluster, and the readiness they feed: the
 /// controller is ready while every cluster's API has answered recently.
@@ -20,6 +22,11 @@ public final class ProxmoxClusters: Sendable {
         }
         self.clients = clients
         self.checks = checks
+    }
+
+    /// The clients in the config's order, as the domain takes them.
+    package var ordered: [(name: String, client: any ProxmoxCluster)] {
+        config.clusters.compactMap { cluster in clients[cluster.name].map { (cluster.name, $0) } }
     }
 
     public var readiness: Readiness { Readiness(checks) }

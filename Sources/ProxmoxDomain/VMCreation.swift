@@ -1,5 +1,4 @@
 import ProxmoxAPI
-import UnaryGRPC
 
 extension ProxmoxVolumes {
     /// Creates one of the driver's record VMs (stopped, smallest size, never
@@ -14,7 +13,7 @@ extension ProxmoxVolumes {
     /// While it runs, the vmid is in `creating`: qemu-server writes the name
     /// only when the create ends, and an unnamed VM being created that this
     /// process is not making may be an earlier process's copy (CopyVMs).
-    func createVM(cluster: String, node: String, name: String, description: String, what: String) async throws -> Int {
+    package func createVM(cluster: String, node: String, name: String, description: String, what: String) async throws -> Int {
         let client = try client(cluster)
         let settings = [("name", name), ("memory", "64"), ("cores", "1"), ("description", description)]
         let (vmid, upid) = try await vmLocks.run("\(cluster)/new-vmid") {

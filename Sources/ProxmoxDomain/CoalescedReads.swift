@@ -1,5 +1,3 @@
-import UnaryGRPC
-
 /// Shares reads among concurrent callers without ever handing one a stale
 /// answer: a caller joins a read of its key only if that read started after
 /// the caller asked, so what it gets reflects the state at or after its own
@@ -7,7 +5,7 @@ import UnaryGRPC
 /// the same VM configs) into a few.
 public actor CoalescedReads<Key: Hashable & Sendable, Value: Sendable> {
     private struct Flight {
-        let started: MonotonicInstant
+        let started: ContinuousClock.Instant
         let task: Task<Value, any Error>
     }
 
@@ -15,11 +13,12 @@ public actor CoalescedReads<Key: Hashable & Sendable, Value: Sendable> {
 
     public init() {}
 
-    public func read(_ key: Key, asked: MonotonicInstant, _ fetch: @escaping @Sendable () async throws -> Value) async throws -> Value {
-        if let flight = flights[key], flight.started >= asked {
+    /// `asked` nil: any read in flight will do.
+    public func read(_ key: Key, asked: ContinuousClock.Instant?, _ fetch: @escaping @Sendable () async throws -> Value) async throws -> Value {
+        if let flight = flights[key], asked.map({ flight.started >= $0 }) ?? true {
             return try await flight.task.value
         }
-        let started = MonotonicInstant.now()
+        let started = ContinuousClock.now
         let task = Task { try await fetch() }
         flights[key] = Flight(started: started, task: task)
         defer {

@@ -1,5 +1,4 @@
 import ProxmoxAPI
-import UnaryGRPC
 
 /// Proxmox resizes (and copies) volumes only as disks of a VM. For volumes
 /// attached nowhere the driver uses a holder: a stopped VM per Proxmox node,
@@ -7,12 +6,12 @@ import UnaryGRPC
 /// duration of one operation. Its vmid is not the owner vmid: a VM with the
 /// owner's vmid would make Proxmox refuse to delete the driver's volumes.
 extension ProxmoxVolumes {
-    static let holderPrefix = "proxmox-csi-holder-"
+    package static let holderPrefix = "proxmox-csi-holder-"
 
-    static func isHolder(_ vm: VMRef) -> Bool { vm.name.hasPrefix(holderPrefix) }
+    package static func isHolder(_ vm: VMRef) -> Bool { vm.name.hasPrefix(holderPrefix) }
 
     /// The node's holder VM, created on first use.
-    func holder(cluster: String, node: String) async throws -> VMRef {
+    package func holder(cluster: String, node: String) async throws -> VMRef {
         let name = Self.holderPrefix + node
         if let existing = try await vms(cluster).first(where: { $0.name == name && $0.node == node }) {
             return existing
@@ -29,17 +28,17 @@ extension ProxmoxVolumes {
         }
     }
 
-    func vms(_ cluster: String, fresh: Bool) async throws -> [VMRef] {
+    package func vms(_ cluster: String, fresh: Bool) async throws -> [VMRef] {
         if fresh { invalidate(cluster) }
         return try await vms(cluster)
     }
 
     /// Runs `body` with the volume attached to the node's holder as `key`, and
     /// detaches it afterwards (also when `body` fails).
-    func withHolder<T: Sendable>(_ handle: VolumeHandle, storage: StorageRef, node: String,
+    package func withHolder<T: Sendable>(_ handle: VolumeHandle, storage: StorageRef, node: String,
                                  _ body: @Sendable (VMRef, String) async throws -> T) async throws -> T {
         let holder = try await holder(cluster: handle.cluster, node: node)
-        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+        let volid = handle.volid(ownerVMID: ownerVMID, storageType: storage.type)
         let client = try client(handle.cluster)
         return try await changingVM(holder) {
             let vmConfig = try await client.vmConfig(node: holder.node, vmid: holder.vmid)
@@ -60,7 +59,7 @@ extension ProxmoxVolumes {
     }
 
     /// Drops the volume from holder VMs (left there by a crash mid-operation).
-    func releaseFromHolders(_ handle: VolumeHandle, storage: StorageRef, attachments: [(VMRef, String)]) async throws -> [(VMRef, String)] {
+    package func releaseFromHolders(_ handle: VolumeHandle, storage: StorageRef, attachments: [(VMRef, String)]) async throws -> [(VMRef, String)] {
         let client = try client(handle.cluster)
         var remaining: [(VMRef, String)] = []
         for (vm, key) in attachments {

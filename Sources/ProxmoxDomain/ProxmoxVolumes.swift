@@ -1,7 +1,6 @@
 import Foundation
 import ProxmoxAPI
 import Synchronization
-import UnaryGRPC
 
 /// A VM as the controller needs it.
 public struct VMRef: Sendable, Hashable {
@@ -14,7 +13,7 @@ public struct VMRef: Sendable, Hashable {
     public var lock: String?
 
     /// The VM across clusters, for the driver's per-VM locks and caches.
-    var key: String { "\(cluster)/\(vmid)" }
+    package var key: String { "\(cluster)/\(vmid)" }
 }
 
 /// Where a storage exists and what kind it is, from cluster resources.
@@ -30,34 +29,43 @@ public struct StorageRef: Sendable {
 /// needs, on top of the typed API client. Everything it knows it reads from
 /// Proxmox (volume names, VM configs); it keeps only short-lived caches.
 public final class ProxmoxVolumes: Sendable {
-    let clusters: ProxmoxClusters
-    var config: DriverConfig { clusters.config }
-    let vmLocks = KeyedSerializer<String>()
+    /// The clusters in the config's order (lookups try them in turn), and a client for each.
+    package let clusterNames: [String]
+    let clients: [String: any ProxmoxCluster]
+    /// The vmid that owns the driver's volumes (`vm-<ownerVMID>-…`).
+    package let ownerVMID: Int
+    /// How long a VM destroy may take.
+    let taskTimeout: Double
+    package let vmLocks = KeyedSerializer<String>()
     /// Attachments and detachments of one VM, merged into as few writes as possible.
     private let configBatches = ConfigBatches()
     /// Operations on one volume run one at a time, so two of them never
     /// decide from the same view of where it is attached.
-    let volumeLocks = KeyedSerializer<String>()
+    package let volumeLocks = KeyedSerializer<String>()
     private let resourceReads = CoalescedReads<String, [ClusterResource]>()
     /// Concurrent scans share their reads of a VM's config.
-    let configReads = CoalescedReads<String, VMConfig>()
+    package let configReads = CoalescedReads<String, VMConfig>()
     /// VM configs as scans last read them. The driver's own changes drop a
     /// VM's entry and count; a scan whose read overlapped a change (the count
     /// moved meanwhile) does not cache what it read, which may predate it.
     private let scanned = Mutex<(configs: [String: (at: Double, config: VMConfig)], changes: [String: UInt64])>(([:], [:]))
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
     /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
-    let creating = Mutex<Set<String>>([])
+    package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.
-    let cacheSeconds: Double
+    package let cacheSeconds: Double
 
-    public init(clusters: ProxmoxClusters, cacheSeconds: Double = 2) {
-        self.clusters = clusters
+    package init(clusters: [(name: String, client: any ProxmoxCluster)], ownerVMID: Int, taskTimeout: Double,
+                 cacheSeconds: Double = 2) {
+        clusterNames = clusters.map(\.name)
+        clients = Dictionary(clusters.map { ($0.name, $0.client) }, uniquingKeysWith: { first, _ in first })
+        self.ownerVMID = ownerVMID
+        self.taskTimeout = taskTimeout
         self.cacheSeconds = cacheSeconds
     }
 
-    func client(_ cluster: String) throws(DomainError) -> ProxmoxClient {
-        guard let client = clusters.clients[cluster] else {
+    package func client(_ cluster: String) throws(DomainError) -> any ProxmoxCluster {
+        guard let client = clients[cluster] else {
             throw DomainError.notFound("cluster \"\(cluster)\" is not in the driver's config")
         }
         return client
@@ -65,31 +73,31 @@ public final class ProxmoxVolumes: Sendable {
 
     // MARK: - Cluster resources (cached briefly)
 
-    func resources(_ cluster: String, fresh: Bool = false) async throws -> [ClusterResource] {
+    package func resources(_ cluster: String, fresh: Bool = false) async throws -> [ClusterResource] {
         let now = ProcessInfo.processInfo.systemUptime
         if !fresh, let cached = cache.withLock({ $0[cluster] }), now - cached.at < cacheSeconds {
             return cached.resources
         }
         // Callers that miss together share one request (one started after they asked when fresh is wanted).
         let client = try client(cluster)
-        let asked = MonotonicInstant(nanoseconds: fresh ? MonotonicInstant.now().nanoseconds : 0)
+        let asked = fresh ? ContinuousClock.now : nil
         let resources = try await resourceReads.read(cluster, asked: asked) { try await client.clusterResources() }
         cache.withLock { $0[cluster] = (now, resources) }
         return resources
     }
 
-    func invalidate(_ cluster: String) {
+    package func invalidate(_ cluster: String) {
         cache.withLock { _ = $0.removeValue(forKey: cluster) }
     }
 
-    func storage(_ cluster: String, _ id: String) async throws -> StorageRef? {
+    package func storage(_ cluster: String, _ id: String) async throws -> StorageRef? {
         let entries = try await resources(cluster).filter { $0.type == "storage" && $0.storage == id }
         guard let first = entries.first else { return nil }
         return StorageRef(id: id, type: first.pluginType ?? "", shared: first.shared,
                           available: Dictionary(entries.map { ($0.node, $0.maxDisk - $0.disk) }, uniquingKeysWith: max))
     }
 
-    func vms(_ cluster: String) async throws -> [VMRef] {
+    package func vms(_ cluster: String) async throws -> [VMRef] {
         try await resources(cluster).compactMap { resource in
             guard resource.type == "qemu", let vmid = resource.vmid else { return nil }
             return VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "", isTemplate: resource.template, lock: resource.lock)
@@ -98,14 +106,14 @@ public final class ProxmoxVolumes: Sendable {
 
     /// A Kubernetes node id as a VM: the VM's name (= node name), its vmid,
     /// or either prefixed with the cluster (`cluster/name`, `cluster/vmid`).
-    func vm(forNodeID nodeID: String) async throws -> VMRef? {
+    package func vm(forNodeID nodeID: String) async throws -> VMRef? {
         let parts = nodeID.split(separator: "/", maxSplits: 1).map(String.init)
         let (clusterFilter, key) = parts.count == 2 ? (Optional(parts[0]), parts[1]) : (nil, nodeID)
         // A miss in the cached listing is asked again: a VM that just appeared
         // or moved must not count as missing (a VM reported missing is gone
         // only if a fresh listing agrees).
         for fresh in [false, true] {
-            for cluster in config.clusters.map(\.name) where clusterFilter == nil || clusterFilter == cluster {
+            for cluster in clusterNames where clusterFilter == nil || clusterFilter == cluster {
                 let vms = try await vms(cluster, fresh: fresh).filter { !$0.isTemplate }
                 let named = vms.filter { $0.name == key }
                 if named.count > 1 {
@@ -126,11 +134,11 @@ public final class ProxmoxVolumes: Sendable {
     /// still exists; nil for ids this driver cannot have made. A volume owned
     /// by any VM other than the driver's own record VMs — a VM's own disk — is
     /// never the driver's, whatever id names it.
-    func locate(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef)? {
+    package func locate(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef)? {
         guard let handle = try? VolumeHandle(parsing: volumeID),
-              config.clusters.contains(where: { $0.name == handle.cluster }),
+              clusterNames.contains(handle.cluster),
               let storage = try await storage(handle.cluster, handle.storage) else { return nil }
-        if let owner = handle.ownerVMID, owner != config.ownerVMID {
+        if let owner = handle.ownerVMID, owner != ownerVMID {
             let records = try await vms(handle.cluster).filter { $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }
             guard records.contains(where: { $0.vmid == owner }) else { return nil }
         }
@@ -138,41 +146,41 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// The volume a CSI id names, if it exists, with its storage and size.
-    func existing(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
+    package func existing(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
         guard let (handle, storage) = try await locate(volumeID),
               let size = try await size(of: handle, storage: storage) else { return nil }
         return (handle, storage, size)
     }
 
     /// The volume's size if it exists (on its node, or the shared storage).
-    func size(of handle: VolumeHandle, storage: StorageRef) async throws -> Int64? {
+    package func size(of handle: VolumeHandle, storage: StorageRef) async throws -> Int64? {
         let node = storage.node(for: handle)
         guard storage.available[node] != nil else { return nil }
-        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
-        return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: handle.ownerVMID ?? config.ownerVMID)
+        let volid = handle.volid(ownerVMID: ownerVMID, storageType: storage.type)
+        return try await client(handle.cluster).volumes(node: node, storage: storage.id, vmid: handle.ownerVMID ?? ownerVMID)
             .first { $0.volid == volid }?.size
     }
 
     /// A VM's config as it is now, current values and pending changes (a read
     /// that started after this call, shared with concurrent callers).
-    func freshConfig(_ vm: VMRef) async throws -> VMConfig {
+    package func freshConfig(_ vm: VMRef) async throws -> VMConfig {
         let client = try client(vm.cluster)
         // Keyed by node too: a read another caller sent to the node a VM left must not answer for it.
-        return try await configReads.read("\(vm.key)@\(vm.node)", asked: .now()) {
+        return try await configReads.read("\(vm.key)@\(vm.node)", asked: ContinuousClock.now) {
             try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
         }
     }
 
     /// Runs a change of a VM's config while no other change of that VM runs
     /// (Proxmox would answer with lock timeouts), then forgets the scanned config.
-    func changingVM<T: Sendable>(_ vm: VMRef, _ body: @Sendable () async throws -> T) async throws -> T {
+    package func changingVM<T: Sendable>(_ vm: VMRef, _ body: @Sendable () async throws -> T) async throws -> T {
         let key = vm.key
         defer { configChanged(vm) }
         return try await vmLocks.run(key, body)
     }
 
     /// Forgets what scans read of the VM's config: the driver just changed it.
-    func configChanged(_ vm: VMRef) {
+    package func configChanged(_ vm: VMRef) {
         let key = vm.key
         scanned.withLock {
             $0.configs[key] = nil
@@ -184,13 +192,13 @@ public final class ProxmoxVolumes: Sendable {
     /// callers make to that VM meanwhile; returns the VM as written to (a VM
     /// that migrated is followed to its node; notFound means it is on none).
     @discardableResult
-    func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+    package func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
         try await configBatches.apply(vm, in: self, edit)
     }
 
     /// The VM's config as it is now, read on the node that has it: one that
     /// migrated is looked up afresh. Nil only when no node has the VM.
-    func currentConfig(_ vm: VMRef) async throws -> (VMRef, VMConfig)? {
+    package func currentConfig(_ vm: VMRef) async throws -> (VMRef, VMConfig)? {
         var target = vm
         for _ in 0..<3 {
             do {
@@ -204,7 +212,7 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
-    func scanConfig(_ vm: VMRef) async throws -> VMConfig {
+    package func scanConfig(_ vm: VMRef) async throws -> VMConfig {
         let key = vm.key
         let now = ProcessInfo.processInfo.systemUptime
         let (cached, changes) = scanned.withLock { ($0.configs[key], $0.changes[key] ?? 0) }
@@ -217,7 +225,7 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Configs of `vms` for a scan, read in parallel; VMs deleted meanwhile are left out.
-    func scanConfigs(_ vms: [VMRef]) async throws -> [(VMRef, VMConfig)] {
+    package func scanConfigs(_ vms: [VMRef]) async throws -> [(VMRef, VMConfig)] {
         try await withThrowingTaskGroup(of: (VMRef, VMConfig)?.self) { group in
             for vm in vms {
                 group.addTask {
@@ -238,8 +246,8 @@ public final class ProxmoxVolumes: Sendable {
     /// record VM that owns a restored volume is not an attachment, and the
     /// driver's snapshot and record VMs never hold another volume, so they
     /// are not read.
-    func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
-        let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+    package func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
+        let volid = handle.volid(ownerVMID: ownerVMID, storageType: storage.type)
         let candidates = try await vms(handle.cluster).filter {
             (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !ProxmoxVolumes.isCopyVM($0)
         }
@@ -253,37 +261,37 @@ public final class ProxmoxVolumes: Sendable {
     /// The disk keys that hold `volid` in any state: current (also with a
     /// pending delete, which the running VM still has) or pending (an attach
     /// not yet hot-plugged, which the VM gets when it restarts).
-    static func disks(holding volid: String, in config: VMConfig) -> [String] {
+    package static func disks(holding volid: String, in config: VMConfig) -> [String] {
         let current = disks(holding: volid, in: config.values).map(\.key)
         let pending = disks(holding: volid, in: config.pending).map(\.key)
         return Array(Set(current + pending)).sorted()
     }
 
-    static func isDiskKey(_ key: String) -> Bool {
+    package static func isDiskKey(_ key: String) -> Bool {
         key.range(of: #"^(scsi|virtio|sata|ide)\d+$|^unused\d+$"#, options: .regularExpression) != nil
     }
 
-    static func volid(of diskValue: String) -> String {
+    package static func volid(of diskValue: String) -> String {
         String(diskValue.split(separator: ",", maxSplits: 1).first ?? "")
     }
 
     /// The disk keys of a VM config that hold `volid`, in key order.
-    static func disks(holding volid: String, in values: [String: String]) -> [(key: String, value: String)] {
+    package static func disks(holding volid: String, in values: [String: String]) -> [(key: String, value: String)] {
         values.filter { isDiskKey($0.key) && self.volid(of: $0.value) == volid }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
-    func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64) async throws {
+    package func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64) async throws {
         let mebibytes = (bytes + (1 << 20) - 1) >> 20
-        _ = try await client(handle.cluster).allocateVolume(node: node, storage: storage.id, vmid: config.ownerVMID,
+        _ = try await client(handle.cluster).allocateVolume(node: node, storage: storage.id, vmid: ownerVMID,
                                                             name: handle.volume, size: "\(mebibytes)M")
         invalidate(handle.cluster)
     }
 
-    func delete(_ handle: VolumeHandle, storage: StorageRef) async throws {
+    package func delete(_ handle: VolumeHandle, storage: StorageRef) async throws {
         let node = storage.node(for: handle)
         do {
             try await client(handle.cluster).deleteVolume(node: node, storage: storage.id,
-                                                          volid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type))
+                                                          volid: handle.volid(ownerVMID: ownerVMID, storageType: storage.type))
         } catch ProxmoxError.notFound {
             // Already gone: deleting is done.
         }

@@ -51,7 +51,7 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
             ? "\(storage):\(ownerVMID ?? fallback)/\(volume)" : "\(storage):\(volume)"
     }
 
-    static func isStorageID(_ text: String) -> Bool {
+    package static func isStorageID(_ text: String) -> Bool {
         text.range(of: #"^[a-z][a-z0-9\-_.]*[a-z0-9]$"#, options: .regularExpression) != nil
     }
 }
@@ -88,7 +88,7 @@ public enum VolumeNaming {
 
 /// SHA-256 as lowercase hex (FIPS 180-4); small enough to keep here rather
 /// than add a crypto dependency for naming.
-func sha256Hex(_ text: String) -> String {
+package func sha256Hex(_ text: String) -> String {
     var hash: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
     let k: [UInt32] = [
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,

@@ -1,6 +1,5 @@
 import Foundation
 import ProxmoxAPI
-import UnaryGRPC
 
 /// Proxmox copies a volume only into a VM (`import-from` when a disk is
 /// added), and the copy is named and owned by that VM. So every copy the
@@ -45,11 +44,11 @@ public struct CopyVM: Sendable, Equatable {
     /// For `.options`: the disk options recorded for the volume.
     public var options: [String: String] = [:]
 
-    static func vmName(_ kind: Kind, csiName: String) -> String {
+    package static func vmName(_ kind: Kind, csiName: String) -> String {
         kind.rawValue + String(sha256Hex(csiName).prefix(24))
     }
 
-    static func description(_ kind: Kind, csiName: String, source: String, createdAt: Int64,
+    package static func description(_ kind: Kind, csiName: String, source: String, createdAt: Int64,
                             options: [String: String] = [:]) -> String {
         let what = switch kind { case .snapshot: "snapshot"; case .volume: "volume"; case .options: "volume options" }
         var text = "proxmox-csi \(what)\nname: \(csiName)\nsource: \(source)\ncreated: \(createdAt)\n"
@@ -60,7 +59,7 @@ public struct CopyVM: Sendable, Equatable {
     }
 
     /// Reads a copy VM from its config; nil when the config is not one.
-    static func parse(_ vm: VMRef, config: VMConfig) -> CopyVM? {
+    package static func parse(_ vm: VMRef, config: VMConfig) -> CopyVM? {
         guard let kind = [Kind.snapshot, .volume, .options].first(where: { vm.name.hasPrefix($0.rawValue) }),
               let text = config["description"] else { return nil }
         var fields: [String: String] = [:]
@@ -83,14 +82,14 @@ public struct CopyVM: Sendable, Equatable {
 
 extension ProxmoxVolumes {
     /// Whether a VM is one of the driver's copy or record VMs, by its name (they hold only their own disks).
-    static func isCopyVM(_ vm: VMRef) -> Bool {
+    package static func isCopyVM(_ vm: VMRef) -> Bool {
         [CopyVM.Kind.snapshot, .volume, .options].contains { vm.name.hasPrefix($0.rawValue) }
     }
 
     /// The copy VM made for `csiName`, if there is one (the lowest vmid when
     /// an old crash left twins). `fresh` asks each node for its VMs' names as
     /// their configs say now, not the cluster resources' up to 10 s old ones.
-    func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
+    package func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
         let candidates = fresh ? try await vmsAsConfigured(cluster) : try await vms(cluster)
         guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
@@ -109,7 +108,7 @@ extension ProxmoxVolumes {
     }
 
     /// Every VM of the cluster, named as its config says now (one listing per node).
-    func vmsAsConfigured(_ cluster: String) async throws -> [VMRef] {
+    package func vmsAsConfigured(_ cluster: String) async throws -> [VMRef] {
         let client = try client(cluster)
         let nodes = Set(try await resources(cluster, fresh: true).filter { $0.type == "node" }.map(\.node)).sorted()
         return try await withThrowingTaskGroup(of: [VMRef].self) { group in
@@ -125,7 +124,7 @@ extension ProxmoxVolumes {
     }
 
     /// Reads one copy VM; nil when it vanished or is not one.
-    func copyVM(_ vm: VMRef) async throws -> CopyVM? {
+    package func copyVM(_ vm: VMRef) async throws -> CopyVM? {
         do {
             return CopyVM.parse(vm, config: try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid))
         } catch ProxmoxError.notFound {
@@ -134,9 +133,9 @@ extension ProxmoxVolumes {
     }
 
     /// Every copy VM of a kind, in every cluster.
-    func copyVMs(_ kind: CopyVM.Kind) async throws -> [CopyVM] {
+    package func copyVMs(_ kind: CopyVM.Kind) async throws -> [CopyVM] {
         var out: [CopyVM] = []
-        for cluster in config.clusters.map(\.name) {
+        for cluster in clusterNames {
             for vm in try await vms(cluster, fresh: true) where vm.name.hasPrefix(kind.rawValue) {
                 if let copy = try await copyVM(vm) { out.append(copy) }
             }
@@ -150,7 +149,7 @@ extension ProxmoxVolumes {
     /// a copy still running then is returned with `copying` (not ready yet).
     /// Steps already done — by this call's earlier attempts, or a controller
     /// that died — are found and not repeated; one call per name at a time.
-    func ensureCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
+    package func ensureCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
                       storage: String, sourceVolid: String, bytes: Int64? = nil, wait: Double) async throws -> CopyVM {
         let client = try client(cluster)
         let name = CopyVM.vmName(kind, csiName: csiName)
@@ -183,7 +182,7 @@ extension ProxmoxVolumes {
                 do {
                     // The digest: a copy another controller started meanwhile is not made twice.
                     try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")],
-                                                    digest: copy.digest, timeout: wait)
+                                                    delete: [], revert: [], digest: copy.digest, timeout: wait)
                 } catch ProxmoxError.taskTimedOut {
                     copy.copying = true
                     return copy
@@ -210,7 +209,7 @@ extension ProxmoxVolumes {
     }
 
     /// Records options for a volume in its options VM (created on first use).
-    func recordOptions(_ options: [String: String], volumeID: String, cluster: String, node: String) async throws {
+    package func recordOptions(_ options: [String: String], volumeID: String, cluster: String, node: String) async throws {
         let client = try client(cluster)
         try await vmLocks.run("\(cluster)/options/\(volumeID)") {
             if let existing = try await self.copyVM(.options, csiName: volumeID, cluster: cluster) {
@@ -229,7 +228,7 @@ extension ProxmoxVolumes {
     /// Destroys a copy VM, and with it any twin: a create retried after the
     /// controller died can leave a second VM for the same name (Proxmox
     /// registers a VM only once its create task runs), and it goes with the first.
-    func destroy(_ copy: CopyVM) async throws {
+    package func destroy(_ copy: CopyVM) async throws {
         var doomed = [copy.vm]
         for vm in try await vms(copy.vm.cluster, fresh: true) where vm.name == copy.vm.name && vm.vmid != copy.vm.vmid {
             if let twin = try await copyVM(vm), twin.kind == copy.kind, twin.csiName == copy.csiName { doomed.append(vm) }
@@ -238,7 +237,7 @@ extension ProxmoxVolumes {
             do {
                 // Protection (set when the copy settled) refuses destroy_vm until lifted.
                 try await client(vm.cluster).updateVMConfigSync(node: vm.node, vmid: vm.vmid, delete: ["protection"])
-                try await client(vm.cluster).destroyVM(node: vm.node, vmid: vm.vmid, timeout: config.taskTimeout)
+                try await client(vm.cluster).destroyVM(node: vm.node, vmid: vm.vmid, timeout: taskTimeout)
             } catch ProxmoxError.notFound {
                 // Already gone.
             }
