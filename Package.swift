@@ -88,6 +88,9 @@ let package = Package(
         ),
 
         .testTarget(name: "CModulesTests", dependencies: ["CNGHTTP2", "CCurl", "CBlkid"], swiftSettings: strict),
+        // An in-memory Proxmox cluster for the domain's and the controller's unit tests.
+        .target(name: "FakeProxmox", dependencies: ["ProxmoxAPI", "ProxmoxDomain"], path: "Tests/FakeProxmox", swiftSettings: strict),
+        .testTarget(name: "ProxmoxDomainTests", dependencies: ["ProxmoxDomain", "ProxmoxAPI", "FakeProxmox"], swiftSettings: strict),
         .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI"], swiftSettings: strict),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
@@ -99,7 +102,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CSIDriverTests",
-            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", "BlockDevice", "ProxmoxAPI", "ProxmoxDomain", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CSIDriver", "CSIProto", "UnaryGRPC", "BlockDevice", "ProxmoxAPI", "ProxmoxDomain", "FakeProxmox", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
     ],

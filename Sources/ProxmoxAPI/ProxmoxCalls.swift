@@ -22,6 +22,14 @@ public struct ClusterResource: Sendable, Equatable {
     public var lock: String?
     public var template: Bool
 
+    public init(id: String, type: String, node: String, vmid: Int? = nil, name: String? = nil, status: String? = nil,
+                storage: String? = nil, pluginType: String? = nil, shared: Bool = false, content: [String] = [],
+                disk: Int64 = 0, maxDisk: Int64 = 0, lock: String? = nil, template: Bool = false) {
+        (self.id, self.type, self.node, self.vmid, self.name, self.status) = (id, type, node, vmid, name, status)
+        (self.storage, self.pluginType, self.shared, self.content) = (storage, pluginType, shared, content)
+        (self.disk, self.maxDisk, self.lock, self.template) = (disk, maxDisk, lock, template)
+    }
+
     init(_ json: JSONValue) {
         id = json["id"].string ?? ""
         type = json["type"].string ?? ""
@@ -74,6 +82,10 @@ public struct StorageVolume: Sendable, Equatable {
     public var size: Int64
     public var vmid: Int?
     public var createdAt: Int64
+
+    public init(volid: String, format: String = "raw", size: Int64, vmid: Int? = nil, createdAt: Int64 = 0) {
+        (self.volid, self.format, self.size, self.vmid, self.createdAt) = (volid, format, size, vmid, createdAt)
+    }
 
     init(_ json: JSONValue) {
         volid = json["volid"].string ?? ""
