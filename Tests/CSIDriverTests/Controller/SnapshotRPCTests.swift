@@ -1,0 +1,152 @@
+@testable import CSIDriver
+import CSIProto
+import FakeProxmox
+import ProxmoxAPI
+@testable import ProxmoxDomain
+import Testing
+import UnaryGRPC
+
+/// CreateSnapshot, DeleteSnapshot, ListSnapshots, and volumes restored or cloned from them.
+@Suite struct SnapshotRPCTests {
+    @Test func aSnapshotIsReadyWithItsSourceSizeAndTimeAndAskingAgainAnswersTheSame() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", bytes: 2 << 30)
+        let first = try await scene.snapshot("snap-1", of: volume.volumeID)
+        #expect(first.readyToUse && first.sourceVolumeID == volume.volumeID && first.sizeBytes == 2 << 30)
+        #expect(first.creationTime.seconds > 1_700_000_000)
+        #expect(first.snapshotID.hasPrefix("main/") && first.snapshotID.hasSuffix("/" + CopyVM.vmName(.snapshot, csiName: "snap-1")))
+        #expect(try await scene.snapshot("snap-1", of: volume.volumeID) == first)
+        #expect(scene.fake.count(.createVM) == 1)
+    }
+
+    @Test func aSnapshotStillBeingCopiedIsNotReadyYet() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        scene.fake.state.withLock { $0.slowImports = true }
+        #expect(try await !scene.snapshot("snap-1", of: volume.volumeID).readyToUse)
+        scene.fake.state.withLock { $0.slowImports = false }
+        scene.fake.finishImports()
+        #expect(try await scene.snapshot("snap-1", of: volume.volumeID).readyToUse)
+    }
+
+    @Test(arguments: [
+        ("the name is taken for another volume", StatusCode.alreadyExists),
+        ("no such source", .notFound),
+        ("a parameter", .invalidArgument),
+        ("no name", .invalidArgument),
+        ("no source", .invalidArgument),
+    ])
+    func aSnapshotThatCannotBeTakenHasItsCode(problem: String, code: StatusCode) async throws {
+        let scene = ControllerScene()
+        let a = try await scene.create("pvc-a")
+        let b = try await scene.create("pvc-b")
+        _ = try await scene.snapshot("snap-1", of: a.volumeID)
+        let request = Csi_V1_CreateSnapshotRequest.with {
+            $0.name = problem == "no name" ? "" : "snap-2"
+            $0.sourceVolumeID = problem == "no source" ? "" : b.volumeID
+            if problem.hasPrefix("the name") { $0.name = "snap-1" }
+            if problem == "no such source" { $0.sourceVolumeID = "main/pve1/local-lvm/vm-9999-gone" }
+            if problem == "a parameter" { $0.parameters = ["speed": "fast"] }
+        }
+        #expect(await scene.code("CreateSnapshot", request) == code)
+        #expect(try await scene.volumes.copyVMs(.snapshot).count == 1)
+    }
+
+    @Test func deletingASnapshotFreesItsCopyAndAgainIsDone() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
+        for _ in 0..<2 {
+            #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = snapshot.snapshotID }) == nil)
+        }
+        #expect(try await scene.volumes.copyVMs(.snapshot).isEmpty)
+        #expect(scene.fake.volumeCount == 1)
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest()) == .invalidArgument)
+    }
+
+    @Test func snapshotsAreListedByIDBySourceAndInPages() async throws {
+        let scene = ControllerScene()
+        let a = try await scene.create("pvc-a")
+        let b = try await scene.create("pvc-b")
+        let s1 = try await scene.snapshot("s1", of: a.volumeID)
+        _ = try await scene.snapshot("s2", of: a.volumeID)
+        _ = try await scene.snapshot("s3", of: b.volumeID)
+        func list(_ build: (inout Csi_V1_ListSnapshotsRequest) -> Void) async throws -> Csi_V1_ListSnapshotsResponse {
+            try await scene.call("ListSnapshots", Csi_V1_ListSnapshotsRequest.with(build))
+        }
+        #expect(try await list { _ in }.entries.count == 3)
+        #expect(try await list { $0.snapshotID = s1.snapshotID }.entries.map(\.snapshot) == [s1])
+        #expect(try await list { $0.snapshotID = "main/1/csi-snap-none" }.entries.isEmpty)
+        #expect(try await list { $0.sourceVolumeID = a.volumeID }.entries.count == 2)
+        let page = try await list { $0.maxEntries = 2 }
+        #expect(page.entries.count == 2 && page.nextToken == "2")
+        #expect(try await list { $0.startingToken = page.nextToken }.entries.count == 1)
+    }
+
+    func restore(_ scene: ControllerScene, _ name: String, storage: String = "local-lvm", bytes: Int64 = 0,
+                 source: (inout Csi_V1_VolumeContentSource) -> Void) async throws(RPCError) -> Csi_V1_Volume {
+        let response: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = name
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": storage]
+            $0.capacityRange.requiredBytes = bytes
+            $0.volumeContentSource = .with(source)
+        })
+        return response.volume
+    }
+
+    @Test func aVolumeRestoredFromASnapshotIsACopyOwnedByItsRecordVMAtLeastTheSnapshotsSize() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", bytes: 2 << 30)
+        let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
+        let restored = try await restore(scene, "pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }
+        #expect(restored.capacityBytes == 2 << 30 && restored.contentSource.snapshot.snapshotID == snapshot.snapshotID)
+        let handle = try VolumeHandle(parsing: restored.volumeID)
+        let record = try #require(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-r")).first)
+        #expect(handle.ownerVMID == record.vmid && handle.node == "pve1")
+        // Asking again answers the same volume.
+        #expect(try await restore(scene, "pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }.volumeID == restored.volumeID)
+        // The restored volume is usable like any other.
+        _ = try await scene.publish(restored.volumeID, to: "worker-1")
+        #expect(scene.disks(of: "local-lvm:\(handle.volume)") == ["100:scsi1"])
+    }
+
+    @Test func aCloneIsGrownToTheSizeAsked() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "ceph")
+        let clone = try await restore(scene, "pvc-c", storage: "ceph", bytes: 3 << 30) { $0.volume.volumeID = volume.volumeID }
+        #expect(clone.capacityBytes == 3 << 30 && clone.volumeID.hasPrefix("main//ceph/vm-"))
+    }
+
+    @Test(arguments: [
+        ("snapshot not found", StatusCode.notFound),
+        ("source volume not found", .notFound),
+        ("snapshot still copying", .unavailable),
+        ("name taken with another source", .alreadyExists),
+        ("limit below the source", .outOfRange),
+        ("no such storage", .invalidArgument),
+        ("local storage off the source's node", .invalidArgument),
+    ])
+    func aRestoreThatCannotBeDoneHasItsCode(problem: String, code: StatusCode) async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "ceph", bytes: 2 << 30)
+        if problem == "snapshot still copying" { scene.fake.state.withLock { $0.slowImports = true } }
+        let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
+        scene.fake.state.withLock { $0.slowImports = false }
+        if problem.hasPrefix("name taken") { _ = try await restore(scene, "pvc-r", storage: "ceph") { $0.volume.volumeID = volume.volumeID } }
+        if problem.hasPrefix("local storage") { scene.fake.addStorage("pve2-only", type: "lvmthin", nodes: ["pve2"]) }
+        let request = Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-r"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": problem == "no such storage" ? "nowhere" : problem.hasPrefix("local") ? "pve2-only" : "ceph"]
+            if problem == "limit below the source" { $0.capacityRange.limitBytes = 1 << 30 }
+            switch problem {
+            case "snapshot not found": $0.volumeContentSource.snapshot.snapshotID = "main/1/csi-snap-none"
+            case "source volume not found": $0.volumeContentSource.volume.volumeID = "main//ceph/vm-9999-gone"
+            case "name taken with another source", "local storage off the source's node": $0.volumeContentSource.snapshot.snapshotID = snapshot.snapshotID
+            default: $0.volumeContentSource.snapshot.snapshotID = snapshot.snapshotID
+            }
+        }
+        #expect(await scene.code("CreateVolume", request) == code)
+    }
+}

@@ -1,0 +1,207 @@
+@testable import CSIDriver
+import CSIProto
+import FakeProxmox
+import ProxmoxAPI
+@testable import ProxmoxDomain
+import Testing
+import UnaryGRPC
+
+/// CreateVolume and DeleteVolume against the in-memory cluster, through the router.
+@Suite struct CreateVolumeTests {
+    @Test func aVolumeGoesToTheNodeWithMostFreeSpaceRoundedToTheAllocationUnit() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local-lvm:vm-1-big", node: "pve1", owner: 1, size: 60 << 30)
+        let volume = try await scene.create("pvc-a", bytes: (1 << 30) + 1)
+        #expect(volume.volumeID == "main/pve2/local-lvm/vm-9999-pvc-a")
+        #expect(volume.capacityBytes == (1 << 30) + (4 << 20))
+        #expect(volume.accessibleTopology.map(\.segments) == [[TopologyKey.region: "main", TopologyKey.zone: "pve2"]])
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a")?.size == (1 << 30) + (4 << 20))
+    }
+
+    @Test func creatingAgainAnswersTheSameVolumeAndAllocatesNothing() async throws {
+        let scene = ControllerScene()
+        let first = try await scene.create("pvc-a")
+        let second = try await scene.create("pvc-a")
+        #expect(first == second)
+        #expect(scene.fake.count(.allocate) == 1)
+    }
+
+    @Test func aVolumeOfTheNameWithAnotherSizeAlreadyExists() async throws {
+        let scene = ControllerScene()
+        _ = try await scene.create("pvc-a", bytes: 1 << 30)
+        await #expect { try await scene.create("pvc-a", bytes: 2 << 30) } throws: { ($0 as? RPCError)?.code == .alreadyExists }
+    }
+
+    @Test func aSharedStoragesVolumeHasNoNodeAndIsReachableFromTheWholeCluster() async throws {
+        let volume = try await ControllerScene().create("pvc-a", storage: "ceph")
+        #expect(volume.volumeID == "main//ceph/vm-9999-pvc-a")
+        #expect(volume.accessibleTopology.map(\.segments) == [[TopologyKey.region: "main"]])
+    }
+
+    @Test func aFileStoragesVolumeIsARawFileInTheOwnersFolder() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "local")
+        #expect(volume.volumeID.hasSuffix("/local/vm-9999-pvc-a.raw"))
+        #expect(scene.fake.volume("local:9999/vm-9999-pvc-a.raw") != nil)
+    }
+
+    @Test(arguments: [("pve2", [String]()), ("pve1", ["pve1"]), ("pve2", ["pve2", "pve1"])])
+    func topologyRequirementsChooseTheNode(expected: String, preferred: [String]) async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local-lvm:vm-1-big", node: "pve1", owner: 1, size: 10 << 30)
+        let response: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-a"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.accessibilityRequirements.requisite = ["pve1", "pve2"].map { zone in .with { $0.segments = [TopologyKey.zone: zone] } }
+            $0.accessibilityRequirements.preferred = preferred.map { zone in .with { $0.segments = [TopologyKey.zone: zone] } }
+        })
+        #expect(response.volume.volumeID == "main/\(expected)/local-lvm/vm-9999-pvc-a")
+    }
+
+    @Test func aRequisiteZoneIsNeverLeft() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local-lvm:vm-1-big", node: "pve1", owner: 1, size: 10 << 30)
+        let response: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-a"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.accessibilityRequirements.requisite = [.with { $0.segments = [TopologyKey.region: "main", TopologyKey.zone: "pve1"] }]
+        })
+        #expect(response.volume.volumeID.hasPrefix("main/pve1/"))
+    }
+
+    @Test(arguments: [
+        ("", ["storage": "local-lvm"], Int64(1 << 30), Int64(0), true, StatusCode.invalidArgument),
+        ("pvc-a", ["storage": "local-lvm"], 1 << 30, 0, false, .invalidArgument),
+        ("pvc-a", ["storage": "local-lvm"], -1, 0, true, .invalidArgument),
+        ("pvc-a", ["storage": "local-lvm"], 2 << 30, 1 << 30, true, .invalidArgument),
+        ("pvc-a", ["storage": "local-lvm"], 1, 2, true, .outOfRange),
+        ("pvc-a", ["storage": "nowhere"], 1 << 30, 0, true, .invalidArgument),
+        ("pvc-a", ["storage": "local-lvm", "colour": "blue"], 1 << 30, 0, true, .invalidArgument),
+        ("pvc-a", ["storage": "local-lvm"], 200 << 30, 0, true, .resourceExhausted),
+    ] as [(String, [String: String], Int64, Int64, Bool, StatusCode)])
+    func badRequestsAreRefusedWithTheirCodeAndAllocateNothing(name: String, parameters: [String: String], required: Int64,
+                                                              limit: Int64, withCapability: Bool, code: StatusCode) async {
+        let scene = ControllerScene()
+        let request = Csi_V1_CreateVolumeRequest.with {
+            $0.name = name
+            if withCapability { $0.volumeCapabilities = [ControllerScene.mount] }
+            $0.capacityRange.requiredBytes = required
+            $0.capacityRange.limitBytes = limit
+            $0.parameters = parameters
+        }
+        #expect(await scene.code("CreateVolume", request) == code)
+        #expect(scene.fake.count(.allocate) == 0)
+    }
+
+    @Test func aRegionNoClusterServesIsInvalid() async {
+        let request = Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-a"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.accessibilityRequirements.requisite = [.with { $0.segments = [TopologyKey.region: "mars"] }]
+        }
+        #expect(await ControllerScene().code("CreateVolume", request) == .invalidArgument)
+    }
+
+    /// Each Proxmox failure reaches the client as one code (Controller/ControllerErrors.swift).
+    @Test(arguments: [
+        (ProxmoxError.permissionDenied(path: "/storage/local-lvm", privilege: "Datastore.AllocateSpace", message: "no"), StatusCode.permissionDenied),
+        (.authenticationFailed(reason: "invalid token"), .unauthenticated),
+        (.vmLocked(vmid: 9999, lock: "backup"), .aborted),
+        (.configLockTimeout("got timeout"), .aborted),
+        (.transport(.timedOut("no answer")), .unavailable),
+        (.proxy(status: 596, message: "broken pipe"), .unavailable),
+        (.invalidParameters(["size": "bad"]), .invalidArgument),
+        (.server(status: 500, message: "lvcreate failed"), .internal),
+        (.notFound("storage"), .notFound),
+        (.malformedResponse("no volid"), .internal),
+    ])
+    func aProxmoxFailureHasItsCode(error: ProxmoxError, code: StatusCode) async throws {
+        let scene = ControllerScene()
+        scene.fake.failNext(.allocate, with: error)
+        do {
+            _ = try await scene.create("pvc-a")
+            Issue.record("CreateVolume succeeded")
+        } catch {
+            #expect(error.code == code)
+            #expect(error.message.hasPrefix("CreateVolume pvc-a: "))
+        }
+    }
+
+    @Test func aNameTakenByACopyWithoutAContentSourceAlreadyExists() async throws {
+        let scene = ControllerScene()
+        let source = try await scene.create("pvc-a")
+        let _: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-b"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.volumeContentSource.volume.volumeID = source.volumeID
+        })
+        await #expect { try await scene.create("pvc-b") } throws: { ($0 as? RPCError)?.code == .alreadyExists }
+    }
+}
+
+@Suite struct DeleteVolumeTests {
+    func delete(_ scene: ControllerScene, _ id: String) async -> StatusCode? {
+        await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id })
+    }
+
+    @Test func aVolumeIsDeletedAndDeletingAgainIsDone() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        #expect(await delete(scene, volume.volumeID) == nil)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") == nil)
+        #expect(await delete(scene, volume.volumeID) == nil)
+    }
+
+    @Test(arguments: ["main/pve1/local-lvm/vm-100-disk-0", "garbage", "other/pve1/local-lvm/vm-9999-x", "main/pve1/nowhere/vm-9999-x"])
+    func anIDTheDriverNeverMadeIsDoneAndTouchesNothing(id: String) async {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local-lvm:vm-100-disk-0", node: "pve1", owner: 100)
+        #expect(await delete(scene, id) == nil)
+        #expect(scene.fake.volume("local-lvm:vm-100-disk-0") != nil)
+        #expect(scene.fake.count(.deleteVolume) == 0)
+    }
+
+    @Test func anEmptyIDIsInvalid() async {
+        #expect(await delete(ControllerScene(), "") == .invalidArgument)
+    }
+
+    @Test func anAttachedVolumeIsKept() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "ceph")
+        _ = try await scene.publish(volume.volumeID, to: "worker-1")
+        #expect(await delete(scene, volume.volumeID) == .failedPrecondition)
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-a") != nil)
+    }
+
+    @Test func aVolumeLeftOnAHolderIsReleasedAndDeleted() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "ceph")
+        scene.fake.addVM(140, node: "pve1", name: "proxmox-csi-holder-pve1", running: false, config: ["scsi0": "ceph:vm-9999-pvc-a"])
+        #expect(await delete(scene, volume.volumeID) == nil)
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-a") == nil && scene.fake.vm(140)!.values["scsi0"] == nil)
+    }
+
+    @Test func aRestoredVolumeGoesWithItsRecordVMAndAModifiedOneWithItsOptions() async throws {
+        let scene = ControllerScene()
+        let source = try await scene.create("pvc-a")
+        let clone: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-b"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.volumeContentSource.volume.volumeID = source.volumeID
+        })
+        let _: Csi_V1_ControllerModifyVolumeResponse = try await scene.call("ControllerModifyVolume", Csi_V1_ControllerModifyVolumeRequest.with {
+            $0.volumeID = clone.volume.volumeID
+            $0.mutableParameters = ["diskIOPS": "100"]
+        })
+        #expect(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-b")).count == 1)
+        #expect(await delete(scene, clone.volume.volumeID) == nil)
+        #expect(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-b")).isEmpty)
+        #expect(scene.fake.vms(named: CopyVM.vmName(.options, csiName: clone.volume.volumeID)).isEmpty)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") != nil)
+    }
+}
