@@ -70,7 +70,7 @@ let package = Package(
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "BlockDevice", "Metrics",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "BlockDevice", "Metrics", "CLinux",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics",
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics", "BlockDevice",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

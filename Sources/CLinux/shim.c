@@ -7,6 +7,9 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
 #include "CLinux.h"
 
 int CLinux_accept4(int fd, int flags) { return accept4(fd, 0, 0, flags); }
@@ -32,4 +35,29 @@ int CLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+/* The write end of the pipe termination signals are forwarded to. */
+static int signal_pipe_write = -1;
+
+static void forward_signal(int signal) {
+    int saved = errno;  /* one write(2): async-signal-safe */
+    unsigned char byte = (unsigned char)signal;
+    (void)write(signal_pipe_write, &byte, 1);
+    errno = saved;
+}
+
+int CLinux_signal_pipe(const int *signals, int count) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    signal_pipe_write = fds[1];
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = forward_signal;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < count; i++) {
+        if (sigaction(signals[i], &action, NULL) != 0) return -1;
+    }
+    return fds[0];
 }

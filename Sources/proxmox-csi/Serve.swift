@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import BlockDevice
 import CSIDriver
 import Logging
 import Metrics
@@ -15,7 +16,7 @@ extension Logger.Level: @retroactive ExpressibleByArgument {
 }
 
 /// Serves the CSI services until SIGTERM or SIGINT.
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve the CSI services on a socket (the default command).")
 
     @Option(help: "Services to serve: controller (Identity + Controller), node (Identity + Node), or all.")
@@ -120,26 +121,18 @@ struct Serve: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
         let format = logFormat
         let level = logLevel
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level, format: format) }
         var logger = Logger(label: "proxmox-csi")
         logger[metadataKey: "csi.mode"] = "\(mode)"
 
-        // Signals are taken synchronously by this thread; every thread started
-        // from here on inherits the mask, so none of them is interrupted.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGTERM)
-        sigaddset(&signals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        signal(SIGPIPE, SIG_IGN)
-
         let nodeName = nodeID ?? environment("NODE_NAME") ?? hostName()
         // The controller depends on Proxmox: Probe says ready only while its API answers.
         var readiness = Readiness([])
-        var keepAlive: Task<Void, Never>?
+        var services: [any DriverService] = []
         var controller: ControllerService?
         var volumes: ProxmoxVolumes?
         if config == nil, mode.servesController {
@@ -153,38 +146,74 @@ struct Serve: ParsableCommand {
             volumes = ProxmoxVolumes(clusters: clusters.ordered, ownerVMID: loaded.ownerVMID, taskTimeout: loaded.taskTimeout)
             if mode.servesController {
                 readiness = clusters.readiness
-                keepAlive = clusters.keepReadinessCurrent()
+                services.append(ReadinessProber(clusters: clusters))
                 controller = ControllerService(volumes: volumes!, config: loaded)
             }
         }
-        defer { keepAlive?.cancel() }
         let driver = Driver(name: driverName, mode: mode, readiness: readiness, controller: controller,
                             node: NodeService(settings: nodeSettings(nodeName: nodeName), volumes: volumes), metrics: metrics)
-        let server = try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)
-        do {
-            try server.start()
-        } catch {
-            throw RuntimeFailure(description: "\(error)")
-        }
-        var metricsServer: MetricsServer?
+        services.append(GRPCService(server: try Server(endpoint: resolvedEndpoint(), router: driver.makeRouter(), logger: logger)))
         if let metrics, let endpoint = try metricsEndpoint() {
             do {
-                metricsServer = try MetricsServer(endpoint: endpoint, registry: metrics.registry)
+                services.append(MetricsService(server: try MetricsServer(endpoint: endpoint, registry: metrics.registry), logger: logger))
             } catch {
                 throw RuntimeFailure(description: "--metrics-address: \(error)")
             }
-            metricsServer?.start()
-            logger.info("metrics", metadata: ["metrics.url": "http://\(metricsServer!.endpoint.description.dropFirst("tcp://".count))/metrics"])
         }
+        let group = ServiceGroup(services: services, gracePeriod: shutdownGrace, logger: logger)
         logger.info("serving", metadata: [
             "csi.driver": "\(driverName)", "csi.version": "\(DriverInfo.version)", "csi.node": "\(nodeName)",
         ])
+        do {
+            _ = try await group.run()
+        } catch {
+            throw RuntimeFailure(description: "\(error)")
+        }
+    }
+}
 
-        var received: Int32 = 0
-        sigwait(&signals, &received)
-        logger.info("shutting down", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
-        server.shutdown(gracePeriodNanoseconds: UInt64(shutdownGrace * 1_000_000_000))
-        metricsServer?.stop()
+/// The CSI gRPC server: stops taking calls, sends GOAWAY, lets in-flight calls finish.
+struct GRPCService: DriverService {
+    let server: Server
+    var name: String { "grpc" }
+
+    func start() throws { _ = try server.start() }
+
+    func stop(gracePeriod: Double) async {
+        // shutdown blocks until every connection closes: on a thread of its own, not the cooperative pool.
+        let server = server
+        await OwnedThread.run { server.shutdown(gracePeriodNanoseconds: UInt64(gracePeriod * 1_000_000_000)) }
+    }
+}
+
+/// The Prometheus endpoint.
+struct MetricsService: DriverService {
+    let server: MetricsServer
+    let logger: Logger
+    var name: String { "metrics" }
+
+    func start() throws {
+        server.start()
+        logger.info("metrics", metadata: ["metrics.url": "http://\(server.endpoint.description.dropFirst("tcp://".count))/metrics"])
+    }
+
+    func stop(gracePeriod: Double) async { server.stop() }
+}
+
+/// Asks every cluster for its version now and then, so readiness stays true to the API while idle.
+final class ReadinessProber: DriverService, @unchecked Sendable {
+    // Written by start and stop only, which the group calls one after the other.
+    private var task: Task<Void, Never>?
+    let clusters: ProxmoxClusters
+    var name: String { "readiness" }
+
+    init(clusters: ProxmoxClusters) { self.clusters = clusters }
+
+    func start() throws { task = clusters.keepReadinessCurrent() }
+
+    func stop(gracePeriod: Double) async {
+        task?.cancel()
+        await task?.value
     }
 }
 

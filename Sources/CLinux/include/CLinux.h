@@ -17,4 +17,8 @@ int CLinux_block_set_readonly(int fd, int readonly);
 int CLinux_block_readonly(int fd, int *readonly);
 /* posix_spawn_file_actions_addclosefrom_np: the child keeps only the descriptors below `from`. */
 int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
+/* Termination signals as bytes on a pipe: a handler on whichever thread a signal
+   lands on writes its number (SA_RESTART: interrupted calls resume). Returns the
+   read end, or -1. Called once. */
+int CLinux_signal_pipe(const int *signals, int count);
 #endif
