@@ -24,8 +24,10 @@ public protocol RPCErrorConvertible: Error {
 }
 
 extension RPCError {
-    /// Any error as the status a client should see. Unknown errors become
-    /// INTERNAL with their description; cancellation becomes CANCELLED or,
+    /// Any error as the status a client should see. An error nobody mapped
+    /// becomes INTERNAL with a generic message: its details (which may name
+    /// paths, hosts or internals) go only to the call's log line, as the cause;
+    /// cancellation becomes CANCELLED or,
     /// when the call's deadline has passed, DEADLINE_EXCEEDED.
     public init(from error: any Error, deadlinePassed: Bool = false) {
         switch error {
@@ -38,7 +40,7 @@ extension RPCError {
                 ? RPCError(.deadlineExceeded, "deadline exceeded before the call finished")
                 : RPCError(.cancelled, "the call was cancelled by the client")
         default:
-            self = RPCError(.internal, String(describing: error), cause: error)
+            self = RPCError(.internal, "internal error (the driver's log has the details)", cause: error)
         }
     }
 }

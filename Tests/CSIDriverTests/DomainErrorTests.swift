@@ -29,4 +29,14 @@ import UnaryGRPC
         #expect(passed.code == .outOfRange && passed.message == "too big")
         #expect(rpcError(CancellationError(), "CreateVolume pvc-1").code == .cancelled)
     }
+
+    @Test func anUnmappedErrorsDetailsReachOnlyTheLogNotTheClient() {
+        struct Revealing: Error, CustomStringConvertible { var description: String { "open /etc/pve/priv/token.cfg failed" } }
+        for mapped in [rpcError(Revealing(), "DeleteVolume v"), RPCError(from: Revealing())] {
+            #expect(mapped.code == .internal)
+            #expect(!mapped.message.contains("/etc/pve") && mapped.message.contains("internal error"))
+            #expect(mapped.cause.map { "\($0)" }?.contains("/etc/pve/priv") == true)  // logged as grpc.cause
+        }
+        #expect(rpcError(Revealing(), "DeleteVolume v").message.hasPrefix("DeleteVolume v: "))
+    }
 }

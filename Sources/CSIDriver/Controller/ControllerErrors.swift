@@ -8,7 +8,10 @@ func rpcError(_ error: any Error, _ what: String) -> RPCError {
     if let error = error as? RPCError { return error }
     if error is CancellationError { return RPCError(.cancelled, "\(what): cancelled") }
     if let error = error as? DomainError { return RPCError(error.rpcError.code, "\(what): \(error)", cause: error) }
-    guard let error = error as? ProxmoxError else { return RPCError(.internal, "\(what): \(error)", cause: error) }
+    guard let error = error as? ProxmoxError else {
+        // Nobody mapped it: the client hears which operation failed, the log line gets the cause.
+        return RPCError(.internal, "\(what): internal error (the driver's log has the details)", cause: error)
+    }
     let message = "\(what): \(error)"
     switch error {
     case .notFound: return RPCError(.notFound, message, cause: error)
