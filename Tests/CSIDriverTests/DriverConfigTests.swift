@@ -70,8 +70,13 @@ driver:
         ("clusters: [", "not valid YAML"),
         ("profiles: {}", "clusters: missing"),
         ("clusters: []", "clusters (line 1): expected a list with at least one cluster"),
-        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: super-secret-token-value\n    colour: red",
-         "clusters[0].colour (line 6): unknown key"),
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: super-secret-token-value\nfeatures:\n  controllerVmID: 100",
+         "features.controllerVmID (line 7): expected a whole number from 101 to 999999999"),
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenIDFile: /x\n    tokenSecret: super-secret-token-value",
+         "give tokenID or tokenIDFile, not both"),
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: super-secret-token-value\n"
+            + "driver:\n  ownerVMID: 9998\nfeatures:\n  controllerVmID: 9999",
+         "features.controllerVmID (line 9): 9999 differs from driver.ownerVMID 9998"),
         ("clusters:\n  - name: a\n    url: pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: super-secret-token-value",
          "clusters[0].url (line 3): expected https://HOST:8006"),
         ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi\n    tokenSecret: super-secret-token-value",
@@ -125,5 +130,118 @@ struct SetupError: Error {
         let text = ClusterCheck.explain(error, cluster: cluster)
         #expect(text.contains(expected), "\(text)")
         #expect(!text.contains("super-secret-token-value"))
+    }
+}
+
+/// Configs written for sergelogvinov/proxmox-csi-plugin (at a7c58ec, v0.19.1) load
+/// unchanged (issue 14, item 1). Its files, copied as test data.
+@Suite struct PluginConfigTests {
+    /// test/config/cluster-config-1.yaml
+    static let clusterConfig1 = """
+    features:
+      provider: default
+    clusters:
+      - url: https://127.0.0.1:8006/api2/json
+        insecure: false
+        token_id: "user!token-id"
+        token_secret: "secret"
+        region: cluster-1
+      - url: https://127.0.0.2:8006/api2/json
+        insecure: false
+        token_id: "user!token-id"
+        token_secret: "secret"
+        region: cluster-2
+    """
+
+    /// hack/testdata/cloud-config.yaml
+    static let cloudConfig = """
+    clusters:
+      - url: https://cluster-api-1.exmple.com:8006/api2/json
+        insecure: false
+        token_id: "login!name"
+        token_secret: "secret"
+        region: Region-1
+      - url: https://cluster-api-2.exmple.com:8006/api2/json
+        insecure: false
+        token_id: "login!name"
+        token_secret: "secret"
+        region: Region-2
+    """
+
+    /// The chart's values.yaml `config:` with its commented cluster filled in, as
+    /// templates/secrets.yaml renders it (`toYaml .Values.config`: keys sorted).
+    static let chartValues = """
+    clusters:
+    - insecure: false
+      region: cluster-1
+      token_id: login!name
+      token_secret: secret
+      url: https://cluster-api-1.exmple.com:8006/api2/json
+    features:
+      provider: default
+    """
+
+    @Test(arguments: [
+        (clusterConfig1, ["cluster-1", "cluster-2"]),
+        (cloudConfig, ["Region-1", "Region-2"]),
+        (chartValues, ["cluster-1"]),
+    ])
+    func thePluginsOwnConfigsLoadWithTheirMeaning(yaml: String, clusters: [String]) throws {
+        let config = try DriverConfig.parse(yaml)
+        #expect(config.clusters.map(\.name) == clusters)
+        #expect(config.clusters.allSatisfy { !$0.insecureSkipVerify && $0.url.hasSuffix("/api2/json") })
+        #expect(config.ownerVMID == 9999)
+        guard case let .apiToken(id, secret) = config.clusters[0].credentials else { throw SetupError("token expected") }
+        #expect(id.hasSuffix("!token-id") || id.hasSuffix("!name"))
+        #expect(secret == "secret")
+        // Their token ids name no realm: loaded, with a warning per cluster naming the key.
+        #expect(config.warnings.filter { $0.contains(".tokenID") && $0.contains("names no realm") }.count == clusters.count)
+    }
+
+    @Test func featuresControllerVmIDIsTheOwnerVMIDAndCapmoxIsAcceptedWithAWarning() throws {
+        let config = try DriverConfig.parse("""
+        features:
+          provider: capmox
+          controllerVmID: 4242
+        clusters:
+          - url: https://pve:8006
+            token_id: "csi@pve!csi"
+            token_secret: "s"
+            region: r
+        """)
+        #expect(config.ownerVMID == 4242)
+        #expect(config.warnings.count == 1 && config.warnings[0].contains("features.provider (line 2): capmox"))
+    }
+
+    @Test func tokenFilesAreReadAsThePluginReadsThem() throws {
+        let directory = NSTemporaryDirectory() + "plugin-config-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory + "/cluster1", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "csi@pve!csi\n".write(toFile: directory + "/cluster1/token_id", atomically: true, encoding: .utf8)
+        try "from-a-file\n".write(toFile: directory + "/cluster1/token_secret", atomically: true, encoding: .utf8)
+        // pkg/config/config_test.go's case, with its paths under the test's folder.
+        try """
+        clusters:
+          - url: https://cluster-api-1.exmple.com:8006/api2/json
+            insecure: false
+            token_id_file: "\(directory)/cluster1/token_id"
+            token_secret_file: "\(directory)/cluster1/token_secret"
+            region: cluster-1
+        """.write(toFile: directory + "/config.yaml", atomically: true, encoding: .utf8)
+        let config = try DriverConfig.load(path: directory + "/config.yaml")
+        guard case let .apiToken(id, secret) = config.clusters[0].credentials else { throw SetupError("token expected") }
+        #expect(id == "csi@pve!csi" && secret == "from-a-file")
+        #expect(config.warnings.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: s\n    colour: red", "clusters[0].colour (line 6)"),
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: s\nfeatures:\n  newThing: 1", "features.newThing (line 7)"),
+        ("clusters:\n  - name: a\n    url: https://pve:8006\n    tokenID: csi@pve!csi\n    tokenSecret: s\nextra: {a: 1}", "extra (line 6)"),
+    ])
+    func aKeyWithNoMeaningHereIsAcceptedWithOneWarningNamingIt(yaml: String, named: String) throws {
+        let config = try DriverConfig.parse(yaml)
+        #expect(config.warnings.count == 1)
+        #expect(config.warnings.first?.hasPrefix(named + ": not a setting of this driver, ignored") == true)
     }
 }

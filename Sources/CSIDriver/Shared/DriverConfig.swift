@@ -93,7 +93,10 @@ private struct ConfigReader {
         return DriverConfig.Error(file: file, message: "\(path)\(line): \(problem)")
     }
 
-    func mapping(_ node: Node, _ path: String, allowed: Set<String>) throws -> [(String, Node)] {
+    /// The keys of a mapping this driver reads. A key it has no meaning for is
+    /// skipped with one warning naming it, never refused: a config written for
+    /// sergelogvinov/proxmox-csi-plugin (or a newer version of this driver) still loads.
+    mutating func mapping(_ node: Node, _ path: String, allowed: Set<String>) throws -> [(String, Node)] {
         guard let mapping = node.mapping else { throw fail(path, node, "expected a mapping of keys to values") }
         var seen = Set<String>()
         var out: [(String, Node)] = []
@@ -101,7 +104,8 @@ private struct ConfigReader {
             guard let key = keyNode.string else { throw fail(path, keyNode, "keys must be strings") }
             let keyPath = path.isEmpty ? key : "\(path).\(key)"
             guard allowed.contains(key) else {
-                throw fail(keyPath, keyNode, "unknown key; expected one of \(allowed.sorted().joined(separator: ", "))")
+                warnings.append(fail(keyPath, keyNode, "not a setting of this driver, ignored (it reads \(allowed.sorted().joined(separator: ", ")))").message)
+                continue
             }
             guard seen.insert(key).inserted else { throw fail(keyPath, keyNode, "given twice") }
             out.append((key, value))
@@ -150,11 +154,24 @@ private struct ConfigReader {
         var profiles: [String: DriverConfig.Profile] = [:]
         var profileNodes: [(String, Node)] = []
         var ownerVMID = 9999
+        var sawOwnerVMID = false
         var requestTimeout = 30.0
         var taskTimeout = 600.0
         var probeInterval = 30.0
-        for (key, value) in try mapping(root, "", allowed: ["clusters", "profiles", "driver"]) {
+        var controllerVMID: (Int, Node)?
+        for (key, value) in try mapping(root, "", allowed: ["clusters", "profiles", "driver", "features"]) {
             switch key {
+            case "features":
+                // sergelogvinov/proxmox-csi-plugin's pkg/config ClustersFeatures.
+                for (feature, node) in try mapping(value, "features", allowed: ["provider", "controllerVmID"]) {
+                    if feature == "controllerVmID" {
+                        // The plugin's name for the vmid its volume names carry (it wants more than 100).
+                        controllerVMID = (try int(node, "features.controllerVmID", 101...999_999_999), node)
+                    } else if try oneOf(node, "features.provider", ["default", "capmox"]) == "capmox" {
+                        warnings.append(fail("features.provider", node, "capmox changes nothing here: each node's VM is found "
+                            + "by its name, vmid or SMBIOS uuid whoever created it").message)
+                    }
+                }
             case "clusters":
                 guard let items = value.sequence, !items.isEmpty else {
                     throw fail("clusters", value, "expected a list with at least one cluster")
@@ -167,7 +184,9 @@ private struct ConfigReader {
             default:
                 for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout", "probeInterval"]) {
                     switch setting {
-                    case "ownerVMID": ownerVMID = try int(node, "driver.ownerVMID", 100...999_999_999)
+                    case "ownerVMID":
+                        ownerVMID = try int(node, "driver.ownerVMID", 100...999_999_999)
+                        sawOwnerVMID = true
                     case "requestTimeout": requestTimeout = try seconds(node, "driver.requestTimeout")
                     case "probeInterval": probeInterval = try seconds(node, "driver.probeInterval")
                     default: taskTimeout = try seconds(node, "driver.taskTimeout")
@@ -176,6 +195,12 @@ private struct ConfigReader {
             }
         }
         guard !clusters.isEmpty else { throw fail("clusters", nil, "missing: the config must name at least one Proxmox cluster") }
+        if let (vmid, node) = controllerVMID {
+            guard !sawOwnerVMID || vmid == ownerVMID else {
+                throw fail("features.controllerVmID", node, "\(vmid) differs from driver.ownerVMID \(ownerVMID): they name the same vmid, give one")
+            }
+            ownerVMID = vmid
+        }
         var names = Set<String>()
         for cluster in clusters where !names.insert(cluster.name).inserted {
             throw fail("clusters", nil, "two clusters are named \"\(cluster.name)\"")
@@ -190,12 +215,13 @@ private struct ConfigReader {
 
     mutating func cluster(_ node: Node, _ path: String) throws -> DriverConfig.Cluster {
         // Our spelling, and sergelogvinov/proxmox-csi-plugin's.
-        let allowed: Set<String> = ["name", "region", "url", "tokenID", "token_id", "tokenSecret", "token_secret",
-                                    "tokenSecretFile", "username", "password", "passwordFile", "caFile",
-                                    "insecureSkipVerify", "insecure"]
+        let allowed: Set<String> = ["name", "region", "url", "tokenID", "token_id", "tokenIDFile", "token_id_file",
+                                    "tokenSecret", "token_secret", "tokenSecretFile", "token_secret_file",
+                                    "username", "password", "passwordFile", "caFile", "insecureSkipVerify", "insecure"]
         var values: [String: Node] = [:]
         for (key, value) in try mapping(node, path, allowed: allowed) {
             let canonical = ["region": "name", "token_id": "tokenID", "token_secret": "tokenSecret",
+                             "token_id_file": "tokenIDFile", "token_secret_file": "tokenSecretFile",
                              "insecure": "insecureSkipVerify"][key] ?? key
             if values[canonical] != nil { throw fail("\(path).\(key)", value, "given twice under two spellings") }
             values[canonical] = value
@@ -215,13 +241,24 @@ private struct ConfigReader {
         }
 
         let credentials: Credentials
-        let hasToken = values["tokenID"] != nil
+        let hasToken = values["tokenID"] != nil || values["tokenIDFile"] != nil
         let hasUser = values["username"] != nil
         switch (hasToken, hasUser) {
         case (true, false):
-            let id = try string(values["tokenID"]!, "\(path).tokenID")
-            guard id.range(of: #"^[^\s:/@]+@[A-Za-z][A-Za-z0-9.\-_]+![A-Za-z][A-Za-z0-9.\-_]+$"#, options: .regularExpression) != nil else {
-                throw fail("\(path).tokenID", values["tokenID"], "expected USER@REALM!TOKENNAME, e.g. csi@pve!csi")
+            let id: String
+            switch (values["tokenID"], values["tokenIDFile"]) {
+            case let (inline?, nil): id = try string(inline, "\(path).tokenID")
+            case let (nil, file?): id = try secret(fromFile: file, "\(path).tokenIDFile")
+            default: throw fail("\(path).tokenID", node, "give tokenID or tokenIDFile, not both")
+            }
+            let idNode = values["tokenID"] ?? values["tokenIDFile"]
+            guard id.range(of: #"^[^\s:/!]+![A-Za-z][A-Za-z0-9.\-_]+$"#, options: .regularExpression) != nil else {
+                throw fail("\(path).tokenID", idNode, "expected USER@REALM!TOKENNAME, e.g. csi@pve!csi")
+            }
+            // proxmox-csi-plugin's own configs write USER!TOKEN (no realm); it loads, Proxmox decides.
+            if id.range(of: #"^[^\s:/@!]+@[A-Za-z][A-Za-z0-9.\-_]+!"#, options: .regularExpression) == nil {
+                warnings.append(fail("\(path).tokenID", idNode, "\"\(id)\" names no realm (USER@REALM!TOKENNAME, e.g. csi@pve!csi): "
+                    + "Proxmox will likely refuse it").message)
             }
             let secret: String
             switch (values["tokenSecret"], values["tokenSecretFile"]) {
@@ -260,7 +297,7 @@ private struct ConfigReader {
         return DriverConfig.Cluster(name: name, url: url, credentials: credentials, caFile: caFile, insecureSkipVerify: insecure)
     }
 
-    func profile(_ node: Node, _ path: String, clusters: Set<String>) throws -> DriverConfig.Profile {
+    mutating func profile(_ node: Node, _ path: String, clusters: Set<String>) throws -> DriverConfig.Profile {
         var profile = DriverConfig.Profile()
         let keys: Set<String> = ["storage", "storages", "bus", "cache", "ssd", "discard", "iothread", "backup",
                                  "iops", "mbps", "fsType"]
