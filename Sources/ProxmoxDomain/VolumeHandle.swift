@@ -3,13 +3,17 @@ import Foundation
 /// A CSI volume id: `<cluster>/<node-or-empty>/<storage>/<volume-name>`,
 /// the form sergelogvinov/proxmox-csi-plugin uses, so PVs it created keep
 /// working. The node is empty for shared storage (the volume is reachable
-/// from every node of the cluster).
+/// from every node of the cluster). The plugin names a file storage's volume
+/// by its path inside the storage, `<vmid>/<file>` (or deeper,
+/// `<vmid>/<folder>/<file>`: its pkg/utils/volume), so everything after the
+/// storage is the volume, slashes and all.
 public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
     public var cluster: String
     /// The Proxmox node holding a local storage's volume; nil for shared storage.
     public var node: String?
     public var storage: String
-    /// The volume's name in its storage (`vm-9999-pvc-…`, `pvc-….raw` for dir/nfs).
+    /// The volume's name in its storage (`vm-9999-pvc-…`, `vm-9999-pvc-….raw` for dir/nfs),
+    /// or its path there as the plugin writes it (`9999/vm-9999-pvc-….raw`).
     public var volume: String
 
     public init(cluster: String, node: String?, storage: String, volume: String) {
@@ -30,10 +34,11 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
 
     public init(parsing id: String) throws(ParseError) {
         let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 4, !parts[0].isEmpty, !parts[2].isEmpty, !parts[3].isEmpty,
+        guard parts.count >= 4, !parts[0].isEmpty, parts[2...].allSatisfy({ !$0.isEmpty }),
               Self.isStorageID(parts[2]), parts.allSatisfy({ !$0.contains(where: { $0.isWhitespace || $0 == ":" }) })
         else { throw .malformed(id) }
-        self.init(cluster: parts[0], node: parts[1].isEmpty ? nil : parts[1], storage: parts[2], volume: parts[3])
+        self.init(cluster: parts[0], node: parts[1].isEmpty ? nil : parts[1], storage: parts[2],
+                  volume: parts[3...].joined(separator: "/"))
     }
 
     public var description: String { "\(cluster)/\(node ?? "")/\(storage)/\(volume)" }
@@ -41,13 +46,19 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
     /// The vmid that owns the volume, from its `vm-<vmid>-` name: the
     /// driver's owner vmid, or the record VM of a restored or cloned volume.
     public var ownerVMID: Int? {
+        // A path inside a file storage starts with the owner's folder (pve-storage's images/<vmid>/).
+        if let folder = volume.split(separator: "/").first, volume.contains("/") { return Int(folder) }
         guard volume.hasPrefix("vm-") else { return nil }
         return Int(volume.dropFirst(3).prefix { $0.isNumber })
     }
 
+    /// The volume's own file or volume name, without a path's folders.
+    public var fileName: String { String(volume.split(separator: "/").last ?? "") }
+
     /// The Proxmox volume id. dir and nfs volumes live in a folder per owner vmid.
     public func volid(ownerVMID fallback: Int, storageType: String) -> String {
-        ["dir", "nfs", "cifs", "glusterfs"].contains(storageType)
+        if volume.contains("/") { return "\(storage):\(volume)" }  // the path is given (the plugin's form)
+        return ["dir", "nfs", "cifs", "glusterfs"].contains(storageType)
             ? "\(storage):\(ownerVMID ?? fallback)/\(volume)" : "\(storage):\(volume)"
     }
 
@@ -80,9 +91,10 @@ public enum VolumeNaming {
         "0x5" + String(sha256Hex("wwn:" + identity(handle)).prefix(15))
     }
 
-    /// Node-independent, so a volume moved between nodes keeps its serial.
+    /// Node-independent, so a volume moved between nodes keeps its serial; by
+    /// file name, so the plugin's path form of an id names the same disk.
     private static func identity(_ handle: VolumeHandle) -> String {
-        "\(handle.cluster)/\(handle.storage)/\(handle.volume)"
+        "\(handle.cluster)/\(handle.storage)/\(handle.fileName)"
     }
 }
 

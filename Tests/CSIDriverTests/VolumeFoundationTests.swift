@@ -18,9 +18,45 @@ import UnaryGRPC
         #expect(handle.description == id)
     }
 
-    @Test(arguments: ["", "vol", "a/b/c", "a/b/c/d/e", "/pve1/local-lvm/x", "a/b//x", "a/b/c/", "a/b/Local_LVM/x", "a/b/c/vm 1", "a/b/c/x:y"])
+    @Test(arguments: ["", "vol", "a/b/c", "a/b/c/d//e", "a/b/c/9999/", "/pve1/local-lvm/x", "a/b//x", "a/b/c/", "a/b/Local_LVM/x", "a/b/c/vm 1", "a/b/c/x:y"])
     func refusesMalformed(_ id: String) {
         #expect(throws: VolumeHandle.ParseError.malformed(id)) { try VolumeHandle(parsing: id) }
+    }
+
+    /// Every case of proxmox-csi-plugin's pkg/utils/volume/volume_test.go (at a7c58ec):
+    /// id, cluster, node, storage, disk, owner vmid, volid.
+    @Test(arguments: [
+        ("region/zone/storage/disk", "region", "zone", "storage", "disk", nil, "storage:disk"),
+        ("region/zone/storage/100/vm-100-disk-0.raw", "region", "zone", "storage", "100/vm-100-disk-0.raw", 100, "storage:100/vm-100-disk-0.raw"),
+        ("region/zone/storage/vm-1000-disk", "region", "zone", "storage", "vm-1000-disk", 1000, "storage:vm-1000-disk"),
+        ("region//storage/vm-1000-disk", "region", nil, "storage", "vm-1000-disk", 1000, "storage:vm-1000-disk"),
+        ("region/zone/storage/1000/folder/vm-1000-disk.raw", "region", "zone", "storage", "1000/folder/vm-1000-disk.raw", 1000,
+         "storage:1000/folder/vm-1000-disk.raw"),
+        ("region//storage/1000/folder/vm-1000-disk.raw", "region", nil, "storage", "1000/folder/vm-1000-disk.raw", 1000,
+         "storage:1000/folder/vm-1000-disk.raw"),
+        ("region//storage/1000/folder.dev/vm-1000-disk.raw", "region", nil, "storage", "1000/folder.dev/vm-1000-disk.raw", 1000,
+         "storage:1000/folder.dev/vm-1000-disk.raw"),
+    ] as [(String, String, String?, String, String, Int?, String)])
+    func everyIdThePluginWritesParsesWithItsMeaning(id: String, cluster: String, node: String?, storage: String, disk: String,
+                                                   owner: Int?, volid: String) throws {
+        let handle = try VolumeHandle(parsing: id)
+        #expect(handle.cluster == cluster && handle.node == node && handle.storage == storage && handle.volume == disk)
+        #expect(handle.ownerVMID == owner)
+        #expect(handle.volid(ownerVMID: 9999, storageType: "lvmthin") == volid)
+        #expect(handle.description == id)  // PVs keep their ids: the form given is the form answered
+    }
+
+    @Test func thePluginsThreePartIdIsRefusedAsItRefusesIt() {
+        // volume_test.go TestNewVolumeFromVolumeIDError.
+        #expect(throws: VolumeHandle.ParseError.malformed("region/storage/disk")) { try VolumeHandle(parsing: "region/storage/disk") }
+    }
+
+    @Test func theTwoFormsOfAFileStoragesIdNameOneDiskWithOneIdentity() throws {
+        let ours = try VolumeHandle(parsing: "main/pve1/local/vm-9999-pvc-a.raw")
+        let plugins = try VolumeHandle(parsing: "main/pve1/local/9999/vm-9999-pvc-a.raw")
+        #expect(ours.volid(ownerVMID: 9999, storageType: "dir") == plugins.volid(ownerVMID: 9999, storageType: "dir"))
+        #expect(VolumeNaming.serial(for: ours) == VolumeNaming.serial(for: plugins))
+        #expect(VolumeNaming.wwn(for: ours) == VolumeNaming.wwn(for: plugins))
     }
 
     @Test func volidFollowsTheStorageType() {

@@ -205,3 +205,41 @@ import UnaryGRPC
         #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") != nil)
     }
 }
+
+/// Volumes proxmox-csi-plugin made, by the ids it wrote (issue 14, item 2).
+@Suite struct PluginHandleTests {
+    @Test func aFileStorageVolumeByThePluginsPathIdIsPublishedExpandedAndDeleted() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local:9999/vm-9999-pvc-p.raw", node: "pve1", owner: 9999)
+        let id = "main/pve1/local/9999/vm-9999-pvc-p.raw"
+        _ = try await scene.publish(id, to: "worker-1")
+        #expect(scene.disks(of: "local:9999/vm-9999-pvc-p.raw") == ["100:scsi1"])
+        let grown: Csi_V1_ControllerExpandVolumeResponse = try await scene.call("ControllerExpandVolume", Csi_V1_ControllerExpandVolumeRequest.with {
+            $0.volumeID = id
+            $0.capacityRange.requiredBytes = 2 << 30
+        })
+        #expect(grown.capacityBytes == 2 << 30 && scene.fake.volume("local:9999/vm-9999-pvc-p.raw")?.size == 2 << 30)
+        try await scene.unpublish(id, from: "worker-1")
+        // DeleteVolume never answers OK while the disk its id names remains.
+        #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id }) == nil)
+        #expect(scene.fake.volume("local:9999/vm-9999-pvc-p.raw") == nil)
+    }
+
+    @Test func aSharedNFSVolumeByThePluginsPathIdIsFoundAndDeleted() async throws {
+        let scene = ControllerScene()
+        scene.fake.addStorage("nfs", type: "nfs", shared: true)
+        scene.fake.addVolume("nfs:9999/vm-9999-pvc-n.raw", node: nil, owner: 9999)
+        let id = "main//nfs/9999/vm-9999-pvc-n.raw"
+        let got: Csi_V1_ControllerGetVolumeResponse = try await scene.call("ControllerGetVolume", Csi_V1_ControllerGetVolumeRequest.with { $0.volumeID = id })
+        #expect(got.volume.volumeID == id && got.volume.capacityBytes == 1 << 30)
+        #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id }) == nil)
+        #expect(scene.fake.volume("nfs:9999/vm-9999-pvc-n.raw") == nil)
+    }
+
+    @Test func aPathIdIntoAnotherVMsFolderIsNeverTheDrivers() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("local:100/vm-100-disk-1.raw", node: "pve1", owner: 100)
+        #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = "main/pve1/local/100/vm-100-disk-1.raw" }) == nil)
+        #expect(scene.fake.volume("local:100/vm-100-disk-1.raw") != nil)
+    }
+}
