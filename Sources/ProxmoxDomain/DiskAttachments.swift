@@ -1,13 +1,32 @@
 import ProxmoxAPI
 
+/// A volume as a disk of a VM: its slot and its config line.
+package struct AttachedDisk: Sendable, Equatable {
+    /// The config key: `scsi3`, `virtio0`.
+    package var slot: String
+    /// The line as Proxmox holds it: `<volid>,serial=…,wwn=…,…`.
+    package var line: String
+
+    package var bus: DiskBus? { DiskBus.allCases.first { slot.hasPrefix($0.rawValue) } }
+
+    /// The slot's number: qemu-server puts scsiN at LUN N (print_drivedevice_full).
+    package var index: Int? { bus.flatMap { Int(slot.dropFirst($0.rawValue.count)) } }
+
+    /// An option of the line (`serial`, `wwn`), nil when it has none.
+    package func option(_ name: String) -> String? {
+        line.split(separator: ",").dropFirst().first { $0.hasPrefix(name + "=") }.map { String($0.dropFirst(name.count + 1)) }
+    }
+}
+
 /// Attaching a volume to a VM and detaching it: which slot it takes, what
 /// one batched write holds, and when Proxmox has really done it.
 extension ProxmoxVolumes {
     /// Puts the disk `diskValue` (whose volid is `volid`) into the VM's first
-    /// free slot of `bus`, or finds it already there, and returns the slot once
-    /// the running VM has the disk. Refuses a volume attached with the other
+    /// free slot of `bus`, or finds it already there, and returns the disk as
+    /// the VM holds it once the running VM has it: a line another tool wrote
+    /// (proxmox-csi-plugin's, with its own WWN and no serial) is kept as it is. Refuses a volume attached with the other
     /// read-only flag (`exists`), and a VM with every slot taken (`exhausted`).
-    package func attach(_ volid: String, as diskValue: String, readonly: Bool, bus: DiskBus, to vm: VMRef) async throws -> String {
+    package func attach(_ volid: String, as diskValue: String, readonly: Bool, bus: DiskBus, to vm: VMRef) async throws -> AttachedDisk {
         let written = try await editConfig(vm) { draft in
             if let (key, value) = Self.disks(holding: volid, in: draft.values).first {
                 let attachedReadonly = value.split(separator: ",").contains("ro=1")
@@ -36,12 +55,14 @@ extension ProxmoxVolumes {
     /// (qemu-server vmconfig_hotplug_pending), and the VM would get the disk
     /// only when it restarts. The way aws-ebs-csi-driver waits for the
     /// attachment state before answering.
-    private func confirmAttached(_ volid: String, to written: VMRef) async throws -> String {
+    private func confirmAttached(_ volid: String, to written: VMRef) async throws -> AttachedDisk {
         guard let (vm, after) = try await currentConfig(written) else {
             throw DomainError.notFound("VM \(written.vmid) (\(written.name)) is on no Proxmox node any more")
         }
         let keys = Self.disks(holding: volid, in: after)
-        if let attached = keys.first(where: { after.values[$0] != nil && after.isSettled($0) }) { return attached }
+        if let attached = keys.first(where: { after.values[$0] != nil && after.isSettled($0) }) {
+            return AttachedDisk(slot: attached, line: after.values[attached]!)
+        }
         guard let key = keys.first else {
             throw DomainError.notYet("the attach of \(volid) to VM \(vm.vmid) (\(vm.name)) did not reach its config; try again")
         }

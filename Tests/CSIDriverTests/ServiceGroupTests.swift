@@ -35,10 +35,13 @@ import Testing
     func aSignalStopsTheServicesInReverseOrder(signal: Int32) async throws {
         let recorder = Recorder()
         let group = ServiceGroup(services: ["a", "b", "c"].map { Recorded(name: $0, recorder: recorder) }, gracePeriod: 7, logger: logger)
-        let running = Task { try await group.run() }
+        // The signal as the handler's pipe would deliver it: a real process-wide signal
+        // would interrupt the calls of tests running beside this one (the process test sends real ones).
+        let delivered = Gate()
+        let running = Task { try await group.run(until: { await delivered.wait(); return signal }) }
         while recorder.events.withLock({ $0.count }) < 3 { try await Task.sleep(nanoseconds: 5_000_000) }
         #expect(recorder.events.withLock { $0 } == ["start a", "start b", "start c"])
-        kill(getpid(), signal)
+        await delivered.open()
         #expect(try await running.value == signal)
         #expect(recorder.events.withLock { $0 } == ["start a", "start b", "start c", "stop c within 7s", "stop b within 7s", "stop a within 7s"])
     }
@@ -47,7 +50,22 @@ import Testing
         let recorder = Recorder()
         let group = ServiceGroup(services: [Recorded(name: "a", recorder: recorder), Recorded(name: "b", recorder: recorder, failsToStart: true),
                                             Recorded(name: "c", recorder: recorder)], gracePeriod: 1, logger: logger)
-        await #expect(throws: Recorded.CannotStart.self) { try await group.run() }
+        await #expect(throws: Recorded.CannotStart.self) { try await group.run(until: { SIGTERM }) }
         #expect(recorder.events.withLock { $0 } == ["start a", "stop a within 1s"])
+    }
+}
+
+/// Holds waiters until opened.
+actor Gate {
+    private var isOpen = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+    func wait() async {
+        if isOpen { return }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+    func open() {
+        isOpen = true
+        waiting.forEach { $0.resume() }
+        waiting = []
     }
 }

@@ -116,7 +116,7 @@ import Testing
         let scene = Scene()
         let stale = scene.vm(100)
         scene.fake.migrate(100, to: "pve2")
-        let slot = try await scene.volumes.attach("ceph:vm-9999-pvc-a", as: "ceph:vm-9999-pvc-a", readonly: false, bus: .scsi, to: stale)
+        let slot = try await scene.volumes.attach("ceph:vm-9999-pvc-a", as: "ceph:vm-9999-pvc-a", readonly: false, bus: .scsi, to: stale).slot
         #expect(slot == "scsi1")
         #expect(scene.fake.vm(100)!.values["scsi1"] == "ceph:vm-9999-pvc-a")
     }

@@ -34,7 +34,7 @@ struct Scene {
 
     /// Attaches `volid` to VM `vmid` the way ControllerPublish does.
     func attach(_ volid: String, to vmid: Int, bus: DiskBus = .scsi, readonly: Bool = false) async throws -> String {
-        try await volumes.attach(volid, as: volid + (readonly ? ",ro=1" : ""), readonly: readonly, bus: bus, to: vm(vmid))
+        try await volumes.attach(volid, as: volid + (readonly ? ",ro=1" : ""), readonly: readonly, bus: bus, to: vm(vmid)).slot
     }
 
     /// The VM's disk slots of a bus that hold something, current or pending.

@@ -43,25 +43,32 @@ extension ControllerService {
             if let (other, key) = elsewhere.first {
                 throw RPCError(.failedPrecondition, "volume is attached to VM \(other.vmid) (\(other.name)) as \(key)")
             }
-            let bus = parameters.bus
-            let slot = try await attach(handle, storage: storage, to: vm, bus: bus, readonly: request.readonly,
+            let disk = try await attach(handle, storage: storage, to: vm, bus: parameters.bus, readonly: request.readonly,
                                         options: parameters.diskOptions)
-            var publishContext = ["serial": VolumeNaming.serial(for: handle), "bus": bus]
-            if bus == "scsi" {
-                publishContext["wwn"] = VolumeNaming.wwn(for: handle)
-                // qemu-server puts scsiN at LUN N (print_drivedevice_full): the node scans just that LUN
-                // if the guest missed the hot-plug event.
-                if let lun = Int(slot.dropFirst(bus.count)) { publishContext["lun"] = String(lun) }
-            }
+            let publishContext = Self.publishContext(for: disk)
             return .with { $0.publishContext = publishContext }
         } catch {
             throw rpcError(error, what)
         }
     }
 
-    /// Returns the slot (config key) the volume is in.
+    /// What the node looks for: the identity the disk's config line carries (ours
+    /// carries our serial and WWN; one proxmox-csi-plugin attached carries its
+    /// slot-derived WWN and no serial), its bus, and on scsi its LUN, which the
+    /// node scans alone if the guest missed the hot-plug event.
+    static func publishContext(for disk: AttachedDisk) -> [String: String] {
+        var context: [String: String] = [:]
+        if let bus = disk.bus { context["bus"] = bus.rawValue }
+        if let serial = disk.option("serial") { context["serial"] = serial }
+        if disk.bus == .scsi {
+            if let wwn = disk.option("wwn") { context["wwn"] = wwn }
+            if let lun = disk.index { context["lun"] = String(lun) }
+        }
+        return context
+    }
+
     private func attach(_ handle: VolumeHandle, storage: StorageRef, to vm: VMRef, bus: String, readonly: Bool,
-                        options: [(String, String)]) async throws -> String {
+                        options: [(String, String)]) async throws -> AttachedDisk {
         let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
         var value = [volid, "serial=\(VolumeNaming.serial(for: handle))"]
         if bus == "scsi" { value.append("wwn=\(VolumeNaming.wwn(for: handle))") }

@@ -41,6 +41,11 @@ public struct ServiceGroup: Sendable {
     public func run() async throws -> Int32 {
         let signalPipe = signals.withUnsafeBufferPointer { CLinux_signal_pipe($0.baseAddress, Int32($0.count)) }
         guard signalPipe >= 0 else { throw SignalSetupFailed(errno: errno) }
+        return try await run(until: { await Self.nextSignal(from: signalPipe) })
+    }
+
+    /// Starts every service, serves until `shutdown` answers a signal number, then stops them.
+    func run(until shutdown: @Sendable () async -> Int32) async throws -> Int32 {
         var started: [any DriverService] = []
         do {
             for service in services {
@@ -51,7 +56,7 @@ public struct ServiceGroup: Sendable {
             await stop(started)
             throw error
         }
-        let received = await Self.nextSignal(from: signalPipe)
+        let received = await shutdown()
         logger.info("shutting down", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : received == SIGINT ? "SIGINT" : "\(received)")"])
         await stop(started)
         return received

@@ -163,3 +163,48 @@ import UnaryGRPC
             == .invalidArgument)
     }
 }
+
+/// Volumes proxmox-csi-plugin attached (issue 14, item 4): its config lines carry
+/// a WWN derived from the slot, hex("PVC-ID%02d"), and no serial.
+@Suite struct PluginAttachedVolumeTests {
+    /// The line the plugin writes for scsi7 (its pkg/csi controller: backup=0, iothread=1, wwn of the slot).
+    static let pluginLine = "ceph:vm-9999-pvc-p,backup=0,iothread=1,wwn=0x5056432d49443037"
+
+    @Test func publishAnswersTheIdentityTheConfigLineCarriesAndWritesNothing() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("ceph:vm-9999-pvc-p", node: nil, owner: 9999)
+        scene.fake.touch(100, set: "scsi7", to: Self.pluginLine)
+        let writes = scene.fake.writes.count
+        let context = try await scene.publish("main//ceph/vm-9999-pvc-p", to: "worker-1")
+        #expect(context == ["wwn": "0x5056432d49443037", "bus": "scsi", "lun": "7"])
+        #expect(scene.fake.writes.count == writes)
+        #expect(scene.fake.vm(100)!.values["scsi7"] == Self.pluginLine)
+    }
+
+    @Test func aPluginAttachedVolumeIsExpandedUnpublishedSnapshottedAndDeleted() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume("ceph:vm-9999-pvc-p", node: nil, owner: 9999)
+        scene.fake.touch(100, set: "scsi7", to: Self.pluginLine)
+        let id = "main//ceph/vm-9999-pvc-p"
+        let _: Csi_V1_ControllerExpandVolumeResponse = try await scene.call("ControllerExpandVolume", Csi_V1_ControllerExpandVolumeRequest.with {
+            $0.volumeID = id
+            $0.capacityRange.requiredBytes = 4 << 30
+        })
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-p")?.size == 4 << 30)
+        #expect(try await scene.snapshot("snap-p", of: id).readyToUse)
+        try await scene.unpublish(id, from: "worker-1")
+        #expect(scene.fake.vm(100)!.values["scsi7"] == nil)
+        #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id }) == nil)
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-p") == nil)
+    }
+
+    @Test(arguments: [
+        ("scsi3", "ceph:vm-9999-x,serial=csi-1,wwn=0x5abc", ["bus": "scsi", "serial": "csi-1", "wwn": "0x5abc", "lun": "3"]),
+        ("scsi12", "ceph:vm-9999-x,wwn=0x5056432d49443132", ["bus": "scsi", "wwn": "0x5056432d49443132", "lun": "12"]),
+        ("virtio2", "ceph:vm-9999-x,serial=csi-2,iothread=1", ["bus": "virtio", "serial": "csi-2"]),
+        ("virtio4", "ceph:vm-9999-x,backup=0", ["bus": "virtio"]),
+    ])
+    func thePublishContextIsWhatTheLineSays(slot: String, line: String, expected: [String: String]) {
+        #expect(ControllerService.publishContext(for: ProxmoxDomain.AttachedDisk(slot: slot, line: line)) == expected)
+    }
+}
