@@ -167,7 +167,8 @@ import UnaryGRPC
 /// Volumes proxmox-csi-plugin attached (issue 14, item 4): its config lines carry
 /// a WWN derived from the slot, hex("PVC-ID%02d"), and no serial.
 @Suite struct PluginAttachedVolumeTests {
-    /// The line the plugin writes for scsi7 (its pkg/csi controller: backup=0, iothread=1, wwn of the slot).
+    /// A line as the plugin writes it for scsi7 (at a7c58ec: pkg/csi/utils.go sets wwn = 0x + hex("PVC-ID%02d", lun);
+    /// pkg/csi/parameters.go defaults backup=0, iothread=1).
     static let pluginLine = "ceph:vm-9999-pvc-p,backup=0,iothread=1,wwn=0x5056432d49443037"
 
     @Test func publishAnswersTheIdentityTheConfigLineCarriesAndWritesNothing() async throws {
