@@ -23,6 +23,8 @@ public struct StorageRef: Sendable {
     public var shared: Bool
     /// Nodes where it is available, with free bytes on each.
     public var available: [String: Int64]
+    /// For shared storage: whether its `nodes` list (storage.cfg) leaves out some of the cluster's nodes.
+    public var limitedToSomeNodes = false
 }
 
 /// The driver's view of Proxmox volumes: the operations the CSI controller
@@ -93,8 +95,12 @@ public final class ProxmoxVolumes: Sendable {
     package func storage(_ cluster: String, _ id: String) async throws -> StorageRef? {
         let entries = try await resources(cluster).filter { $0.type == "storage" && $0.storage == id }
         guard let first = entries.first else { return nil }
-        return StorageRef(id: id, type: first.pluginType ?? "", shared: first.shared,
-                          available: Dictionary(entries.map { ($0.node, $0.maxDisk - $0.disk) }, uniquingKeysWith: max))
+        var storage = StorageRef(id: id, type: first.pluginType ?? "", shared: first.shared,
+                                 available: Dictionary(entries.map { ($0.node, $0.maxDisk - $0.disk) }, uniquingKeysWith: max))
+        // Cluster resources list a storage only on the nodes its `nodes` option names (all when unset).
+        let clusterNodes = Set(try await resources(cluster).filter { $0.type == "node" }.map(\.node))
+        storage.limitedToSomeNodes = storage.shared && !clusterNodes.isSubset(of: Set(storage.available.keys))
+        return storage
     }
 
     package func vms(_ cluster: String) async throws -> [VMRef] {

@@ -25,6 +25,10 @@ extension ControllerService {
             guard vm.cluster == handle.cluster else {
                 throw RPCError(.failedPrecondition, "volume is in cluster \(handle.cluster), node \(request.nodeID) in \(vm.cluster)")
             }
+            if handle.node == nil, storage.available[vm.node] == nil {
+                throw RPCError(.failedPrecondition, "storage \(storage.id) is not available on Proxmox node \(vm.node), "
+                    + "where VM \(vm.vmid) runs (its nodes: \(storage.available.keys.sorted().joined(separator: ", ")))")
+            }
             if let node = handle.node, node != vm.node {
                 throw RPCError(.failedPrecondition, "volume lives on local storage of Proxmox node \(node); "
                     + "VM \(vm.vmid) runs on \(vm.node)")

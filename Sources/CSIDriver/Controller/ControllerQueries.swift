@@ -33,9 +33,7 @@ extension ControllerService {
             return .with {
                 $0.volume.volumeID = handle.description
                 $0.volume.capacityBytes = size
-                $0.volume.accessibleTopology = [.with {
-                    $0.segments = handle.topologySegments
-                }]
+                $0.volume.accessibleTopology = handle.accessibleTopology(on: storage)
                 $0.status.publishedNodeIds = users.map(\.0.name).sorted()
                 $0.status.volumeCondition = condition
             }

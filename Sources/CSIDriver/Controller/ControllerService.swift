@@ -15,6 +15,13 @@ extension VolumeHandle {
     var topologySegments: [String: String] {
         node.map { [TopologyKey.region: cluster, TopologyKey.zone: $0] } ?? [TopologyKey.region: cluster]
     }
+
+    /// Its accessible topology: a shared storage whose `nodes` list leaves out
+    /// some nodes is reachable only from those it names, one segment each.
+    func accessibleTopology(on storage: StorageRef) -> [Csi_V1_Topology] {
+        guard node == nil, storage.limitedToSomeNodes else { return [.with { $0.segments = topologySegments }] }
+        return storage.available.keys.sorted().map { zone in .with { $0.segments = [TopologyKey.region: cluster, TopologyKey.zone: zone] } }
+    }
 }
 
 /// The CSI Controller service: thin translations of CSI onto ProxmoxVolumes.

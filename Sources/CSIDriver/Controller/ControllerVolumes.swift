@@ -57,9 +57,7 @@ extension ControllerService {
             $0.volume.volumeID = handle.description
             $0.volume.capacityBytes = bytes
             $0.volume.volumeContext = parameters.context
-            $0.volume.accessibleTopology = [.with {
-                $0.segments = handle.topologySegments
-            }]
+            $0.volume.accessibleTopology = handle.accessibleTopology(on: storage)
         }
     }
 
@@ -104,7 +102,7 @@ extension ControllerService {
             return topology.segments[TopologyKey.zone]
         }
         var nodes = storage.available.filter { $0.value >= bytes }.map(\.key)
-        if !requirements.requisite.isEmpty, !storage.shared {
+        if !requirements.requisite.isEmpty, !storage.shared || storage.limitedToSomeNodes {
             let allowed = Set(requirements.requisite.compactMap(zone))
             if !allowed.isEmpty { nodes = nodes.filter(allowed.contains) }
         }

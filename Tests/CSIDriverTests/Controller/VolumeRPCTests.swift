@@ -243,3 +243,43 @@ import UnaryGRPC
         #expect(scene.fake.volume("local:100/vm-100-disk-1.raw") != nil)
     }
 }
+
+/// A shared storage whose `nodes` list names only some nodes (issue 14, item 5):
+/// the plugin offers its volumes only there, and so does this driver.
+@Suite struct LimitedSharedStorageTests {
+    func scene() -> ControllerScene {
+        let scene = ControllerScene()
+        scene.fake.addStorage("nfs-a", type: "nfs", shared: true, nodes: ["pve1"])
+        return scene
+    }
+
+    @Test func itsVolumesAreAccessibleOnlyFromTheNodesItNames() async throws {
+        let volume = try await scene().create("pvc-a", storage: "nfs-a")
+        #expect(volume.volumeID == "main//nfs-a/vm-9999-pvc-a.raw")
+        #expect(volume.accessibleTopology.map(\.segments) == [[TopologyKey.region: "main", TopologyKey.zone: "pve1"]])
+    }
+
+    @Test func aStorageOnEveryNodeStaysReachableFromTheWholeCluster() async throws {
+        let volume = try await scene().create("pvc-a", storage: "ceph")
+        #expect(volume.accessibleTopology.map(\.segments) == [[TopologyKey.region: "main"]])
+    }
+
+    @Test func aPublishToAVMOnAnotherNodeIsRefusedAndWritesNothing() async throws {
+        let scene = scene()
+        let volume = try await scene.create("pvc-a", storage: "nfs-a")
+        await #expect { try await scene.publish(volume.volumeID, to: "worker-2") } throws: {
+            ($0 as? RPCError)?.code == .failedPrecondition && ($0 as? RPCError)?.message.contains("not available on Proxmox node pve2") == true
+        }
+        #expect(scene.fake.writes.isEmpty)
+        _ = try await scene.publish(volume.volumeID, to: "worker-1")
+        #expect(scene.disks(of: "nfs-a:9999/vm-9999-pvc-a.raw") == ["100:scsi1"])
+    }
+
+    @Test func getVolumeReportsTheSameTopology() async throws {
+        let scene = scene()
+        let volume = try await scene.create("pvc-a", storage: "nfs-a")
+        let got: Csi_V1_ControllerGetVolumeResponse = try await scene.call("ControllerGetVolume",
+                                                                           Csi_V1_ControllerGetVolumeRequest.with { $0.volumeID = volume.volumeID })
+        #expect(got.volume.accessibleTopology == volume.accessibleTopology)
+    }
+}
