@@ -93,13 +93,14 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     package func storage(_ cluster: String, _ id: String) async throws -> StorageRef? {
-        let entries = try await resources(cluster).filter { $0.type == "storage" && $0.storage == id }
+        let resources = try await resources(cluster)
+        let entries = resources.filter { $0.type == "storage" && $0.storage == id }
         guard let first = entries.first else { return nil }
         var storage = StorageRef(id: id, type: first.pluginType ?? "", shared: first.shared,
                                  available: Dictionary(entries.map { ($0.node, $0.maxDisk - $0.disk) }, uniquingKeysWith: max))
         // Cluster resources list a storage only on the nodes its `nodes` option names, all when unset
         // (pve-manager PVE/API2/Cluster.pm resources: `next if !PVE::Storage::storage_check_enabled(...)` per node).
-        let clusterNodes = Set(try await resources(cluster).filter { $0.type == "node" }.map(\.node))
+        let clusterNodes = Set(resources.filter { $0.type == "node" }.map(\.node))
         storage.limitedToSomeNodes = storage.shared && !clusterNodes.isSubset(of: Set(storage.available.keys))
         return storage
     }

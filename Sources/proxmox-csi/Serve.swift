@@ -7,6 +7,7 @@ import CSIDriver
 import Logging
 import Metrics
 import ProxmoxDomain
+import Synchronization
 import UnaryGRPC
 
 extension DriverMode: ExpressibleByArgument {}
@@ -201,19 +202,19 @@ struct MetricsService: DriverService {
 }
 
 /// Asks every cluster for its version now and then, so readiness stays true to the API while idle.
-final class ReadinessProber: DriverService, @unchecked Sendable {
-    // Written by start and stop only, which the group calls one after the other.
-    private var task: Task<Void, Never>?
+final class ReadinessProber: DriverService {
+    private let task = Mutex<Task<Void, Never>?>(nil)
     let clusters: ProxmoxClusters
     var name: String { "readiness" }
 
     init(clusters: ProxmoxClusters) { self.clusters = clusters }
 
-    func start() throws { task = clusters.keepReadinessCurrent() }
+    func start() throws { task.withLock { $0 = clusters.keepReadinessCurrent() } }
 
     func stop(gracePeriod: Double) async {
-        task?.cancel()
-        await task?.value
+        let running = task.withLock { $0 }
+        running?.cancel()
+        await running?.value
     }
 }
 

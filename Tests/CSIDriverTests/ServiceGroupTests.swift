@@ -2,6 +2,7 @@
 import Glibc
 #endif
 @testable import CSIDriver
+import FakeProxmox
 import Logging
 import Synchronization
 import Testing
@@ -52,20 +53,5 @@ import Testing
                                             Recorded(name: "c", recorder: recorder)], gracePeriod: 1, logger: logger)
         await #expect(throws: Recorded.CannotStart.self) { try await group.run(until: { SIGTERM }) }
         #expect(recorder.events.withLock { $0 } == ["start a", "stop a within 1s"])
-    }
-}
-
-/// Holds waiters until opened.
-actor Gate {
-    private var isOpen = false
-    private var waiting: [CheckedContinuation<Void, Never>] = []
-    func wait() async {
-        if isOpen { return }
-        await withCheckedContinuation { waiting.append($0) }
-    }
-    func open() {
-        isOpen = true
-        waiting.forEach { $0.resume() }
-        waiting = []
     }
 }

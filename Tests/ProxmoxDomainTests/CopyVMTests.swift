@@ -211,18 +211,3 @@ actor Log {
     var entries: [String] = []
     func add(_ entry: String) { entries.append(entry) }
 }
-
-/// Holds waiters until opened.
-actor Gate {
-    private var isOpen = false
-    private var waiting: [CheckedContinuation<Void, Never>] = []
-    func wait() async {
-        if isOpen { return }
-        await withCheckedContinuation { waiting.append($0) }
-    }
-    func open() {
-        isOpen = true
-        waiting.forEach { $0.resume() }
-        waiting = []
-    }
-}

@@ -149,14 +149,9 @@ import UnaryGRPC
         let c = try await scene.create("pvc-c", storage: "local")
         scene.fake.addVolume("local-lvm:vm-100-disk-1", node: "pve1", owner: 100)
         _ = try await scene.publish(a.volumeID, to: "worker-2")
-        let clone: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
-            $0.name = "pvc-d"
-            $0.volumeCapabilities = [ControllerScene.mount]
-            $0.parameters = ["storage": "ceph"]
-            $0.volumeContentSource.volume.volumeID = a.volumeID
-        })
+        let clone = try await scene.restore("pvc-d", storage: "ceph") { $0.volume.volumeID = a.volumeID }
         let entries = try await list(scene).entries
-        #expect(entries.map(\.volume.volumeID) == [a, b, c, clone.volume].map(\.volumeID).sorted())
+        #expect(entries.map(\.volume.volumeID) == [a, b, c, clone].map(\.volumeID).sorted())
         #expect(entries.first { $0.volume.volumeID == a.volumeID }?.status.publishedNodeIds == ["worker-2"])
     }
 

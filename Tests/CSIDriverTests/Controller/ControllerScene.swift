@@ -79,6 +79,19 @@ struct ControllerScene {
         return response.volume
     }
 
+    /// CreateVolume with a content source (a snapshot or a volume to copy).
+    func restore(_ name: String, storage: String = "local-lvm", bytes: Int64 = 0,
+                 source: (inout Csi_V1_VolumeContentSource) -> Void) async throws(RPCError) -> Csi_V1_Volume {
+        let response: Csi_V1_CreateVolumeResponse = try await call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = name
+            $0.volumeCapabilities = [Self.mount]
+            $0.parameters = ["storage": storage]
+            $0.capacityRange.requiredBytes = bytes
+            $0.volumeContentSource = .with(source)
+        })
+        return response.volume
+    }
+
     func publish(_ volumeID: String, to node: String, readonly: Bool = false,
                  context: [String: String] = [:]) async throws(RPCError) -> [String: String] {
         let response: Csi_V1_ControllerPublishVolumeResponse = try await call("ControllerPublishVolume",

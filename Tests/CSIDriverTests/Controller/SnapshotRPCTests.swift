@@ -83,29 +83,17 @@ import UnaryGRPC
         #expect(try await list { $0.startingToken = page.nextToken }.entries.count == 1)
     }
 
-    func restore(_ scene: ControllerScene, _ name: String, storage: String = "local-lvm", bytes: Int64 = 0,
-                 source: (inout Csi_V1_VolumeContentSource) -> Void) async throws(RPCError) -> Csi_V1_Volume {
-        let response: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
-            $0.name = name
-            $0.volumeCapabilities = [ControllerScene.mount]
-            $0.parameters = ["storage": storage]
-            $0.capacityRange.requiredBytes = bytes
-            $0.volumeContentSource = .with(source)
-        })
-        return response.volume
-    }
-
     @Test func aVolumeRestoredFromASnapshotIsACopyOwnedByItsRecordVMAtLeastTheSnapshotsSize() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a", bytes: 2 << 30)
         let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
-        let restored = try await restore(scene, "pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }
+        let restored = try await scene.restore("pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }
         #expect(restored.capacityBytes == 2 << 30 && restored.contentSource.snapshot.snapshotID == snapshot.snapshotID)
         let handle = try VolumeHandle(parsing: restored.volumeID)
         let record = try #require(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-r")).first)
         #expect(handle.ownerVMID == record.vmid && handle.node == "pve1")
         // Asking again answers the same volume.
-        #expect(try await restore(scene, "pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }.volumeID == restored.volumeID)
+        #expect(try await scene.restore("pvc-r") { $0.snapshot.snapshotID = snapshot.snapshotID }.volumeID == restored.volumeID)
         // The restored volume is usable like any other.
         _ = try await scene.publish(restored.volumeID, to: "worker-1")
         #expect(scene.disks(of: "local-lvm:\(handle.volume)") == ["100:scsi1"])
@@ -114,7 +102,7 @@ import UnaryGRPC
     @Test func aCloneIsGrownToTheSizeAsked() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a", storage: "ceph")
-        let clone = try await restore(scene, "pvc-c", storage: "ceph", bytes: 3 << 30) { $0.volume.volumeID = volume.volumeID }
+        let clone = try await scene.restore("pvc-c", storage: "ceph", bytes: 3 << 30) { $0.volume.volumeID = volume.volumeID }
         #expect(clone.capacityBytes == 3 << 30 && clone.volumeID.hasPrefix("main//ceph/vm-"))
     }
 
@@ -133,7 +121,7 @@ import UnaryGRPC
         if problem == "snapshot still copying" { scene.fake.state.withLock { $0.slowImports = true } }
         let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
         scene.fake.state.withLock { $0.slowImports = false }
-        if problem.hasPrefix("name taken") { _ = try await restore(scene, "pvc-r", storage: "ceph") { $0.volume.volumeID = volume.volumeID } }
+        if problem.hasPrefix("name taken") { _ = try await scene.restore("pvc-r", storage: "ceph") { $0.volume.volumeID = volume.volumeID } }
         if problem.hasPrefix("local storage") { scene.fake.addStorage("pve2-only", type: "lvmthin", nodes: ["pve2"]) }
         let request = Csi_V1_CreateVolumeRequest.with {
             $0.name = "pvc-r"

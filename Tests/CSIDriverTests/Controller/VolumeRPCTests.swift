@@ -133,12 +133,7 @@ import UnaryGRPC
     @Test func aNameTakenByACopyWithoutAContentSourceAlreadyExists() async throws {
         let scene = ControllerScene()
         let source = try await scene.create("pvc-a")
-        let _: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
-            $0.name = "pvc-b"
-            $0.volumeCapabilities = [ControllerScene.mount]
-            $0.parameters = ["storage": "local-lvm"]
-            $0.volumeContentSource.volume.volumeID = source.volumeID
-        })
+        _ = try await scene.restore("pvc-b") { $0.volume.volumeID = source.volumeID }
         await #expect { try await scene.create("pvc-b") } throws: { ($0 as? RPCError)?.code == .alreadyExists }
     }
 }
@@ -188,20 +183,15 @@ import UnaryGRPC
     @Test func aRestoredVolumeGoesWithItsRecordVMAndAModifiedOneWithItsOptions() async throws {
         let scene = ControllerScene()
         let source = try await scene.create("pvc-a")
-        let clone: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
-            $0.name = "pvc-b"
-            $0.volumeCapabilities = [ControllerScene.mount]
-            $0.parameters = ["storage": "local-lvm"]
-            $0.volumeContentSource.volume.volumeID = source.volumeID
-        })
+        let clone = try await scene.restore("pvc-b") { $0.volume.volumeID = source.volumeID }
         let _: Csi_V1_ControllerModifyVolumeResponse = try await scene.call("ControllerModifyVolume", Csi_V1_ControllerModifyVolumeRequest.with {
-            $0.volumeID = clone.volume.volumeID
+            $0.volumeID = clone.volumeID
             $0.mutableParameters = ["diskIOPS": "100"]
         })
         #expect(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-b")).count == 1)
-        #expect(await delete(scene, clone.volume.volumeID) == nil)
+        #expect(await delete(scene, clone.volumeID) == nil)
         #expect(scene.fake.vms(named: CopyVM.vmName(.volume, csiName: "pvc-b")).isEmpty)
-        #expect(scene.fake.vms(named: CopyVM.vmName(.options, csiName: clone.volume.volumeID)).isEmpty)
+        #expect(scene.fake.vms(named: CopyVM.vmName(.options, csiName: clone.volumeID)).isEmpty)
         #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") != nil)
     }
 }
