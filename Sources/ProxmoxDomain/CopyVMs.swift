@@ -150,7 +150,8 @@ extension ProxmoxVolumes {
     /// Steps already done — by this call's earlier attempts, or a controller
     /// that died — are found and not repeated; one call per name at a time.
     package func ensureCopyVM(_ kind: CopyVM.Kind, csiName: String, source: String, cluster: String, node: String,
-                      storage: String, sourceVolid: String, bytes: Int64? = nil, wait: Double) async throws -> CopyVM {
+                      storage: String, sourceVolid: String, bytes: Int64? = nil, format: String? = nil,
+                      wait: Double) async throws -> CopyVM {
         let client = try client(cluster)
         let name = CopyVM.vmName(kind, csiName: csiName)
         return try await vmLocks.run("\(cluster)/copy/\(name)") {
@@ -181,7 +182,10 @@ extension ProxmoxVolumes {
             if copy.volid == nil {
                 do {
                     // The digest: a copy another controller started meanwhile is not made twice.
-                    try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", "\(storage):0,import-from=\(sourceVolid)")],
+                    // `format` (raw, qcow2 on file storages): qemu-server API2/Qemu.pm create_disks gives the
+                    // drive's format to the import's destination (dest_info), which else keeps the source's.
+                    let line = "\(storage):0,import-from=\(sourceVolid)" + (format.map { ",format=\($0)" } ?? "")
+                    try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", line)],
                                                     delete: [], revert: [], digest: copy.digest, timeout: wait)
                 } catch ProxmoxError.taskTimedOut {
                     copy.copying = true

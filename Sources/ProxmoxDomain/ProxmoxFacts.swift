@@ -20,18 +20,20 @@ public struct DiskOptions: Sendable, Equatable {
     public var backup: Bool?
     public var iops: Int?
     public var mbps: Int?
+    /// QEMU's asynchronous I/O mode (native, threads, io_uring); Proxmox picks one when unset.
+    public var aio: String?
 
     public init(bus: String? = nil, cache: String? = nil, ssd: Bool? = nil, discard: Bool? = nil, iothread: Bool? = nil,
-                backup: Bool? = nil, iops: Int? = nil, mbps: Int? = nil) {
+                backup: Bool? = nil, iops: Int? = nil, mbps: Int? = nil, aio: String? = nil) {
         (self.bus, self.cache, self.ssd, self.discard) = (bus, cache, ssd, discard)
-        (self.iothread, self.backup, self.iops, self.mbps) = (iothread, backup, iops, mbps)
+        (self.iothread, self.backup, self.iops, self.mbps, self.aio) = (iothread, backup, iops, mbps, aio)
     }
 
     /// These options with every one `other` says put in their place.
     package func overridden(by other: DiskOptions) -> DiskOptions {
         DiskOptions(bus: other.bus ?? bus, cache: other.cache ?? cache, ssd: other.ssd ?? ssd, discard: other.discard ?? discard,
                     iothread: other.iothread ?? iothread, backup: other.backup ?? backup, iops: other.iops ?? iops,
-                    mbps: other.mbps ?? mbps)
+                    mbps: other.mbps ?? mbps, aio: other.aio ?? aio)
     }
 }
 

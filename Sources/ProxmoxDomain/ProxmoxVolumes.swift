@@ -288,10 +288,12 @@ public final class ProxmoxVolumes: Sendable {
         values.filter { isDiskKey($0.key) && self.volid(of: $0.value) == volid }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
-    package func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64) async throws {
+    /// `format` (raw, qcow2) only on file storages: pve-storage Plugin.pm alloc_image
+    /// checks it against the file name's extension.
+    package func allocate(_ handle: VolumeHandle, storage: StorageRef, node: String, bytes: Int64, format: String? = nil) async throws {
         let mebibytes = (bytes + (1 << 20) - 1) >> 20
-        _ = try await client(handle.cluster).allocateVolume(node: node, storage: storage.id, vmid: ownerVMID,
-                                                            name: handle.volume, size: "\(mebibytes)M")
+        _ = try await client(handle.cluster).allocateVolume(node: node, storage: storage.id, vmid: ownerVMID, name: handle.volume,
+                                                            size: "\(mebibytes)M", format: format)
         invalidate(handle.cluster)
     }
 

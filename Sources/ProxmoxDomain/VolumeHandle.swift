@@ -73,10 +73,17 @@ public enum VolumeNaming {
     /// The Proxmox volume name for a CSI volume name (`pvc-<uuid>` from
     /// csi-provisioner). Names Proxmox cannot take (uppercase, long, odd
     /// characters) become a hash of the name, still unique and stable.
-    public static func volumeName(forCSIName name: String, ownerVMID: Int, storageType: String) -> String {
+    public static func volumeName(forCSIName name: String, ownerVMID: Int, storageType: String, format: String? = nil) -> String {
         let plain = name.range(of: #"^[a-z0-9][a-z0-9-]{0,62}$"#, options: .regularExpression) != nil
         let base = "vm-\(ownerVMID)-" + (plain ? name : "csi-" + String(sha256Hex(name).prefix(32)))
-        return ["dir", "nfs", "cifs", "glusterfs"].contains(storageType) ? base + ".raw" : base
+        guard isFileStorage(storageType) else { return base }
+        return base + "." + (format ?? "raw")
+    }
+
+    /// Storage types whose volumes are image files, named with their format's
+    /// extension (pve-storage Plugin.pm parse_name_dir); the others hold raw volumes only.
+    public static func isFileStorage(_ type: String) -> Bool {
+        ["dir", "nfs", "cifs", "glusterfs"].contains(type)
     }
 
     /// The disk serial the guest sees (at most 20 bytes), derived from the

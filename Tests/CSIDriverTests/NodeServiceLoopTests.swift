@@ -128,12 +128,14 @@ final class NodeFixture {
         $0.accessMode.mode = .singleNodeWriter
     }
 
-    func stage(_ disk: AttachedDisk, _ capability: Csi_V1_VolumeCapability, context: [String: String] = [:]) async throws {
+    func stage(_ disk: AttachedDisk, _ capability: Csi_V1_VolumeCapability, context: [String: String] = [:],
+               publishContext: [String: String] = [:]) async throws {
         _ = try await service.stage(.with {
             $0.volumeID = disk.volumeID
             $0.stagingTargetPath = try staging(disk)
             $0.volumeCapability = capability
             $0.volumeContext = context
+            $0.publishContext = publishContext
         })
     }
 
@@ -384,6 +386,28 @@ struct NodeServiceLoopTests {
             })
         }
         try await node.unpublish(disk)
+        try await node.unstage(disk)
+    }
+
+    /// A volume proxmox-csi-plugin restored smaller than asked: its publish grew the
+    /// disk and set `resizeRequired`, so the stage grows the filesystem; without it, a stage leaves the size alone.
+    @Test func aStageTheControllerMarkedResizeRequiredGrowsTheFilesystem() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("owed", megabytes: 320)
+        try await node.stage(disk, NodeFixture.mount("xfs"))
+        try "restored".write(toFile: node.staging(disk) + "/a.txt", atomically: true, encoding: .utf8)
+        let before = try DeviceFacts.usage(at: node.staging(disk)).totalBytes
+        try await node.unstage(disk)
+
+        try disk.grow(toMegabytes: 640)
+        try await node.stage(disk, NodeFixture.mount("xfs"))
+        #expect(try DeviceFacts.usage(at: node.staging(disk)).totalBytes == before)
+        try await node.unstage(disk)
+
+        try await node.stage(disk, NodeFixture.mount("xfs"), publishContext: ["resizeRequired": "true"])
+        let after = try DeviceFacts.usage(at: node.staging(disk)).totalBytes
+        #expect(after > before + (250 << 20), "filesystem grew from \(before) to \(after)")
+        #expect(try String(contentsOfFile: node.staging(disk) + "/a.txt", encoding: .utf8) == "restored")
         try await node.unstage(disk)
     }
 

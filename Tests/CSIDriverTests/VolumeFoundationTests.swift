@@ -122,7 +122,7 @@ import UnaryGRPC
                                                     config: config, cluster: "dr")
         #expect(parameters.storage == "ssd-pool")
         #expect(parameters.disk.iops == 500 && parameters.disk.ssd == true && parameters.fsType == "xfs")
-        #expect(parameters.diskOptions.map(\.0) == ["discard", "ssd", "iops_rd", "iops_wr"])
+        #expect(parameters.diskOptions.map(\.0) == ["discard", "ssd", "iothread", "backup", "iops_rd", "iops_wr"])
     }
 
     @Test func plainStorageHasSafeDefaults() throws {
@@ -134,9 +134,9 @@ import UnaryGRPC
     /// qemu-server's virtio drive format has no ssd key: a virtio disk's options never carry it.
     @Test func virtioDisksNeverCarrySSD() throws {
         let virtio = try VolumeParameters.parse(["storage": "tank", "bus": "virtio", "ssd": "false", "discard": "true"], config: config, cluster: "main")
-        #expect(virtio.diskOptions.map(\.0) == ["discard"])
+        #expect(virtio.diskOptions.map(\.0) == ["discard", "iothread", "backup"])
         let scsi = try VolumeParameters.parse(["storage": "tank", "bus": "scsi", "ssd": "false"], config: config, cluster: "main")
-        #expect(scsi.diskOptions.map(\.0) == ["ssd"])
+        #expect(scsi.diskOptions.map(\.0) == ["ssd", "iothread", "backup"])
     }
 
     @Test(arguments: [

@@ -35,6 +35,8 @@ package final class FakeCluster: ProxmoxCluster {
         package var node: String?
         package var owner: Int
         package var size: Int64
+        /// The image format on file storages (from the name's extension); nil on block storages.
+        package var format: String? = nil
     }
 
     package struct VM: Sendable {
@@ -295,11 +297,17 @@ package final class FakeCluster: ProxmoxCluster {
             guard let found = state.storages[storage], found.nodes.contains(node) else {
                 throw ProxmoxError.server(status: 500, message: "storage '\(storage)' does not exist")
             }
-            let volid = Self.isFileStorage(found.type) ? "\(storage):\(vmid)/\(name)" : "\(storage):\(name)"
+            let isFile = Self.isFileStorage(found.type)
+            let volid = isFile ? "\(storage):\(vmid)/\(name)" : "\(storage):\(name)"
+            // pve-storage Plugin.pm alloc_image: a file's extension is its format, and must be the one asked.
+            let fileFormat = isFile ? name.split(separator: ".").last.map(String.init) : nil
+            if isFile, let format, format != fileFormat {
+                throw ProxmoxError.server(status: 500, message: "illegal name '\(name)' - wrong extension for format ('\(fileFormat ?? "") != '\(format)')")
+            }
             let key = "\(found.shared ? "" : node)|\(volid)"
             guard state.volumes[key] == nil else { throw ProxmoxError.server(status: 500, message: "volume '\(volid)' already exists") }
             state.volumes[key] = Volume(volid: volid, storage: storage, node: found.shared ? nil : node, owner: vmid,
-                                        size: Int64(size.dropLast())! << 20)
+                                        size: Int64(size.dropLast())! << 20, format: fileFormat)
             return volid
         }
     }
@@ -355,6 +363,13 @@ package final class FakeCluster: ProxmoxCluster {
         var vm = try Self.vm(vmid, on: node, in: state)
         if let digest, digest != vm.digest {
             throw ProxmoxError.digestConflict("checksum mismatch (file change by other user?)")
+        }
+        // PVE::JSONSchema parse_property_string, as the 400 of the config API: a drive line names each option once.
+        for (key, value) in set where isDisk(key) {
+            let names = value.split(separator: ",").dropFirst().map { $0.split(separator: "=").first.map(String.init) ?? "" }
+            if let twice = names.first(where: { name in names.filter { $0 == name }.count > 1 }) {
+                throw ProxmoxError.invalidParameters([key: "invalid format - duplicate key in comma-separated list property: \(twice)"])
+            }
         }
         state.writes.append(Write(vmid: vmid, set: Dictionary(set, uniquingKeysWith: { $1 }), delete: delete, revert: revert))
         let protected = vm.values["protection"] == "1"

@@ -148,7 +148,7 @@ def test_a_node_name_two_vms_share_resolves_to_neither(controller, volume):
 
 OPTIONS = [("cache", v) for v in ("none", "writethrough", "writeback", "directsync", "unsafe")] + [
     (key, value) for key in ("ssd", "discard", "iothread", "backup") for value in ("true", "false")] + [
-    ("diskIOPS", "500"), ("diskMBps", "100")]
+    ("diskIOPS", "500"), ("diskMBps", "100")] + [("aio", v) for v in ("native", "threads", "io_uring")]
 
 
 @pytest.mark.parametrize("bus", ["scsi", "virtio"])
@@ -166,6 +166,39 @@ def test_every_storage_class_option_on_every_bus_writes_only_what_the_bus_accept
     config = simulator("GET", "/_sim/state")["vms"][str(VMID)]["config"]
     key_of_disk = next(k for k, v in config.items() if v.startswith(volid(vol) + ","))
     assert key_of_disk.startswith(bus)
+
+
+def stored_format(volid_):
+    """The format the simulator's storage holds a volume in (pve-storage's, from its file name)."""
+    return next(v["format"] for s in simulator("GET", "/_sim/state")["storages"].values()
+                for key, v in s["volumes"].items() if key == volid_)
+
+
+def test_a_qcow2_class_on_a_dir_storage_makes_qcow2_volumes_and_restores(controller, volume):
+    """proxmox-csi-plugin's storageFormat: the file is allocated as qcow2 (the simulator checks the
+    extension against the format as pve-storage's alloc_image does), attaches, and a restore into
+    the same class is imported as qcow2."""
+    parameters = {"storage": "local", "storageFormat": "qcow2"}
+    source = volume(parameters)
+    assert source.volume_id.endswith(".qcow2"), source.volume_id
+    # A dir volume's volid is <storage>:<owner vmid>/<file>.
+    assert stored_format(f"local:{source.volume_id.split('/')[-1].split('-')[1]}/{source.volume_id.split('/')[-1]}") == "qcow2"
+    assert call(controller.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=source.volume_id, node_id=NODE, volume_capability=WRITER, volume_context=source.volume_context)) \
+        == (grpc.StatusCode.OK, "")
+    assert unpublish(controller, source)[0] == grpc.StatusCode.OK
+    snap = controller.CreateSnapshot(snapshot_request(f"snap-{uuid.uuid4()}", source), timeout=60).snapshot
+    restored = controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=f"pvc-{uuid.uuid4()}", volume_capabilities=[WRITER], parameters=parameters,
+        volume_content_source=csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(
+            snapshot_id=snap.snapshot_id))), timeout=60).volume
+    try:
+        name = restored.volume_id.split("/")[-1]
+        assert name.endswith(".qcow2"), restored.volume_id
+        assert stored_format(f"local:{name.split('-')[1]}/{name}") == "qcow2"
+    finally:
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id), timeout=60)
+        controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
 
 
 def copy_vms(prefix, csi_name=None):

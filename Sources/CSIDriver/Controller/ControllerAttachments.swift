@@ -16,7 +16,7 @@ extension ControllerService {
         try CapabilityCheck.require([request.volumeCapability], field: "volume_capability")
         let what = "ControllerPublishVolume \(request.volumeID) to \(request.nodeID)"
         do {
-            guard let (handle, storage, _) = try await volumes.existing(request.volumeID) else {
+            guard let (handle, storage, size) = try await volumes.existing(request.volumeID) else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
             }
             guard let vm = try await volumes.vm(forNodeID: request.nodeID) else {
@@ -49,7 +49,11 @@ extension ControllerService {
             }
             let disk = try await attach(handle, storage: storage, to: vm, bus: parameters.bus, readonly: request.readonly,
                                         options: parameters.diskOptions)
-            let publishContext = Self.publishContext(for: disk)
+            var publishContext = Self.publishContext(for: disk)
+            if let owed = parameters.resizeSizeBytes, owed > size {
+                try await grow(disk, of: vm, to: owed, cluster: handle.cluster)
+                publishContext["resizeRequired"] = "true"
+            }
             return .with { $0.publishContext = publishContext }
         } catch {
             throw rpcError(error, what)
@@ -69,6 +73,18 @@ extension ControllerService {
             if let lun = disk.index { context["lun"] = String(lun) }
         }
         return context
+    }
+
+    /// The growth proxmox-csi-plugin left owed on a volume it restored from a
+    /// smaller snapshot (volume context `resizeSizeBytes`): it grew the disk at
+    /// its publish and told the node, with `resizeRequired`, to grow the filesystem.
+    private func grow(_ disk: AttachedDisk, of vm: VMRef, to bytes: Int64, cluster: String) async throws {
+        let client = try volumes.client(cluster)
+        let size = "\((bytes + Self.mebibyte - 1) / Self.mebibyte)M"
+        try await volumes.changingVM(vm) {
+            try await client.resize(node: vm.node, vmid: vm.vmid, disk: disk.slot, size: size)
+        }
+        volumes.invalidate(cluster)
     }
 
     private func attach(_ handle: VolumeHandle, storage: StorageRef, to vm: VMRef, bus: String, readonly: Bool,

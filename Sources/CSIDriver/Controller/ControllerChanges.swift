@@ -75,9 +75,11 @@ extension ControllerService {
 
             let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, cluster: handle.cluster)?.options
                 ?? request.mutableParameters
+            // Only the options the recorded keys set: the others stay as the StorageClass made them
+            // (a later publish merges the same way), defaults included.
+            let replaced = Set(recorded.keys.flatMap { VolumeParameters.diskOptionNames[$0] ?? [] })
             let changed = try VolumeParameters.parse(recorded.merging(["storage": handle.storage]) { a, _ in a },
-                                                     config: config, cluster: handle.cluster).diskOptions
-            let replaced: Set<String> = ["cache", "backup", "iops_rd", "iops_wr", "mbps_rd", "mbps_wr"]
+                                                     config: config, cluster: handle.cluster).diskOptions.filter { replaced.contains($0.0) }
             let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
             for (vm, _) in try await volumes.attachments(of: handle, storage: storage) where !ProxmoxVolumes.isHolder(vm) {
                 try await volumes.editConfig(vm) { draft in

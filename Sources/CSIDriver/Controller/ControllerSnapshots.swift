@@ -169,7 +169,8 @@ extension ControllerService {
             throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the source is")
         }
         let copy = try await volumes.ensureCopyVM(.volume, csiName: request.name, source: sourceID, cluster: cluster, node: node,
-                                                  storage: storage.id, sourceVolid: sourceVolid, bytes: bytes, wait: Self.copyWait)
+                                                  storage: storage.id, sourceVolid: sourceVolid, bytes: bytes,
+                                                  format: parameters.fileFormat(on: storage.type), wait: Self.copyWait)
         guard copy.source == sourceID else {
             throw RPCError(.alreadyExists, "volume \(request.name) exists with another content source (\(copy.source))")
         }

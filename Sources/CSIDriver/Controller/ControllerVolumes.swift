@@ -29,7 +29,8 @@ extension ControllerService {
             if let copy = try await volumes.copyVM(.volume, csiName: request.name, cluster: cluster, fresh: false) {
                 throw RPCError(.alreadyExists, "volume \(request.name) exists as a copy of \(copy.source); this request names no content source")
             }
-            let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type)
+            let format = parameters.fileFormat(on: storage.type)
+            let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type, format: format)
             // A retry must find what an earlier attempt created, on whichever node.
             let candidates = storage.shared ? [nil] : storage.available.keys.sorted().map(Optional.some)
             for node in candidates {
@@ -44,7 +45,7 @@ extension ControllerService {
             }
             let node = try chooseNode(storage, cluster: cluster, requirements: request.accessibilityRequirements, bytes: bytes)
             let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : node, storage: storage.id, volume: name)
-            try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes)
+            try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes, format: format)
             return createdVolume(handle, bytes: bytes, storage: storage, parameters: parameters)
         } catch {
             throw rpcError(error, what)

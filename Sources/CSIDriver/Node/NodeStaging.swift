@@ -29,6 +29,9 @@ extension NodeService {
             try identities.record(volume.identity)
             try await mountFilesystem(volume, device: device, at: request.stagingTargetPath, fsType: fsType,
                                       readonly: Self.readsOnly(capability), flags: capability.mount.mountFlags, mkfs: options)
+            if request.publishContext["resizeRequired"] == "true", !Self.readsOnly(capability) {
+                try await growOwed(volume, device: device, at: request.stagingTargetPath, fsType: fsType)
+            }
             return .init()
         }
     }
@@ -76,6 +79,19 @@ extension NodeService {
         } catch let failure as Mounter.Failure {
             // DEADLINE_EXCEEDED is not final to kubelet: it keeps the stage "uncertain" and unstages it on cleanup.
             throw RPCError(failure.timedOut ? .deadlineExceeded : .internal, "\(what): \(failure)")
+        }
+    }
+
+    /// A volume proxmox-csi-plugin restored smaller than asked: the controller
+    /// grew its disk at publish (after the hot-plug, so the size is read again)
+    /// and says `resizeRequired`; the filesystem grows to match, as the plugin's
+    /// NodeStageVolume did. Growing an already full filesystem changes nothing.
+    private func growOwed(_ volume: NodeVolume, device: (path: String, number: String), at path: String, fsType: String) async throws {
+        if let disk = finder.disk(number: device.number) { await finder.rescan(disk) }
+        do {
+            try await mounter.grow(fsType: fsType, device: device.path, mountPoint: path)
+        } catch let failure as Mounter.Failure {
+            throw RPCError(failure.timedOut ? .deadlineExceeded : .internal, "NodeStageVolume \(volume.id): \(failure)")
         }
     }
 

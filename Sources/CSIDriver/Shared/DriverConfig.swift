@@ -300,7 +300,7 @@ private struct ConfigReader {
     mutating func profile(_ node: Node, _ path: String, clusters: Set<String>) throws -> DriverConfig.Profile {
         var profile = DriverConfig.Profile()
         let keys: Set<String> = ["storage", "storages", "bus", "cache", "ssd", "discard", "iothread", "backup",
-                                 "iops", "mbps", "fsType"]
+                                 "iops", "mbps", "fsType", "aio"]
         for (key, value) in try mapping(node, path, allowed: keys) {
             let keyPath = "\(path).\(key)"
             switch key {
@@ -311,6 +311,7 @@ private struct ConfigReader {
                 }
             case "bus": profile.disk.bus = try oneOf(value, keyPath, ["scsi", "virtio"])
             case "cache": profile.disk.cache = try oneOf(value, keyPath, ["none", "writethrough", "writeback", "directsync", "unsafe"])
+            case "aio": profile.disk.aio = try oneOf(value, keyPath, ["native", "threads", "io_uring"])
             case "fsType": profile.fsType = try oneOf(value, keyPath, ["xfs", "ext4"])
             case "ssd": profile.disk.ssd = try bool(value, keyPath)
             case "discard": profile.disk.discard = try bool(value, keyPath)

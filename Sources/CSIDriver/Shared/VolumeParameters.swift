@@ -4,32 +4,54 @@ import UnaryGRPC
 
 /// What a StorageClass asks for, validated: the storage (directly or through
 /// a profile of the config) and the disk options. Profile values are
-/// defaults; keys given in the StorageClass win.
+/// defaults; keys given in the StorageClass win. The keys are
+/// proxmox-csi-plugin's (its pkg/csi/parameters.go), with its meaning, so a
+/// class written for it works unchanged; `profile` and `bus` are ours.
 public struct VolumeParameters: Sendable, Equatable {
     public var storage: String
     public var profile: String?
     public var fsType: String = "ext4"
-    /// The profile's options with the StorageClass's own in their place.
-    public var disk = DiskOptions()
+    /// The plugin's defaults, then the profile's options, then the StorageClass's own.
+    public var disk = Self.defaultDisk
     public var bus: String { disk.bus ?? "scsi" }
     public var blockSize: Int?
     public var inodeSize: Int?
+    /// `raw` or `qcow2`: the image format on file storages (dir, nfs, …);
+    /// block storages have raw volumes only, and ignore it (as the plugin does).
+    public var storageFormat: String?
+    /// A size the plugin still owed a volume it restored smaller than asked
+    /// (its volume context `resizeSizeBytes`): publish grows the disk to it.
+    public var resizeSizeBytes: Int64?
 
     /// Keys the CSI sidecars add on their own; never an error.
     static let sidecarPrefix = "csi.storage.k8s.io/"
     static let fsTypeKey = "csi.storage.k8s.io/fstype"
 
+    /// The plugin's ExtractParameters defaults: no Proxmox backup of CSI disks
+    /// (a VM backup would copy every pod's data), an I/O thread per disk.
+    public static let defaultDisk = DiskOptions(iothread: true, backup: false)
+
     public static let knownKeys: Set<String> = [
         "storage", "profile", fsTypeKey, "bus", "cache", "ssd", "discard", "iothread", "backup",
-        "diskIOPS", "diskMBps", "blockSize", "inodeSize",
+        "diskIOPS", "diskMBps", "blockSize", "inodeSize", "aio", "storageFormat",
+        "replicate", "replicateSchedule", "replicateZones", "resizeRequired", "resizeSizeBytes",
     ]
 
     /// What a VolumeAttributesClass may change after creation.
-    public static let mutableKeys: Set<String> = ["diskIOPS", "diskMBps", "backup", "cache"]
+    public static let mutableKeys: Set<String> = Set(diskOptionNames.keys)
+
+    /// The options of the Proxmox disk line each mutable key sets.
+    public static let diskOptionNames: [String: [String]] = [
+        "diskIOPS": ["iops_rd", "iops_wr"], "diskMBps": ["mbps_rd", "mbps_wr"], "backup": ["backup"], "cache": ["cache"],
+    ]
 
     /// Checks mutable parameters (CreateVolume's or ControllerModifyVolume's):
     /// only `mutableKeys`, with valid values; InvalidArgument naming the key.
     public static func checkMutable(_ parameters: [String: String], config: DriverConfig, cluster: String) throws(RPCError) {
+        for key in ["replicateSchedule", "replicateZones"] where parameters[key] != nil {
+            throw RPCError(.invalidArgument, "mutable parameter \"\(key)\" is not supported: this driver does not replicate volumes "
+                + "(see the StorageClass parameter \"replicate\")")
+        }
         for key in parameters.keys.sorted() where !mutableKeys.contains(key) {
             throw RPCError(.invalidArgument, "mutable parameter \"\(key)\" is not supported; a VolumeAttributesClass may set \(mutableKeys.sorted().joined(separator: ", "))")
         }
@@ -68,9 +90,10 @@ public struct VolumeParameters: Sendable, Equatable {
 
         func bool(_ key: String) throws(RPCError) -> Bool? {
             guard let value = parameters[key] else { return nil }
+            // Go's strconv.ParseBool spellings (the plugin's: t, f, 1, 0, true, false) and ours (yes, no, on, off).
             switch value.lowercased() {
-            case "true", "1", "yes", "on": return true
-            case "false", "0", "no", "off": return false
+            case "true", "t", "1", "yes", "on": return true
+            case "false", "f", "0", "no", "off": return false
             default: throw invalid(key, "must be true or false, not \"\(value)\"")
             }
         }
@@ -92,11 +115,31 @@ public struct VolumeParameters: Sendable, Equatable {
             bus: try choice("bus", ["scsi", "virtio"]),
             cache: try choice("cache", ["none", "writethrough", "writeback", "directsync", "unsafe"]),
             ssd: try bool("ssd"), discard: try bool("discard"), iothread: try bool("iothread"), backup: try bool("backup"),
-            iops: try number("diskIOPS", 1...10_000_000), mbps: try number("diskMBps", 1...100_000))
-        result.disk = (profile?.disk ?? DiskOptions()).overridden(by: given)
+            iops: try number("diskIOPS", 1...10_000_000), mbps: try number("diskMBps", 1...100_000),
+            aio: try choice("aio", ["native", "threads", "io_uring"]))
+        result.disk = Self.defaultDisk.overridden(by: profile?.disk ?? DiskOptions()).overridden(by: given)
+        // The plugin passes discards through on every ssd disk unless told otherwise.
+        if result.disk.ssd == true, result.disk.discard == nil { result.disk.discard = true }
         // qemu-server Drive.pm: the virtio drive format has no ssd key (scsi, sata and ide have).
         if result.bus == "virtio", result.disk.ssd == true {
             throw invalid("ssd", "cannot be true with bus virtio: Proxmox's virtio-blk disks have no ssd option (use bus scsi)")
+        }
+        // qemu-server Drive.pm aio_cmdline_option: "aio native works only with O_DIRECT", which
+        // drive_uses_cache_direct gives only for cache none, directsync or unset; QEMU refuses the hot-plug otherwise.
+        if result.disk.aio == "native", let cache = result.disk.cache, !["none", "directsync"].contains(cache) {
+            throw invalid("aio", "native needs a direct cache (cache none or directsync), not cache \(cache): QEMU refuses native I/O through the host's page cache")
+        }
+        result.storageFormat = try choice("storageFormat", ["raw", "qcow2"])
+        if try bool("replicate") == true {
+            throw invalid("replicate", "asks for Proxmox storage replication, which this driver does not do: Proxmox replicates whole guests "
+                + "(pvesr jobs for a VM's disks on zfspool storage), so each replicated volume would need a VM of its own, "
+                + "migrated before every attach on another node; use a shared storage (rbd, nfs) for a volume that must follow its pods")
+        }
+        // replicateSchedule and replicateZones mean nothing without replicate (as in the plugin);
+        // resizeRequired is the plugin's flag beside resizeSizeBytes, which carries the size.
+        if let value = parameters["resizeSizeBytes"] {
+            guard let bytes = Int64(value), bytes >= 0 else { throw invalid("resizeSizeBytes", "must be a whole number of bytes, not \"\(value)\"") }
+            result.resizeSizeBytes = bytes > 0 ? bytes : nil
         }
         if let size = try number("blockSize", 512...65_536) {
             guard size & (size - 1) == 0 else { throw invalid("blockSize", "must be a power of two, not \"\(size)\"") }
@@ -107,6 +150,12 @@ public struct VolumeParameters: Sendable, Equatable {
             result.inodeSize = size
         }
         return result
+    }
+
+    /// The image format to ask for on a storage of `type`: the class's on file
+    /// storages (raw when it names none), nothing on block storages.
+    public func fileFormat(on type: String) -> String? {
+        VolumeNaming.isFileStorage(type) ? storageFormat ?? "raw" : nil
     }
 
     /// The parameters as StorageClass keys, for the volume context: publish
@@ -122,6 +171,8 @@ public struct VolumeParameters: Sendable, Equatable {
         if let mbps = disk.mbps { out["diskMBps"] = String(mbps) }
         if let blockSize { out["blockSize"] = String(blockSize) }
         if let inodeSize { out["inodeSize"] = String(inodeSize) }
+        if let aio = disk.aio { out["aio"] = aio }
+        if let storageFormat { out["storageFormat"] = storageFormat }
         return out
     }
 
@@ -136,6 +187,7 @@ public struct VolumeParameters: Sendable, Equatable {
         if let backup = disk.backup { options.append(("backup", backup ? "1" : "0")) }
         if let iops = disk.iops { options += [("iops_rd", String(iops)), ("iops_wr", String(iops))] }
         if let mbps = disk.mbps { options += [("mbps_rd", String(mbps)), ("mbps_wr", String(mbps))] }
+        if let aio = disk.aio { options.append(("aio", aio)) }
         return options
     }
 }

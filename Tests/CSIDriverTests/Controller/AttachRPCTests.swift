@@ -15,7 +15,7 @@ import UnaryGRPC
         let handle = try VolumeHandle(parsing: volume.volumeID)
         #expect(context == ["serial": VolumeNaming.serial(for: handle), "wwn": VolumeNaming.wwn(for: handle), "bus": "scsi", "lun": "1"])
         let line = try #require(scene.fake.vm(100)!.values["scsi1"])
-        #expect(line == "ceph:vm-9999-pvc-a,serial=\(context["serial"]!),wwn=\(context["wwn"]!)")
+        #expect(line == "ceph:vm-9999-pvc-a,serial=\(context["serial"]!),wwn=\(context["wwn"]!),iothread=1,backup=0")
     }
 
     @Test func aVirtioPublishHasNoWWNAndNoLUN() async throws {

@@ -87,6 +87,26 @@ import UnaryGRPC
         #expect(recorded?.options == ["diskIOPS": "700", "cache": "none"])
     }
 
+    /// A live change and a later attach give the disk the same options: the class's (defaults
+    /// included) with the modified ones in their place, each once.
+    @Test func aLiveChangeGivesTheOptionsALaterAttachGives() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a", storage: "ceph", extra: ["ssd": "true", "backup": "true", "diskMBps": "100"])
+        _ = try await scene.publish(volume.volumeID, to: "worker-1", context: volume.volumeContext)
+        let _: Csi_V1_ControllerModifyVolumeResponse = try await scene.call("ControllerModifyVolume", Csi_V1_ControllerModifyVolumeRequest.with {
+            $0.volumeID = volume.volumeID
+            $0.mutableParameters = ["diskIOPS": "700"]
+        })
+        func options() throws -> [String] {
+            try #require(scene.fake.vm(100)!.values["scsi1"]).split(separator: ",").dropFirst().map(String.init).sorted()
+        }
+        let live = try options()
+        #expect(live.contains("backup=1") && live.contains("iothread=1") && live.contains("mbps_rd=100") && live.contains("iops_wr=700"))
+        try await scene.unpublish(volume.volumeID, from: "worker-1")
+        _ = try await scene.publish(volume.volumeID, to: "worker-1", context: volume.volumeContext)
+        #expect(try options() == live)
+    }
+
     @Test(arguments: [
         (["diskIOPS": "700"], "main//ceph/vm-9999-gone", StatusCode.notFound),
         ([:], "main//ceph/vm-9999-pvc-a", .invalidArgument),
