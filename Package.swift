@@ -88,10 +88,10 @@ let package = Package(
         ),
 
         .testTarget(name: "CModulesTests", dependencies: ["CNGHTTP2", "CCurl", "CBlkid"], swiftSettings: strict),
-        // An in-memory Proxmox cluster for the domain's and the controller's unit tests.
+        // An in-memory Proxmox cluster for the domain's and the controller's unit tests, and test TLS certificates.
         .target(name: "FakeProxmox", dependencies: ["ProxmoxAPI", "ProxmoxDomain"], path: "Tests/FakeProxmox", swiftSettings: strict),
         .testTarget(name: "ProxmoxDomainTests", dependencies: ["ProxmoxDomain", "ProxmoxAPI", "FakeProxmox"], swiftSettings: strict),
-        .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI"], swiftSettings: strict),
+        .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI", "FakeProxmox"], swiftSettings: strict),
         .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "UnaryGRPC"], swiftSettings: strict),

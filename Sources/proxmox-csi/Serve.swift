@@ -102,6 +102,8 @@ struct Serve: AsyncParsableCommand {
         settings.stateDirectory = kubeletDir + "/plugins/" + driverName + "/staged-volumes"
         settings.region = region ?? environment("NODE_REGION")
         settings.zone = zone ?? environment("NODE_ZONE")
+        settings.kubernetes = KubernetesNodeLabels.inCluster()
+        settings.driverName = driverName
         return settings
     }
 

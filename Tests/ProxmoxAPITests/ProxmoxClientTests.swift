@@ -1,3 +1,4 @@
+import FakeProxmox
 import Foundation
 import ProxmoxAPI
 import Synchronization

@@ -95,6 +95,13 @@ def check_consistency(found, values):
             config_volume, _ = mount(owner, plugin, "/etc/proxmox-csi")
             assert ("Secret", config_volume["secret"]["secretName"]) in found
 
+    # The node plugin may read its own Node (the max-volume-attachments label) and nothing more.
+    node_account = node["spec"]["template"]["spec"]["serviceAccountName"]
+    bindings = [b for (kind, _), b in found.items() if kind == "ClusterRoleBinding"
+                and {"kind": "ServiceAccount", "name": node_account, "namespace": node["metadata"]["namespace"]} in b["subjects"]]
+    rules = [rule for b in bindings for rule in found[("ClusterRole", b["roleRef"]["name"])]["rules"]]
+    assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}], rules
+
     for name in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
         assert "--leader-election" in container(controller, name)["args"], name
     provisioner = container(controller, "csi-provisioner")

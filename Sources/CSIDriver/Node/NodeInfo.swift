@@ -1,6 +1,7 @@
 import BlockDevice
 import CSIProto
 import Foundation
+import Logging
 import ProxmoxAPI
 import ProxmoxDomain
 import UnaryGRPC
@@ -51,7 +52,7 @@ extension NodeService {
     /// cluster, zone = Proxmox node) and how many volumes fit on its SCSI bus.
     /// With a config, the VM is found through Proxmox by its SMBIOS identity;
     /// without one, topology comes from --region/--zone.
-    func getInfo() async throws -> Csi_V1_NodeGetInfoResponse {
+    func getInfo(logger: Logger? = nil) async throws -> Csi_V1_NodeGetInfoResponse {
         var response = Csi_V1_NodeGetInfoResponse.with {
             $0.nodeID = settings.nodeName
             // Without the VM's config, assume its own disk takes one slot.
@@ -76,6 +77,18 @@ extension NodeService {
             }
         }
         if !segments.isEmpty { response.accessibleTopology = .with { $0.segments = segments } }
+        if let kubernetes = settings.kubernetes {
+            // A limit the platform team set per node (or node pool); unreadable labels leave the slot count.
+            do {
+                let labels = try await kubernetes.labels(ofNode: settings.nodeName)
+                let (limit, problem) = MaxVolumeAttachmentsLabel.limit(in: labels, driverName: settings.driverName,
+                                                                       slots: response.maxVolumesPerNode)
+                if let limit { response.maxVolumesPerNode = limit }
+                if let problem { logger?.warning("NodeGetInfo: \(problem)") }
+            } catch {
+                logger?.warning("NodeGetInfo: cannot read node \(settings.nodeName)'s labels, so no max-volume-attachments label applies: \(error)")
+            }
+        }
         return response
     }
 

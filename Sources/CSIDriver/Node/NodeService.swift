@@ -20,6 +20,10 @@ public struct NodeSettings: Sendable {
     public var deviceWaitSeconds: Double = 60
     /// Where the disk identity of each staged volume is kept (nil: in memory only).
     public var stateDirectory: String?
+    /// The Kubernetes API, for this node's labels (nil outside a pod).
+    public var kubernetes: KubernetesNodeLabels?
+    /// The CSI driver name, which names this driver's node labels.
+    public var driverName = DriverInfo.defaultName
 
     public init(nodeName: String) {
         self.nodeName = nodeName
@@ -60,7 +64,7 @@ public struct NodeService: Sendable {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
             }
         }
-        router.register("/csi.v1.Node/NodeGetInfo") { (_: Csi_V1_NodeGetInfoRequest, _) in try await getInfo() }
+        router.register("/csi.v1.Node/NodeGetInfo") { (_: Csi_V1_NodeGetInfoRequest, context) in try await getInfo(logger: context.logger) }
         router.register("/csi.v1.Node/NodeStageVolume") { request, _ in try await stage(request) }
         router.register("/csi.v1.Node/NodeUnstageVolume") { request, _ in try await unstage(request) }
         router.register("/csi.v1.Node/NodePublishVolume") { request, _ in try await publish(request) }
