@@ -7,6 +7,10 @@ package struct AttachedDisk: Sendable, Equatable {
     /// The line as Proxmox holds it: `<volid>,serial=…,wwn=…,…`.
     package var line: String
 
+    package init(slot: String, line: String) {
+        (self.slot, self.line) = (slot, line)
+    }
+
     package var bus: DiskBus? { DiskBus.allCases.first { slot.hasPrefix($0.rawValue) } }
 
     /// The slot's number: qemu-server puts scsiN at LUN N (print_drivedevice_full).

@@ -1,5 +1,6 @@
 import BlockDevice
 @testable import CSIDriver
+import FakeProxmox
 @testable import ProxmoxDomain
 import CSIProto
 import Foundation
@@ -42,7 +43,8 @@ final class AttachedDisk {
     let device: String
     let sysEntry: String
 
-    init(_ volumeID: String, megabytes: Int64, sysRoot: String, scratch: String) throws {
+    /// `wwn`: the disk carries that SCSI WWN and no serial, as one proxmox-csi-plugin attached.
+    init(_ volumeID: String, megabytes: Int64, sysRoot: String, scratch: String, wwn: String? = nil) throws {
         self.volumeID = volumeID
         file = scratch + "/" + UUID().uuidString + ".img"
         _ = FileManager.default.createFile(atPath: file, contents: nil)
@@ -51,8 +53,13 @@ final class AttachedDisk {
         let name = (device as NSString).lastPathComponent
         sysEntry = sysRoot + "/block/" + name
         try FileManager.default.createDirectory(atPath: sysEntry, withIntermediateDirectories: true)
-        let serial = VolumeNaming.serial(for: try VolumeHandle(parsing: volumeID))
-        try (serial + "\n").write(toFile: sysEntry + "/serial", atomically: true, encoding: .utf8)
+        if let wwn {
+            try FileManager.default.createDirectory(atPath: sysEntry + "/device", withIntermediateDirectories: true)
+            try ("naa." + wwn.dropFirst(2) + "\n").write(toFile: sysEntry + "/device/wwid", atomically: true, encoding: .utf8)
+        } else {
+            let serial = VolumeNaming.serial(for: try VolumeHandle(parsing: volumeID))
+            try (serial + "\n").write(toFile: sysEntry + "/serial", atomically: true, encoding: .utf8)
+        }
         try String(contentsOfFile: "/sys/block/\(name)/dev", encoding: .utf8).write(toFile: sysEntry + "/dev", atomically: true, encoding: .utf8)
     }
 
@@ -82,7 +89,8 @@ final class NodeFixture {
 
     /// `kubeletThroughSymlink`: the kubelet directory is a symbolic link to the real one, as on nodes
     /// that keep /var/lib/kubelet on another disk.
-    init(kubeletThroughSymlink: Bool = false) throws {
+    /// `volumes`: the node asks Proxmox (a fake cluster) about its VM, as one with a config does.
+    init(kubeletThroughSymlink: Bool = false, volumes: ProxmoxVolumes? = nil) throws {
         root = try temporaryDirectory("fixture")
         kubelet = root + "/kubelet"
         sysRoot = root + "/sys"
@@ -97,11 +105,11 @@ final class NodeFixture {
         settings.allowedRoots = [kubelet]
         settings.deviceWaitSeconds = 1
         settings.stateDirectory = root + "/kubelet-state/staged-volumes"
-        service = NodeService(settings: settings, volumes: nil)
+        service = NodeService(settings: settings, volumes: volumes)
     }
 
-    func disk(_ name: String, megabytes: Int64 = 320) throws -> AttachedDisk {
-        try AttachedDisk("sim//ceph/vm-9999-\(name)", megabytes: megabytes, sysRoot: sysRoot, scratch: root)
+    func disk(_ name: String, megabytes: Int64 = 320, wwn: String? = nil) throws -> AttachedDisk {
+        try AttachedDisk("sim//ceph/vm-9999-\(name)", megabytes: megabytes, sysRoot: sysRoot, scratch: root, wwn: wwn)
     }
 
     func staging(_ disk: AttachedDisk) throws -> String {
@@ -409,6 +417,78 @@ struct NodeServiceLoopTests {
         #expect(after > before + (250 << 20), "filesystem grew from \(before) to \(after)")
         #expect(try String(contentsOfFile: node.staging(disk) + "/a.txt", encoding: .utf8) == "restored")
         try await node.unstage(disk)
+    }
+
+    /// A pod's volume that proxmox-csi-plugin staged and published before the switch: no identity
+    /// was recorded here and its disk has the plugin's slot WWN, not our serial. Its stats, growth,
+    /// unpublish and unstage find it by the line in this VM's config, which Proxmox holds.
+    @Test func aVolumeThePluginStagedBeforeTheSwitchIsServedAndCleanedUp() async throws {
+        let wwn = "0x5056432d49443037"  // hex("PVC-ID07"): the plugin's scsi7
+        let fake = FakeCluster()
+        fake.addStorage("ceph", type: "rbd", shared: true, capacity: 100 << 30)
+        fake.addVM(100, node: "pve1", name: "k8s-node-1", config: ["scsi0": "ceph:vm-100-disk-0,size=8G",
+                                                                   "scsi7": "ceph:vm-9999-pvc-p,backup=0,iothread=1,wwn=\(wwn)"])
+        let volumes = ProxmoxVolumes(clusters: [("sim", fake)], ownerVMID: 9999, taskTimeout: 5, cacheSeconds: 0)
+        let node = try NodeFixture(volumes: volumes)
+        let disk = try node.disk("pvc-p", wwn: wwn)
+        // What the plugin's NodeStage and NodePublish left: xfs, mounted at the staging path, bound into the pod.
+        try sh(["mkfs.xfs", "-q", disk.device])
+        try sh(["mount", disk.device, node.staging(disk)])
+        try FileManager.default.createDirectory(atPath: node.target(disk), withIntermediateDirectories: true)
+        try sh(["mount", "--bind", node.staging(disk), node.target(disk)])
+        try "from the plugin's time".write(toFile: node.target(disk) + "/a.txt", atomically: true, encoding: .utf8)
+
+        let stats = try await node.stats(disk)
+        #expect(!stats.volumeCondition.abnormal, "\(stats.volumeCondition.message)")
+        try disk.grow(toMegabytes: 640)
+        _ = try await node.service.expand(.with {
+            $0.volumeID = disk.volumeID
+            $0.volumePath = node.target(disk)
+            $0.stagingTargetPath = try node.staging(disk)
+            $0.capacityRange.requiredBytes = 640 << 20
+        })
+        #expect(try DeviceFacts.usage(at: node.target(disk)).totalBytes > 500 << 20)
+        try await node.unpublish(disk)
+        try await node.unstage(disk)
+        #expect(try node.mounted(at: node.staging(disk)) == nil)
+        #expect(fake.count(.config) >= 1, "the identity came from the VM's config")
+
+        // Staged again by this driver (its publish context carries the WWN): the data is there, never reformatted.
+        _ = try await node.service.stage(.with {
+            $0.volumeID = disk.volumeID
+            $0.stagingTargetPath = try node.staging(disk)
+            $0.volumeCapability = NodeFixture.mount("xfs")
+            $0.publishContext = ["wwn": wwn, "bus": "scsi", "lun": "7"]
+        })
+        #expect(try String(contentsOfFile: node.staging(disk) + "/a.txt", encoding: .utf8) == "from the plugin's time")
+        try await node.unstage(disk)
+    }
+
+    /// An encrypted class of proxmox-csi-plugin's (a passphrase in the node-stage secret): never formatted in the clear.
+    @Test func aVolumeOfAnEncryptedClassIsNeitherFormattedNorMounted() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("pvc-luks")
+        await expectCode(.failedPrecondition, "encryption-passphrase") {
+            _ = try await node.service.stage(.with {
+                $0.volumeID = disk.volumeID
+                $0.stagingTargetPath = try node.staging(disk)
+                $0.volumeCapability = NodeFixture.mount("xfs")
+                $0.secrets = ["encryption-passphrase": "s3cret"]
+            })
+        }
+        #expect((try? sh(["blkid", "-p", disk.device])) == nil, "the disk stays blank (blkid finds no signature)")
+        #expect(try node.mounted(at: node.staging(disk)) == nil)
+    }
+
+    /// Without Proxmox to ask, such a mount is not recognised as the volume's, and is left mounted.
+    @Test func withoutProxmoxAPluginStagedMountIsLeftAlone() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("pvc-q", wwn: "0x5056432d49443038")
+        try sh(["mkfs.xfs", "-q", disk.device])
+        try sh(["mount", disk.device, node.staging(disk)])
+        await expectCode(.failedPrecondition, "not this volume's disk") { try await node.unstage(disk) }
+        #expect(try node.mounted(at: node.staging(disk)) != nil)
+        try sh(["umount", node.staging(disk)])
     }
 
     @Test func statsReportUsageAndAbnormalConditions() async throws {

@@ -36,6 +36,19 @@ extension ControllerService {
         return try await volumes.copyVM(vm)
     }
 
+    /// A snapshot proxmox-csi-plugin took: a plain volume `vm-<controllerVmID>-snapshot-<uuid>`
+    /// beside its source (its CreateSnapshot copies the volume under the snapshot's name, which
+    /// external-snapshotter makes `snapshot-<VolumeSnapshot uid>`), its volume id the snapshot id.
+    /// Restores copy it and DeleteSnapshot frees it; nil for anything else.
+    func pluginSnapshot(_ id: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
+        guard id.split(separator: "/", omittingEmptySubsequences: false).count >= 4,
+              let handle = try? VolumeHandle(parsing: id),
+              handle.fileName.range(of: "^vm-\(config.ownerVMID)-snapshot-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(\\.(raw|qcow2))?$",
+                                    options: .regularExpression) != nil
+        else { return nil }
+        return try await volumes.existing(id)
+    }
+
     private func message(_ copy: CopyVM, size: Int64) -> Csi_V1_Snapshot {
         .with {
             $0.snapshotID = Self.snapshotID(copy)
@@ -87,6 +100,11 @@ extension ControllerService {
         do {
             if let copy = try await snapshot(request.snapshotID) {
                 try await volumes.destroy(copy)
+            } else if let (handle, storage, _) = try await pluginSnapshot(request.snapshotID) {
+                if let (vm, key) = try await volumes.attachments(of: handle, storage: storage).first {
+                    throw RPCError(.failedPrecondition, "snapshot \(request.snapshotID) is attached to VM \(vm.vmid) as \(key); detach it first")
+                }
+                try await volumes.delete(handle, storage: storage)
             }
             return .init()
         } catch {
@@ -131,16 +149,21 @@ extension ControllerService {
         var sourceNode: String?
         switch request.volumeContentSource.type {
         case let .snapshot(snapshotSource)?:
-            guard let copy = try await snapshot(snapshotSource.snapshotID) else {
+            sourceID = snapshotSource.snapshotID
+            if let copy = try await snapshot(snapshotSource.snapshotID) {
+                guard copy.settled, let volid = copy.volid else {
+                    throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied")
+                }
+                sourceVolid = volid
+                sourceSize = try await size(of: copy, fallback: 0)
+                sourceNode = copy.vm.node
+            } else if let (handle, storage, size) = try await pluginSnapshot(snapshotSource.snapshotID) {
+                sourceVolid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+                sourceSize = size
+                sourceNode = handle.node
+            } else {
                 throw RPCError(.notFound, "snapshot \(snapshotSource.snapshotID) does not exist")
             }
-            guard copy.settled, let volid = copy.volid else {
-                throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied")
-            }
-            sourceID = snapshotSource.snapshotID
-            sourceVolid = volid
-            sourceSize = try await size(of: copy, fallback: 0)
-            sourceNode = copy.vm.node
         case let .volume(volumeSource)?:
             guard let (handle, storage, size) = try await volumes.existing(volumeSource.volumeID) else {
                 throw RPCError(.notFound, "source volume \(volumeSource.volumeID) does not exist")

@@ -94,7 +94,7 @@ extension NodeService {
 
     /// The VM named like this node when its SMBIOS identity agrees (or none can
     /// be read), else the VM whose `smbios1` matches, searched in every cluster.
-    private func thisVM(_ volumes: ProxmoxVolumes, identity: SMBIOSIdentity) async throws -> (VMRef, VMConfig)? {
+    func thisVM(_ volumes: ProxmoxVolumes, identity: SMBIOSIdentity) async throws -> (VMRef, VMConfig)? {
         func config(of vm: VMRef) async throws -> VMConfig {
             try await volumes.client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
         }

@@ -79,7 +79,7 @@ extension NodeService {
         try checkPath(request.targetPath, field: "target_path")
         return try await serialized(request.volumeID) {
             let mounted = try inspect(request.targetPath)
-            try requireOwnMount(mounted, at: request.targetPath, volumeID: request.volumeID, what: "NodeUnpublishVolume")
+            try await requireOwnMount(mounted, at: request.targetPath, volumeID: request.volumeID, what: "NodeUnpublishVolume")
             do {
                 try Unmounter.unmountAndRemove(request.targetPath)
             } catch {

@@ -5,6 +5,8 @@ import UnaryGRPC
 
 extension NodeService {
     static let supportedFilesystems = ["xfs", "ext4"]
+    /// The node-stage secret key of proxmox-csi-plugin's encrypted StorageClasses (its node.go).
+    static let encryptionPassphraseKey = "encryption-passphrase"
 
     /// Finds the volume's disk, makes sure it carries the filesystem (formatting
     /// only a blank disk) and mounts it at the staging path. Block access needs
@@ -13,6 +15,13 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
         try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
+        // proxmox-csi-plugin's LUKS classes hand the passphrase to NodeStage: until this driver
+        // encrypts, such a volume must not be formatted (or mounted) in the clear.
+        if request.secrets[Self.encryptionPassphraseKey] != nil {
+            throw RPCError(.failedPrecondition, "NodeStageVolume \(request.volumeID): the StorageClass gives an "
+                + "\(Self.encryptionPassphraseKey) (proxmox-csi-plugin's LUKS encryption), which this driver does not support yet; "
+                + "the volume is left untouched")
+        }
         let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext,
                                     staged: identities.identity(of: request.volumeID))
         let capability = request.volumeCapability
@@ -101,7 +110,7 @@ extension NodeService {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
         return try await serialized(request.volumeID) {
-            try requireOwnMount(inspect(request.stagingTargetPath), at: request.stagingTargetPath, volumeID: request.volumeID,
+            try await requireOwnMount(inspect(request.stagingTargetPath), at: request.stagingTargetPath, volumeID: request.volumeID,
                                 what: "NodeUnstageVolume")
             do {
                 try Unmounter.unmount(request.stagingTargetPath)

@@ -94,9 +94,33 @@ enum MountedThing {
 }
 
 extension NodeService {
-    /// The volume as a call without a publish context knows it: by the identity it was staged with.
-    func knownVolume(_ volumeID: String) throws(RPCError) -> NodeVolume {
-        try NodeVolume(id: volumeID, staged: identities.identity(of: volumeID))
+    /// The volume as a call without a publish context knows it: by the identity it
+    /// was staged with; for one staged before this plugin ran (by proxmox-csi-plugin,
+    /// before the switch), by the identity its line in this VM's config carries.
+    func knownVolume(_ volumeID: String) async throws(RPCError) -> NodeVolume {
+        if let staged = identities.identity(of: volumeID) { return try NodeVolume(id: volumeID, staged: staged) }
+        guard let context = await attachedIdentity(of: volumeID) else { return try NodeVolume(id: volumeID) }
+        let volume = try NodeVolume(id: volumeID, publishContext: context)
+        // Asked once: kept as a stage's would be, so later calls and a restart know it.
+        try? identities.record(volume.identity)
+        return volume
+    }
+
+    /// The serial and WWN of the disk that holds the volume in this VM's config,
+    /// as ControllerPublish answers them; nil without Proxmox access, or when the
+    /// config holds no such disk (the derived identity applies then).
+    func attachedIdentity(of volumeID: String) async -> [String: String]? {
+        guard let volumes, let handle = try? VolumeHandle(parsing: volumeID),
+              let (vm, config) = try? await thisVM(volumes, identity: SMBIOSIdentity.read(sysRoot: settings.sysRoot)),
+              vm.cluster == handle.cluster else { return nil }
+        let slot = config.values.keys.sorted().first { key in
+            guard ProxmoxVolumes.isDiskKey(key), let line = config[key] else { return false }
+            let volid = ProxmoxVolumes.volid(of: line)
+            return Volid.storage(of: volid) == handle.storage && Volid.volumeName(of: volid) == handle.fileName
+        }
+        guard let slot, let line = config[slot] else { return nil }
+        let context = ControllerService.publishContext(for: AttachedDisk(slot: slot, line: line))
+        return context["serial"] != nil || context["wwn"] != nil ? context : nil
     }
 
     func mountTable() throws(RPCError) -> [MountEntry] {
@@ -108,9 +132,9 @@ extension NodeService {
     }
 
     /// Refuses to unmount `path` unless what is mounted there is the volume's (or a vanished) disk.
-    func requireOwnMount(_ mounted: MountedThing, at path: String, volumeID: String, what: String) throws(RPCError) {
+    func requireOwnMount(_ mounted: MountedThing, at path: String, volumeID: String, what: String) async throws(RPCError) {
         guard mounted.entry != nil else { return }
-        let volume = try knownVolume(volumeID)
+        let volume = try await knownVolume(volumeID)
         guard mounted.mayBeUnmounted(for: volume) else {
             throw RPCError(.failedPrecondition, "\(what) \(volume.id): \(path) holds \(mounted.summary), "
                 + "not this volume's disk (serial \(volume.serial)); left mounted")

@@ -9,7 +9,7 @@ extension NodeService {
     func volumeStats(_ request: Csi_V1_NodeGetVolumeStatsRequest) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkVolumePath(request.volumePath, of: request.volumeID)
-        let volume = try knownVolume(request.volumeID)
+        let volume = try await knownVolume(request.volumeID)
         let path = request.volumePath
         let mounted = try inspect(path)
         if let disk = mounted.disk, !volume.isOn(disk) {
@@ -82,7 +82,7 @@ extension NodeService {
         try checkVolumePath(request.volumePath, of: request.volumeID)
         if !request.stagingTargetPath.isEmpty { try checkPath(request.stagingTargetPath, field: "staging_target_path") }
         if request.hasVolumeCapability { try checkCapability(request.volumeCapability, present: true) }
-        let volume = try knownVolume(request.volumeID)
+        let volume = try await knownVolume(request.volumeID)
         let what = "NodeExpandVolume \(volume.id)"
         return try await serialized(volume.id) {
             let mounted = try inspect(request.volumePath)

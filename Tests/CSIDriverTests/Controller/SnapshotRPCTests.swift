@@ -138,3 +138,48 @@ import UnaryGRPC
         #expect(await scene.code("CreateVolume", request) == code)
     }
 }
+
+/// Snapshots proxmox-csi-plugin took before the switch (issue 14): a plain volume
+/// `vm-<controllerVmID>-snapshot-<uuid>` beside the source, its volume id the snapshot id.
+@Suite struct PluginSnapshotTests {
+    static let snapshotVolid = "local-lvm:vm-9999-snapshot-8a1c3e52-5a0b-4f0e-9d3c-2b7e6f1a4c90"
+    static let snapshotID = "main/pve1/local-lvm/vm-9999-snapshot-8a1c3e52-5a0b-4f0e-9d3c-2b7e6f1a4c90"
+
+    @Test func aVolumeIsRestoredFromOneAndDeletingItFreesItsVolume() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume(Self.snapshotVolid, node: "pve1", owner: 9999, size: 2 << 30)
+        let restored = try await scene.restore("pvc-r") { $0.snapshot.snapshotID = Self.snapshotID }
+        #expect(restored.capacityBytes == 2 << 30)
+        #expect(restored.contentSource.snapshot.snapshotID == Self.snapshotID)
+        let imports = scene.fake.writes.compactMap { $0.set["scsi0"] }.filter { $0.contains("import-from=\(Self.snapshotVolid)") }
+        #expect(imports.count == 1)
+
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = Self.snapshotID }) == nil)
+        #expect(scene.fake.volume(Self.snapshotVolid) == nil)
+        // The restored volume is its own: it outlives the snapshot.
+        #expect(try await scene.publish(restored.volumeID, to: "worker-1")["serial"] != nil)
+    }
+
+    /// Only a volume named as the plugin names snapshots is one: a PV's volume id given as a
+    /// snapshot id is neither restored from nor deleted.
+    @Test func aVolumeIDThatIsNoPluginSnapshotIsNeitherRestoredNorDeleted() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        #expect(await scene.code("CreateVolume", Csi_V1_CreateVolumeRequest.with {
+            $0.name = "pvc-r"
+            $0.volumeCapabilities = [ControllerScene.mount]
+            $0.parameters = ["storage": "local-lvm"]
+            $0.volumeContentSource.snapshot.snapshotID = volume.volumeID
+        }) == .notFound)
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = volume.volumeID }) == nil)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") != nil)
+    }
+
+    @Test func anAttachedOneIsNotDeleted() async throws {
+        let scene = ControllerScene()
+        scene.fake.addVolume(Self.snapshotVolid, node: "pve1", owner: 9999)
+        scene.fake.touch(100, set: "scsi5", to: Self.snapshotVolid + ",wwn=0x5056432d49443035")
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = Self.snapshotID }) == .failedPrecondition)
+        #expect(scene.fake.volume(Self.snapshotVolid) != nil)
+    }
+}
