@@ -10,7 +10,7 @@ import re
 import time
 import urllib.parse
 
-from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, format_size,
+from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, copy_extents, format_size,
                       parse_alloc_size, parse_disk_size)
 from .cluster import _uuid_for as _uuid_for_vm
 from .schema import parse_property_string
@@ -291,7 +291,7 @@ class Api:
     def _import_seconds(self, planned):
         """How long the import-from copies of planned disks take (`import-per-gib` s per GiB copied)."""
         copied = sum(plan["source"].size for plan in planned.values() if plan.get("source") is not None)
-        return copied / GiB * self.cluster.task_seconds.get("import-per-gib", 0)
+        return copied / GiB * self.cluster.copy_seconds_per_gib()
 
     def _cleanup_pending(self, vm):
         """guest-common cleanup_pending: drop pending values equal to the current
@@ -624,17 +624,32 @@ class Api:
         vm.config["lock"] = "snapshot"
 
         def effect():
+            # guest-common AbstractConfig snapshot_create: every drive must have the feature
+            # (has_feature 'snapshot'), then __snapshot_create_vol_snapshot takes
+            # PVE::Storage::volume_snapshot of each; a failure deletes the ones taken.
             vm.config.pop("lock", None)
-            sizes = {}
+            volumes = {}
             for key, (volid, _) in vm.disks().items():
                 if UNUSED_KEY.match(key):
                     continue
                 volume = c.volume(volid, vm.node)
                 if not volume.storage.supports_snapshots(volume):
                     raise PVEError("snapshot feature is not available")
-                sizes[volid] = volume.size
+                volumes[volid] = volume
+            taken = []
+            try:
+                for volume in volumes.values():
+                    if volume.format == "qcow2" and c.running_vms_using(volume, except_vmid=vm.vmid):
+                        # qemu-img snapshot on an image another QEMU has open: Proxmox does not stop it.
+                        c.unsafe_snapshots.append({"volid": volume.volid, "snapshot": name, "vmid": vm.vmid})
+                    volume.storage.snapshot(volume, name)
+                    taken.append(volume)
+            except PVEError:
+                for volume in taken:
+                    volume.storage.snapshot_delete(volume, name)
+                raise
             vm.snapshots[name] = {"description": p.get("description", ""), "snaptime": int(time.time()),
-                                  "config": dict(vm.config), "sizes": sizes}
+                                  "config": dict(vm.config), "sizes": {v: volume.size for v, volume in volumes.items()}}
 
         return c.start_task(vm.node, "qmsnapshot", vm.vmid, caller.id, effect).upid
 
@@ -646,7 +661,17 @@ class Api:
             raise PVEError(f"snapshot '{p['snapname']}' does not exist")
 
         def effect():
-            vm.snapshots.pop(p["snapname"], None)
+            # snapshot_delete: PVE::Storage::volume_snapshot_delete for each drive of the
+            # snapshot's config (a volume freed since has no snapshot left to delete).
+            snapshot = vm.snapshots.pop(p["snapname"], None) or {"config": {}}
+            for key, value in snapshot["config"].items():
+                if not DISK_KEY.match(key):
+                    continue
+                try:
+                    volume = c.volume(value.split(",")[0], vm.node)
+                except PVEError:
+                    continue
+                volume.storage.snapshot_delete(volume, p["snapname"])
 
         return c.start_task(vm.node, "qmdelsnapshot", vm.vmid, caller.id, effect).upid
 
@@ -664,36 +689,56 @@ class Api:
         target_node = p.get("target", vm.node)
         source = vm.snapshots[snapname] if snapname else {"config": vm.config, "sizes": None}
         from .cluster import VM
-        clone = VM(newid, target_node, p.get("name", f"Copy-of-VM-{vm.name}"))
-        clone.config["lock"] = "clone"
+        # clone_vm writes a temporary config holding only `lock: clone`; the name and the
+        # rest come with the final write, once the disks are copied (API2/Qemu.pm clone_vm).
+        clone = VM(newid, target_node, None)
+        clone.config = {"lock": "clone"}
         c.vms[newid] = clone
 
         def effect():
             try:
+                final = {}
                 for key, value in source["config"].items():
-                    if UNUSED_KEY.match(key) or key in ("lock", "name", "smbios1"):
+                    if UNUSED_KEY.match(key) or key in ("lock", "name", "smbios1", "snaptime", "parent", "vmstate"):
                         continue
                     if not DISK_KEY.match(key):
-                        clone.config[key] = value
+                        final[key] = value
                         continue
                     volid, _, options = value.partition(",")
                     volume = c.volume(volid, vm.node)
                     if snapname and not volume.storage.can_copy_from_snapshot(volume):
-                        raise PVEError("Full clone feature is not available")
+                        raise PVEError(f"Full clone feature is not supported for a snapshot of '{volid}' ({key})")
                     storage = c.storage(p["storage"], target_node) if p.get("storage") else volume.storage
                     size = (source["sizes"] or {}).get(volid, volume.size)
                     fmt = volume.format if volume.format in storage.rules["formats"] else "raw"
                     copy = storage.allocate(newid, storage.next_disk_name(newid, fmt), size, fmt)
-                    copy_data(volume, copy)
+                    snapshot_data = volume.snapshots.get(snapname, {}).get("path") if snapname else None
+                    if snapname and snapname not in volume.snapshots:
+                        raise PVEError(f"volume '{volid}' has no snapshot '{snapname}'")
+                    copy_data(volume, copy, snapshot_data)
                     kept = [o for o in options.split(",") if o and not o.startswith("size=")]
-                    clone.config[key] = ",".join([copy.volid, *kept, f"size={format_size(size)}"])
-                clone.config.pop("lock", None)
+                    final[key] = ",".join([copy.volid, *kept, f"size={format_size(size)}"])
+                    clone.config[key] = final[key]  # what a failure must free
+                final["name"] = p.get("name") or f"Copy-of-VM-{vm.name}"
+                if p.get("description"):
+                    final["description"] = p["description"]
+                final["smbios1"] = f"uuid={_uuid_for_vm(newid)}"
+                clone.config = final
             except PVEError:
                 for key, (volid, _) in clone.disks().items():
                     self._free_volid(volid, target_node)
                 c.vms.pop(newid, None)
                 raise
 
+        # A full clone copies every disk: as long as an import of the same bytes takes.
+        copied = 0
+        for key, (volid, _) in vm.disks(source["config"]).items():
+            if not UNUSED_KEY.match(key):
+                try:
+                    copied += (source["sizes"] or {}).get(volid) or c.volume(volid, vm.node).size
+                except PVEError:
+                    pass  # the effect reports it
+        c.extra_task_seconds += copied / GiB * c.copy_seconds_per_gib()
         return c.start_task(vm.node, "qmclone", vm.vmid, caller.id, effect).upid
 
     # ------------------------------------------------------------ helpers
@@ -734,31 +779,15 @@ class Api:
         return task.upid
 
 
-def copy_data(source, target):
-    """import-from and full clones copy the bytes when volumes have backing files."""
-    if not (source.path and target.path):
+def copy_data(source, target, source_path=None):
+    """import-from and full clones copy the bytes when volumes have backing files
+    (from `source_path`: a snapshot's data, when the copy is of a snapshot)."""
+    path = source_path or source.path
+    if not (path and target.path):
         return
     # Only the data extents: the target is a fresh sparse file, and copying a
     # 10 GiB volume's holes byte by byte would make every restore take minutes.
-    with open(source.path, "rb") as src, open(target.path, "r+b") as dst:
-        end = os.fstat(src.fileno()).st_size
-        offset = 0
-        while offset < end:
-            try:
-                offset = os.lseek(src.fileno(), offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                break
-            hole = os.lseek(src.fileno(), offset, os.SEEK_HOLE)
-            src.seek(offset)
-            dst.seek(offset)
-            remaining = hole - offset
-            while remaining > 0:
-                chunk = src.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                dst.write(chunk)
-                remaining -= len(chunk)
-            offset = hole
+    copy_extents(path, target.path)
 
 
 def _free_unused_key(vm):

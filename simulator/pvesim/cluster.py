@@ -43,6 +43,29 @@ STORAGE_TYPES = {
 }
 
 
+def copy_extents(source_path, target_path):
+    """Copies only the data extents of a sparse file into a sparse file of its size."""
+    with open(source_path, "rb") as src, open(target_path, "r+b") as dst:
+        end = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < end:
+            try:
+                offset = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            hole = os.lseek(src.fileno(), offset, os.SEEK_HOLE)
+            src.seek(offset)
+            dst.seek(offset)
+            remaining = hole - offset
+            while remaining > 0:
+                chunk = src.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                remaining -= len(chunk)
+            offset = hole
+
+
 def parse_alloc_size(text):
     """`size` of a volume allocation: a bare number is KiB; M and G are binary."""
     number, unit = re.fullmatch(r"(\d+)([MG]?)", text).groups()
@@ -71,6 +94,8 @@ class Volume:
         self.vmid = vmid
         self.ctime = int(time.time())
         self.path = path
+        # Storage snapshots of this volume: name -> {"size", "path" (its data then), "ctime"}.
+        self.snapshots = {}
 
     @property
     def volid(self):
@@ -161,11 +186,48 @@ class Storage:
         return volume
 
     def free(self, volume):
+        """vdisk_free: every plugin's free_image takes the volume's snapshots with it
+        (LvmThinPlugin lvremove of each snap_<volname>_*, RBDPlugin `rbd snap purge`,
+        ZFSPoolPlugin zfs_delete_zvol, a qcow2 file's internal snapshots with the file)."""
         self.volumes.pop(volume.name, None)
+        for name in list(volume.snapshots):
+            self._drop_snapshot_data(volume, name)
+        volume.snapshots.clear()
         if volume.path and os.path.exists(volume.path):
             os.unlink(volume.path)
 
+    def snapshot(self, volume, name):
+        """PVE::Storage::volume_snapshot, in constant time on the storage (LvmThinPlugin
+        `lvcreate -s -n snap_<volname>_<snap>`, RBDPlugin `rbd snap create`, ZFSPoolPlugin
+        `zfs snapshot`, Plugin.pm `qemu-img snapshot -c` for qcow2). Here the data of the
+        moment is kept beside the volume's file so a clone of it reads what was there."""
+        if not self.supports_snapshots(volume):
+            raise PVEError("snapshot feature is not available")
+        if name in volume.snapshots:
+            raise PVEError(f"snapshot '{name}' already exists on volume '{volume.volid}'")
+        path = None
+        if volume.path:
+            path = f"{volume.path}@{name}"
+            with open(path, "wb") as f:
+                f.truncate(volume.size)
+            copy_extents(volume.path, path)
+        volume.snapshots[name] = {"size": volume.size, "path": path, "ctime": int(time.time())}
+
+    def snapshot_delete(self, volume, name):
+        """PVE::Storage::volume_snapshot_delete: frees exactly that snapshot."""
+        if name in volume.snapshots:
+            self._drop_snapshot_data(volume, name)
+            del volume.snapshots[name]
+
+    def _drop_snapshot_data(self, volume, name):
+        path = volume.snapshots[name].get("path")
+        if path and os.path.exists(path):
+            os.unlink(path)
+
     def grow(self, volume, size):
+        # QEMU block/qcow2.c qcow2_co_truncate: "Can't resize an image which has snapshots".
+        if volume.format == "qcow2" and volume.snapshots:
+            raise PVEError(f"qemu-img: Can't resize an image which has snapshots")
         extra = size - volume.size
         if extra > self.total - self.used:
             raise PVEError(f"not enough free space on storage '{self.id}'")
@@ -308,6 +370,20 @@ class Cluster:
         # Hot-plug failures to inject: {"vmid"?, "action": "plug"|"unplug", "count"?, "rate"?, "message"?}
         self.hotplug_faults = []
         self.extra_task_seconds = 0.0  # set by a fault rule for the task the current request starts
+        # qcow2 snapshots taken while another running VM had the image open (see create_snapshot).
+        self.unsafe_snapshots = []
+
+    # A full copy (import-from, full clone) moves its bytes at this rate unless the task
+    # durations say otherwise (`import-per-gib`): 2 s per GiB is 512 MiB/s, an SSD pool's
+    # sequential copy (qemu-img convert, which both use); no Proxmox source gives a figure.
+    DEFAULT_COPY_SECONDS_PER_GIB = 2.0
+
+    def copy_seconds_per_gib(self):
+        return self.task_seconds.get("import-per-gib", self.DEFAULT_COPY_SECONDS_PER_GIB)
+
+    def running_vms_using(self, volume, except_vmid=None):
+        return [vm for vm in self.vms.values()
+                if vm.vmid != except_vmid and vm.status == "running" and volume.volid in vm.drive_refs()]
 
     # ---------------------------------------------------------------- tasks
 

@@ -402,13 +402,15 @@ def snapshot_state(cluster):
     return {
         "storages": {(s.id if s.node is None else f"{s.id}@{s.node}"):
                      {"type": s.type, "total": s.total, "used": s.used, "node": s.node,
-                      "volumes": {v.volid: {"size": v.size, "vmid": v.vmid, "format": v.format}
+                      "volumes": {v.volid: {"size": v.size, "vmid": v.vmid, "format": v.format,
+                                            "snapshots": sorted(v.snapshots)}
                                   for v in s.volumes.values()}}
                      for s in cluster.storages.values()},
         "vms": {str(vm.vmid): {"node": vm.node, "status": vm.status, "config": dict(vm.config),
                                "pending": dict(vm.pending), "pending_delete": sorted(vm.pending_delete),
                                "snapshots": sorted(vm.snapshots)} for vm in cluster.vms.values()},
         "double_attachments": list(cluster.double_attachments),
+        "unsafe_snapshots": list(cluster.unsafe_snapshots),
         "in_place_swaps": list(cluster.in_place_swaps),
         "tasks": {"running": sum(t.status == "running" for t in cluster.tasks.values()),
                   "total": len(cluster.tasks)},

@@ -116,3 +116,143 @@ def test_a_write_that_puts_a_volume_into_a_held_slot_is_recorded(sim, api):
     attach(api, "scsi1", second)  # one write swapping the volume inside the device
     assert control(sim, "GET", "/_sim/state")["in_place_swaps"] == [
         {"vm": 100, "key": "scsi1", "held": first, "new": second}]
+
+
+# ------------------------------------------- storage snapshots (issue 15)
+
+@pytest.fixture
+def data_sim(tmp_path):
+    """A simulator whose volumes are sparse files, so a snapshot's data can be read back."""
+    from pvesim.__main__ import load_scenario
+    from pvesim.server import Simulator, serve
+    from test_simulator import DEFAULT_SCENARIO, Client
+    cluster, schema, users, tokens = load_scenario(DEFAULT_SCENARIO, {}, 0.01, data_dir=str(tmp_path / "data"))
+    simulator = Simulator(cluster, schema, tokens, users, auth_failure_delay=0.1)
+    server = serve(simulator, "127.0.0.1", 0)
+    simulator.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield simulator, Client(simulator.base)
+    server.shutdown()
+
+
+def write_volume(sim, volid, text):
+    volume = sim.cluster.volume(volid, "pve1")
+    with open(volume.path, "r+b") as f:
+        f.write(text.encode())
+
+
+def read_volume(sim, volid, length):
+    with open(sim.cluster.volume(volid, "pve1").path, "rb") as f:
+        return f.read(length).decode()
+
+
+def snapshot_vm(api, volid, vmid=120):
+    """A stopped VM whose only drive is `volid` (not its own), as a snapshot holder would be."""
+    api.wait(api.ok("POST", "/nodes/pve1/qemu", vmid=vmid, name=f"holder-{vmid}"))
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/config", scsi0=volid))
+    return vmid
+
+
+@pytest.mark.parametrize("storage", ["local-lvm", "ceph"])
+def test_a_clone_of_a_vm_snapshot_holds_the_data_of_that_moment(data_sim, storage):
+    sim, api = data_sim
+    api.ok("POST", f"/nodes/pve1/storage/{storage}/content", vmid=9999, filename="vm-9999-src", size="1G")
+    volid = f"{storage}:vm-9999-src"
+    write_volume(sim, volid, "at-the-snapshot")
+    vmid = snapshot_vm(api, volid)
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    write_volume(sim, volid, "written-later!!")
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/clone", newid=130, snapname="s1", full=1, name="restored"))
+    config = api.ok("GET", "/nodes/pve1/qemu/130/config")
+    assert config["name"] == "restored"
+    copy = config["scsi0"].split(",")[0]
+    assert read_volume(sim, copy, 15) == "at-the-snapshot"
+    assert read_volume(sim, volid, 15) == "written-later!!"
+    state = control(sim, "GET", "/_sim/state")
+    assert any(v.get("snapshots") == ["s1"] for s in state["storages"].values() for k, v in s["volumes"].items() if k == volid)
+
+
+def test_zfs_snapshots_but_cannot_copy_from_one(data_sim):
+    """ZFSPoolPlugin volume_has_feature: snapshot yes, copy from a snapshot no (copy => base, current)."""
+    sim, api = data_sim
+    api.ok("POST", "/nodes/pve1/storage/tank/content", vmid=9999, filename="vm-9999-z", size="1G")
+    vmid = snapshot_vm(api, "tank:vm-9999-z")
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    status = api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/clone", newid=131, snapname="s1", full=1))
+    assert status["exitstatus"] != "OK" and "Full clone feature is not supported for a snapshot of" in status["exitstatus"]
+
+
+def test_deleting_a_vm_snapshot_frees_the_storage_snapshot_and_freeing_a_volume_frees_its_snapshots(data_sim):
+    sim, api = data_sim
+    for name in ("vm-9999-a", "vm-9999-b"):
+        api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename=name, size="1G")
+    a = snapshot_vm(api, "local-lvm:vm-9999-a", 121)
+    b = snapshot_vm(api, "local-lvm:vm-9999-b", 122)
+    for vmid in (a, b):
+        api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    volume_a = sim.cluster.volume("local-lvm:vm-9999-a", "pve1")
+    snapshot_file = volume_a.snapshots["s1"]["path"]
+    api.wait(api.ok("DELETE", f"/nodes/pve1/qemu/{a}/snapshot/s1"))
+    assert volume_a.snapshots == {} and not __import__("os").path.exists(snapshot_file)
+    # LvmThinPlugin free_image removes snap_<volname>_* first: the VM snapshot is left naming nothing.
+    volume_b = sim.cluster.volume("local-lvm:vm-9999-b", "pve1")
+    api.wait(api.ok("DELETE", "/nodes/pve1/storage/local-lvm/content/local-lvm:vm-9999-b"))
+    assert volume_b.snapshots == {}
+
+
+def test_a_destroyed_holder_leaves_the_snapshots_of_a_volume_it_does_not_own(data_sim):
+    """qemu-server destroy_vm frees only the volumes the VM owns: storage snapshots it took of
+    another's volume stay, and must be deleted (DELETE …/snapshot) before the VM goes."""
+    sim, api = data_sim
+    api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-c", size="1G")
+    vmid = snapshot_vm(api, "local-lvm:vm-9999-c", 123)
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    api.wait(api.ok("DELETE", f"/nodes/pve1/qemu/{vmid}"))
+    assert sim.cluster.volume("local-lvm:vm-9999-c", "pve1").snapshots.keys() == {"s1"}
+
+
+def test_a_qcow2_image_with_snapshots_cannot_grow(data_sim):
+    """QEMU block/qcow2.c qcow2_co_truncate refuses an image with internal snapshots."""
+    sim, api = data_sim
+    api.ok("POST", "/nodes/pve1/storage/local/content", vmid=9999, filename="vm-9999-q.qcow2", size="1G", format="qcow2")
+    vmid = snapshot_vm(api, "local:9999/vm-9999-q.qcow2", 124)
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    status = api.wait(api.ok("PUT", f"/nodes/pve1/qemu/{vmid}/resize", disk="scsi0", size="2G"))
+    assert "Can't resize an image which has snapshots" in status["exitstatus"]
+
+
+def test_a_qcow2_snapshot_of_an_image_a_running_vm_has_open_is_recorded_as_unsafe(data_sim):
+    sim, api = data_sim
+    api.ok("POST", "/nodes/pve1/storage/local/content", vmid=9999, filename="vm-9999-r.qcow2", size="1G", format="qcow2")
+    volid = "local:9999/vm-9999-r.qcow2"
+    attach(api, "scsi1", volid)  # VM 100 runs
+    vmid = snapshot_vm(api, volid, 125)
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    assert control(sim, "GET", "/_sim/state")["unsafe_snapshots"] == [{"volid": volid, "snapshot": "s1", "vmid": vmid}]
+
+
+def test_a_clone_has_no_name_until_its_disks_are_copied(data_sim):
+    """clone_vm's temporary config holds only `lock: clone`; the name comes with the final write."""
+    sim, api = data_sim
+    sim.cluster.task_seconds["import-per-gib"] = 0.5
+    api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-n", size="1G")
+    vmid = snapshot_vm(api, "local-lvm:vm-9999-n", 128)
+    api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    upid = api.ok("POST", f"/nodes/pve1/qemu/{vmid}/clone", newid=129, snapname="s1", full=1, name="late", description="d")
+    assert api.ok("GET", "/nodes/pve1/qemu/129/config") == {"lock": "clone", "digest": api.ok("GET", "/nodes/pve1/qemu/129/config")["digest"]}
+    assert api.wait(upid)["exitstatus"] == "OK"
+    config = api.ok("GET", "/nodes/pve1/qemu/129/config")
+    assert config["name"] == "late" and config["description"] == "d" and "lock" not in config
+
+
+def test_a_full_copy_takes_time_in_proportion_to_its_bytes(data_sim):
+    sim, api = data_sim
+    sim.cluster.task_seconds["import-per-gib"] = 0.5
+    api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-small", size="1G")
+    api.ok("POST", "/nodes/pve1/storage/local-lvm/content", vmid=9999, filename="vm-9999-big", size="4G")
+    upids = {}
+    for vmid, name in ((126, "small"), (127, "big")):
+        api.wait(api.ok("POST", "/nodes/pve1/qemu", vmid=vmid, name=f"copy-{name}"))
+        upids[name] = api.ok("POST", f"/nodes/pve1/qemu/{vmid}/config", scsi0=f"local-lvm:0,import-from=local-lvm:vm-9999-{name}")
+    tasks = {name: sim.cluster.tasks[upid] for name, upid in upids.items()}
+    durations = {name: task.end - task.start for name, task in tasks.items()}
+    assert durations["big"] - durations["small"] == pytest.approx(3 * 0.5, abs=0.05)
