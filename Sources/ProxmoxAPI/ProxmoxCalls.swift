@@ -140,6 +140,10 @@ public struct VMSnapshot: Sendable, Equatable {
     public var name: String
     public var description: String
     public var time: Int64?
+
+    public init(name: String, description: String, time: Int64?) {
+        (self.name, self.description, self.time) = (name, description, time)
+    }
 }
 
 public struct TaskStatus: Sendable, Equatable {
@@ -349,6 +353,16 @@ extension ProxmoxClient {
         if let storage { parameters.append(("storage", storage)) }
         if let targetNode { parameters.append(("target", targetNode)) }
         try await finish(try await call("POST", vmPath(node, vmid) + "/clone", parameters))
+    }
+
+    /// Starts a full clone (of `snapshot` when given) and returns its task's UPID
+    /// without waiting: the copy runs as long as the disks take.
+    public func startClone(node: String, vmid: Int, newID: Int, name: String, description: String,
+                           snapshot: String?, storage: String?) async throws -> String? {
+        var parameters = [("newid", String(newID)), ("full", "1"), ("name", name), ("description", description)]
+        if let snapshot { parameters.append(("snapname", snapshot)) }
+        if let storage { parameters.append(("storage", storage)) }
+        return try await call("POST", vmPath(node, vmid) + "/clone", parameters).string
     }
 
     public func taskStatus(upid: String) async throws -> TaskStatus {

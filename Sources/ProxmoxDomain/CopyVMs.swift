@@ -162,7 +162,7 @@ extension ProxmoxVolumes {
             } else {
                 // A VM still being created has no name (create_vm writes it last): one that
                 // another controller process started may be this copy. Its create is short.
-                let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" }
+                let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" || $0.lock == "clone" }
                 let ours = self.creating.withLock { $0 }  // read after the listing: our creations are in it by then
                 if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
                     throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
@@ -196,20 +196,28 @@ extension ProxmoxVolumes {
                 }
                 copy = imported
             }
-            if let bytes, let volid = copy.volid,
-               let size = try await client.volumes(node: vm.node, storage: storage, vmid: vm.vmid).first(where: { $0.volid == volid })?.size,
-               size < bytes {
-                try await client.resize(node: vm.node, vmid: vm.vmid, disk: "scsi0", size: "\(bytes >> 20)M")
-            }
-            // Settle: the VM owns the copy, so detaching scsi0 leaves it as unused0
-            // (qemu-server vmconfig_register_unused_drive); protection refuses destroying the VM.
-            try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1")], delete: ["scsi0"])
-            self.invalidate(cluster)
-            guard let settled = try await self.copyVM(vm) else {
-                throw DomainError.inconsistent("the copy VM \(vm.vmid) for \(csiName) vanished while it was being settled")
-            }
-            return settled
+            return try await self.settle(copy, bytes: bytes)
         }
+    }
+
+    /// Step 3: the copy grown to `bytes` if smaller, then held only as unused0 under protection.
+    package func settle(_ copy: CopyVM, bytes: Int64?) async throws -> CopyVM {
+        let vm = copy.vm
+        let client = try client(vm.cluster)
+        if let bytes, let volid = copy.volid,
+           let size = try await client.volumes(node: vm.node, storage: Volid.storage(of: volid), vmid: vm.vmid)
+               .first(where: { $0.volid == volid })?.size,
+           size < bytes {
+            try await client.resize(node: vm.node, vmid: vm.vmid, disk: "scsi0", size: "\(bytes >> 20)M")
+        }
+        // Settle: the VM owns the copy, so detaching scsi0 leaves it as unused0
+        // (qemu-server vmconfig_register_unused_drive); protection refuses destroying the VM.
+        try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1")], delete: ["scsi0"])
+        invalidate(vm.cluster)
+        guard let settled = try await copyVM(vm) else {
+            throw DomainError.inconsistent("the copy VM \(vm.vmid) for \(copy.csiName) vanished while it was being settled")
+        }
+        return settled
     }
 
     /// Records options for a volume in its options VM (created on first use).

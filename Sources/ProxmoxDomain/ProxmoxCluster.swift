@@ -27,6 +27,14 @@ package protocol ProxmoxCluster: Sendable {
     func volumes(node: String, storage: String, vmid: Int?) async throws -> [StorageVolume]
     func allocateVolume(node: String, storage: String, vmid: Int, name: String, size: String, format: String?) async throws -> String
     func deleteVolume(node: String, storage: String, volid: String) async throws
+    /// A VM's snapshots (GET …/snapshot, without `current`).
+    func snapshots(node: String, vmid: Int) async throws -> [VMSnapshot]
+    /// A VM snapshot: a storage snapshot of each of its drives (POST …/snapshot), waited for.
+    func createSnapshot(node: String, vmid: Int, name: String, description: String) async throws
+    func deleteSnapshot(node: String, vmid: Int, name: String) async throws
+    /// Starts a full clone, of a snapshot when named (POST …/clone); its UPID.
+    func startClone(node: String, vmid: Int, newID: Int, name: String, description: String,
+                    snapshot: String?, storage: String?) async throws -> String?
 }
 
 extension ProxmoxClient: ProxmoxCluster {}

@@ -251,13 +251,15 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Every VM config that references the volume: (VM, config key). The
-    /// record VM that owns a restored volume is not an attachment, and the
-    /// driver's snapshot and record VMs never hold another volume, so they
-    /// are not read.
+    /// record VM that owns a restored volume is not an attachment, the
+    /// driver's snapshot and record VMs never hold another volume, and a
+    /// snapshot source VM names one only while its snapshot is taken (never
+    /// running), so they are not read.
     package func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
         let volid = handle.volid(ownerVMID: ownerVMID, storageType: storage.type)
         let candidates = try await vms(handle.cluster).filter {
             (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !ProxmoxVolumes.isCopyVM($0)
+                && !ProxmoxVolumes.isSourceVM($0)
         }
         var found: [(VMRef, String)] = []
         for (vm, vmConfig) in try await scanConfigs(candidates) {

@@ -1,3 +1,4 @@
+import Foundation
 import ProxmoxAPI
 import ProxmoxDomain
 import Synchronization
@@ -37,6 +38,15 @@ package final class FakeCluster: ProxmoxCluster {
         package var size: Int64
         /// The image format on file storages (from the name's extension); nil on block storages.
         package var format: String? = nil
+        /// Storage snapshots of the volume (PVE::Storage::volume_snapshot), by name.
+        package var snapshots: Set<String> = []
+    }
+
+    /// A VM snapshot: the config it recorded (its drives name the volumes snapshotted).
+    package struct VMSnapshotRecord: Sendable {
+        package var description: String
+        package var time: Int64
+        package var values: [String: String]
     }
 
     package struct VM: Sendable {
@@ -51,6 +61,7 @@ package final class FakeCluster: ProxmoxCluster {
         package var changes = 0
         /// True between a create's start and its end: no name yet, `lock: create`.
         package var creating = false
+        package var snapshots: [String: VMSnapshotRecord] = [:]
 
         var digest: String { "digest-\(vmid)-\(changes)" }
         var name: String? { creating ? nil : values["name"] }
@@ -59,7 +70,7 @@ package final class FakeCluster: ProxmoxCluster {
     /// A kind of call, for faults and counts.
     package enum Call: String, Sendable, Hashable {
         case resources, nextID, createVM, waitTask, vmList, config, pending, activeTasks, update, updateSync, resize,
-             destroy, volumes, allocate, deleteVolume
+             destroy, volumes, allocate, deleteVolume, snapshots, createSnapshot, deleteSnapshot, clone
     }
 
     /// A config write as Proxmox received it.
@@ -278,6 +289,84 @@ package final class FakeCluster: ProxmoxCluster {
         }
     }
 
+    package func snapshots(node: String, vmid: Int) async throws -> [VMSnapshot] {
+        try enter(.snapshots)
+        return try state.withLock { state in
+            try Self.vm(vmid, on: node, in: state).snapshots.sorted { $0.key < $1.key }
+                .map { VMSnapshot(name: $0.key, description: $0.value.description, time: $0.value.time) }
+        }
+    }
+
+    /// snapshot_create: every drive's storage must snapshot (lvmthin, zfspool, rbd, qcow2 files), then each is taken.
+    package func createSnapshot(node: String, vmid: Int, name: String, description: String) async throws {
+        try enter(.createSnapshot)
+        try state.withLock { state in
+            var vm = try Self.vm(vmid, on: node, in: state)
+            guard vm.snapshots[name] == nil else { throw ProxmoxError.server(status: 500, message: "snapshot name '\(name)' already used") }
+            let keys = try vm.values.filter { Self.isDisk($0.key) }.map { drive -> String in
+                guard let key = Self.volumeKey(Self.volid(of: drive.value), node: node, in: state), let volume = state.volumes[key],
+                      Self.snapshots(volume, in: state) else {
+                    throw ProxmoxError.server(status: 500, message: "snapshot feature is not available")
+                }
+                return key
+            }
+            for key in keys { state.volumes[key]!.snapshots.insert(name) }
+            vm.snapshots[name] = VMSnapshotRecord(description: description, time: Int64(Date().timeIntervalSince1970), values: vm.values)
+            state.vms[vmid] = vm
+        }
+    }
+
+    package func deleteSnapshot(node: String, vmid: Int, name: String) async throws {
+        try enter(.deleteSnapshot)
+        try state.withLock { state in
+            var vm = try Self.vm(vmid, on: node, in: state)
+            guard let record = vm.snapshots.removeValue(forKey: name) else {
+                throw ProxmoxError.server(status: 500, message: "snapshot '\(name)' does not exist")
+            }
+            for (key, value) in record.values where Self.isDisk(key) {
+                if let volumeKey = Self.volumeKey(Self.volid(of: value), node: node, in: state) { state.volumes[volumeKey]!.snapshots.remove(name) }
+            }
+            state.vms[vmid] = vm
+        }
+    }
+
+    /// clone_vm, full: each drive of the (snapshot's) config copied, owned by the new VM; zfspool cannot copy from a snapshot.
+    package func startClone(node: String, vmid: Int, newID: Int, name: String, description: String,
+                            snapshot: String?, storage: String?) async throws -> String? {
+        try enter(.clone)
+        return try state.withLock { state in
+            let vm = try Self.vm(vmid, on: node, in: state)
+            if state.vms[newID] != nil { throw ProxmoxError.server(status: 500, message: "unable to create VM \(newID): config file already exists") }
+            let source: [String: String]
+            if let snapshot {
+                guard let record = vm.snapshots[snapshot] else { throw ProxmoxError.server(status: 500, message: "snapshot '\(snapshot)' does not exist") }
+                source = record.values
+            } else {
+                source = vm.values
+            }
+            var values: [String: String] = ["name": name, "description": description]
+            for (key, value) in source.sorted(by: { $0.key < $1.key }) where Self.isDisk(key) {
+                let volid = Self.volid(of: value)
+                guard let sourceKey = Self.volumeKey(volid, node: node, in: state), let original = state.volumes[sourceKey] else {
+                    throw ProxmoxError.server(status: 500, message: "volume '\(volid)' does not exist")
+                }
+                if snapshot != nil, state.storages[original.storage]?.type == "zfspool" {
+                    throw ProxmoxError.server(status: 500, message: "Full clone feature is not supported for a snapshot of '\(volid)' (\(key))")
+                }
+                let target = storage ?? original.storage
+                let shared = state.storages[target]?.shared ?? false
+                let index = (0...).first { n in !state.volumes.values.contains { $0.volid.hasSuffix("vm-\(newID)-disk-\(n)") } }!
+                let copy = "\(target):vm-\(newID)-disk-\(index)"
+                state.volumes["\(shared ? "" : node)|\(copy)"] = Volume(volid: copy, storage: target, node: shared ? nil : node,
+                                                                       owner: newID, size: original.size)
+                values[key] = copy
+            }
+            state.vms[newID] = VM(vmid: newID, node: node, values: values, running: false)
+            state.nextTask += 1
+            return "UPID:\(node):\(state.nextTask):qmclone:\(vmid):root@pam:"
+        }
+    }
+
     package func volumes(node: String, storage: String, vmid: Int?) async throws -> [StorageVolume] {
         try enter(.volumes)
         return try state.withLock { state in
@@ -349,6 +438,13 @@ package final class FakeCluster: ProxmoxCluster {
     }
 
     static func isFileStorage(_ type: String) -> Bool { ["dir", "nfs", "cifs", "glusterfs"].contains(type) }
+    /// pve-storage volume_has_feature 'snapshot': lvmthin, zfspool, rbd, and qcow2 files.
+    static func snapshots(_ volume: Volume, in state: State) -> Bool {
+        switch state.storages[volume.storage]?.type {
+        case "lvmthin", "zfspool", "rbd": true
+        default: volume.format == "qcow2"
+        }
+    }
     static func volid(of value: String) -> String { String(value.split(separator: ",").first ?? "") }
     static func isDisk(_ key: String) -> Bool { key.range(of: #"^(scsi|virtio|sata|ide)\d+$"#, options: .regularExpression) != nil }
     static func isUnused(_ key: String) -> Bool { key.hasPrefix("unused") }

@@ -273,9 +273,9 @@ def test_snapshot_is_idempotent_ready_and_listed(controller):
 
 
 def test_concurrent_snapshots_never_race_for_a_vmid(controller):
-    # Each snapshot is a VM; Proxmox's nextid gives concurrent askers the same
-    # vmid, so the driver takes its vmids one at a time: no create is refused.
-    volume = controller.CreateVolume(create_request(), timeout=30).volume
+    # Each snapshot of an lvm thick volume is a VM (a full copy); Proxmox's nextid gives concurrent
+    # askers the same vmid, so the driver takes its vmids one at a time: no create is refused.
+    volume = controller.CreateVolume(create_request(storage="vg0"), timeout=30).volume
     since = len(simulator_log())
     requests = [csi_pb2.CreateSnapshotRequest(name=f"snap-{uuid.uuid4()}", source_volume_id=volume.volume_id) for _ in range(8)]
     with ThreadPoolExecutor(8) as pool:

@@ -168,6 +168,30 @@ def test_every_storage_class_option_on_every_bus_writes_only_what_the_bus_accept
     assert key_of_disk.startswith(bus)
 
 
+def test_native_snapshots_of_one_volume_taken_at_once_are_one_storage_snapshot_each(controller, volume):
+    """lvmthin and rbd (issue 15): a VM snapshot of the driver's source VM per CSI snapshot,
+    each a storage snapshot of the volume; eight at once while it is attached converge."""
+    vol = volume({"storage": "ceph"})
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    names = [f"snap-{uuid.uuid4()}" for _ in range(8)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda n: controller.CreateSnapshot(snapshot_request(n, vol), timeout=60).snapshot, names))
+    assert all(s.ready_to_use for s in taken) and len({s.snapshot_id for s in taken}) == 8
+    state = simulator("GET", "/_sim/state")
+    assert sorted(state["storages"]["ceph"]["volumes"][volid(vol)]["snapshots"]) == sorted({s.snapshot_id.split("/")[2] for s in taken})
+    assert state["double_attachments"] == [] and state["unsafe_snapshots"] == []
+    sources = {vmid: vm for vmid, vm in state["vms"].items() if vm["config"].get("name", "").startswith("csi-src-")}
+    assert len(sources) == 1 and all("scsi0" not in vm["config"] for vm in sources.values())
+    assert all(copy_vms("csi-snap-", n) == {} for n in names), "nothing copied"
+    assert holders(vol) == [VMID]
+    for snapshot in taken:
+        controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id), timeout=60)
+    state = simulator("GET", "/_sim/state")
+    assert state["storages"]["ceph"]["volumes"][volid(vol)]["snapshots"] == []
+    assert not [vm for vm in state["vms"].values() if vm["config"].get("name", "").startswith("csi-src-")]
+
+
 def stored_format(volid_):
     """The format the simulator's storage holds a volume in (pve-storage's, from its file name)."""
     return next(v["format"] for s in simulator("GET", "/_sim/state")["storages"].values()
@@ -238,7 +262,7 @@ def test_a_restored_volume_is_in_no_drive_of_its_copy_vm_once_published(controll
 
 
 def test_a_slow_copy_is_made_once_whatever_the_retries(controller, volume):
-    source = volume()
+    source = volume({"storage": "vg0"})  # lvm thick: a snapshot is a full copy
     name = f"snap-{uuid.uuid4()}"
     since = len(simulator("GET", "/_sim/log"))
     # The import outlives the first call's 25 s wait (a 40 s copy); the snapshotter calls again meanwhile.
@@ -266,7 +290,7 @@ def test_a_slow_copy_is_made_once_whatever_the_retries(controller, volume):
 
 
 def test_a_copy_interrupted_before_its_import_is_finished_by_the_retry(controller, volume):
-    source = volume()
+    source = volume({"storage": "vg0"})  # lvm thick: a snapshot is a full copy
     name = f"snap-{uuid.uuid4()}"
     simulator("PUT", "/_sim/faults", rules=json.dumps([{"method": "POST", "path": r"/qemu/\d+/config$",
                                                         "status": 500, "message": "injected", "count": 1}]))
@@ -306,11 +330,14 @@ def test_sixteen_concurrent_duplicates_converge(controller):
         assert set(unpublished) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and holders(vol) == []
         snapshot_name = f"snap-{uuid.uuid4()}"
         snapshots = list(pool.map(lambda _: call(controller.CreateSnapshot, snapshot_request(snapshot_name, vol))[0], range(16)))
-        assert set(snapshots) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and len(copy_vms("csi-snap-", snapshot_name)) == 1
+
+        def listed():
+            return controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(source_volume_id=volume_id), timeout=60).entries
+        assert set(snapshots) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and len(listed()) == 1
         snapshot_id = controller.CreateSnapshot(snapshot_request(snapshot_name, vol), timeout=60).snapshot.snapshot_id
         deleted = list(pool.map(lambda _: call(controller.DeleteSnapshot, csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id))[0],
                                 range(16)))
-        assert set(deleted) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and copy_vms("csi-snap-", snapshot_name) == {}
+        assert set(deleted) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED} and listed() == []
         gone = list(pool.map(lambda _: call(controller.DeleteVolume, csi_pb2.DeleteVolumeRequest(volume_id=volume_id))[0], range(16)))
     assert set(gone) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}
     assert volid(vol) not in [v for s in simulator("GET", "/_sim/state")["storages"].values() for v in s["volumes"]]

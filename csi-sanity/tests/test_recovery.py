@@ -58,7 +58,7 @@ def controller(channel):
 def volume(controller):
     created = controller.CreateVolume(csi_pb2.CreateVolumeRequest(
         name=f"pvc-{uuid.uuid4()}", capacity_range=csi_pb2.CapacityRange(required_bytes=1 << 30),
-        volume_capabilities=[CAP], parameters={"storage": "ceph"}), timeout=60).volume
+        volume_capabilities=[CAP], parameters={"storage": "vg0"}), timeout=60).volume  # lvm thick: snapshots are copy VMs
     yield created
     controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=created.volume_id), timeout=60)
 

@@ -319,3 +319,38 @@ def test_ext4_that_met_an_error_is_reported_although_mountinfo_says_rw(bed, volu
     assert stats.volume_condition.abnormal and "recorded" in stats.volume_condition.message, stats
     volume.unpublish()
     volume.unstage()
+
+
+def test_a_native_snapshot_of_a_mounted_volume_holds_what_was_written_before_it(bed, volumes, node_id):
+    """rbd (issue 15): the snapshot is a VM snapshot of the driver's source VM, taken while the
+    volume stays attached and mounted; a volume restored from it has what was synced before, not after."""
+    volume = volumes("scsi", "xfs")
+    volume.attach()
+    volume.stage()
+    volume.publish()
+    bed.vm.sh_ok(f"echo before > {volume.target}/data && sync")
+    snapshot = bed.controller.CreateSnapshot(csi_pb2.CreateSnapshotRequest(
+        name=f"snap-{uuid.uuid4()}", source_volume_id=volume.id), timeout=120).snapshot
+    assert snapshot.ready_to_use
+    bed.vm.sh_ok(f"echo after > {volume.target}/data && sync")
+    assert bed.sim("GET", "/_sim/state")["double_attachments"] == []
+    restored = bed.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=f"pvc-{uuid.uuid4()}", volume_capabilities=[volume.capability], parameters={"storage": "ceph"},
+        capacity_range=csi_pb2.CapacityRange(required_bytes=GiB),
+        volume_content_source=csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(
+            snapshot_id=snapshot.snapshot_id))), timeout=180).volume
+    copy = Volume.__new__(Volume)
+    copy.__dict__.update(bed=bed, bus="scsi", fs_type="xfs", name=f"pvc-restored-{uuid.uuid4()}", capability=volume.capability,
+                         csi=restored, id=restored.volume_id, context={})
+    copy.staging = f"{KUBELET}/plugins/kubernetes.io/csi/proxmox/{copy.name}/globalmount"
+    copy.target = f"{KUBELET}/pods/{uuid.uuid4()}/volumes/kubernetes.io~csi/{copy.name}/mount"
+    try:
+        copy.attach()
+        copy.stage()
+        assert bed.vm.sh_ok(f"cat {copy.staging}/data").strip() == "before"
+        assert bed.vm.sh_ok(f"cat {volume.target}/data").strip() == "after"
+        copy.unstage()
+        copy.detach()
+    finally:
+        code_of(copy.delete)
+        bed.controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id), timeout=60)

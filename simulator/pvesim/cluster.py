@@ -365,7 +365,8 @@ class Cluster:
         self.task_seconds = dict(task_seconds or {})
         self.default_task_seconds = default_task_seconds
         self.listeners = []  # callables(event, vm, key, volume) for local mode
-        self.double_attachments = []  # every time a volume was in two VMs' drives at once
+        self.double_attachments = []  # every time a volume was in two running VMs' drives at once
+        self.shared_references = []  # every time a stopped VM's drive named a volume another VM held
         self.in_place_swaps = []  # every write that put a volume into a slot another one held
         # Hot-plug failures to inject: {"vmid"?, "action": "plug"|"unplug", "count"?, "rate"?, "message"?}
         self.hotplug_faults = []
@@ -480,9 +481,16 @@ class Cluster:
         return sorted(vm.vmid for vm in self.vms.values() if volid in vm.drive_refs())
 
     def record_if_doubly_attached(self, volid):
+        """Two QEMU processes writing one volume is the harm: a volume in the drives of two
+        VMs of which at least two run. qemu-server lets any number of configs name a volume;
+        a stopped VM's drive is a reference (a VM snapshot needs one), kept apart as such."""
         holders = self.drive_holders(volid)
         if len(holders) > 1:
-            self.double_attachments.append({"volume": volid, "vms": holders})
+            running = [vmid for vmid in holders if self.vms[vmid].status == "running"]
+            if len(running) > 1:
+                self.double_attachments.append({"volume": volid, "vms": holders})
+            else:
+                self.shared_references.append({"volume": volid, "vms": holders, "running": running})
 
     def hotplug_fault(self, vm, action):
         """The message of an injected hot-plug failure for this VM, if one fires."""

@@ -30,7 +30,8 @@ _FORMATS = {
     "pve-node": re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?"),
     "pve-storage-id": re.compile(r"[a-z][a-z0-9\-_.]*[a-z0-9]"),
     "pve-vmid": re.compile(r"[1-9][0-9]{2,8}"),
-    "pve-configid": re.compile(r"[a-z][a-z_\-]*[0-9]*"),
+    # pve-common JSONSchema.pm $CONFIGID_RE (f665029): qr/[a-z][a-z0-9_-]+/i.
+    "pve-configid": re.compile(r"[a-z][a-z0-9_\-]+", re.IGNORECASE),
     "pve-volume-id": re.compile(r"[a-z][a-z0-9\-_.]*[a-z0-9]:.+"),
     "disk-size": re.compile(r"\d+(\.\d+)?[KMGT]?"),
 }

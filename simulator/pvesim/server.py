@@ -410,6 +410,7 @@ def snapshot_state(cluster):
                                "pending": dict(vm.pending), "pending_delete": sorted(vm.pending_delete),
                                "snapshots": sorted(vm.snapshots)} for vm in cluster.vms.values()},
         "double_attachments": list(cluster.double_attachments),
+        "shared_references": list(cluster.shared_references),
         "unsafe_snapshots": list(cluster.unsafe_snapshots),
         "in_place_swaps": list(cluster.in_place_swaps),
         "tasks": {"running": sum(t.status == "running" for t in cluster.tasks.values()),

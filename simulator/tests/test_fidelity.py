@@ -256,3 +256,10 @@ def test_a_full_copy_takes_time_in_proportion_to_its_bytes(data_sim):
     tasks = {name: sim.cluster.tasks[upid] for name, upid in upids.items()}
     durations = {name: task.end - task.start for name, task in tasks.items()}
     assert durations["big"] - durations["small"] == pytest.approx(3 * 0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("name, valid", [("csi0123abcd", True), ("S1", True), ("a-b_c9d", True), ("1abc", False), ("a", False), ("a.b", False)])
+def test_a_snapshot_name_is_a_pve_configid(sim, api, name, valid):
+    """pve-common JSONSchema.pm $CONFIGID_RE: a letter, then letters, digits, '_' or '-' (any case)."""
+    reply = api.call("POST", "/nodes/pve1/qemu/100/snapshot", snapname=name)
+    assert (reply.status == 200) == valid, reply.reason

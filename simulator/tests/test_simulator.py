@@ -364,6 +364,16 @@ def test_a_volume_in_two_vms_at_once_is_recorded(sim, api):
     assert control(sim, "GET", "/_sim/state")["double_attachments"] == [{"volume": "ceph:vm-9999-shared", "vms": [100, 102]}]
 
 
+def test_a_stopped_vms_reference_to_a_volume_in_use_is_a_shared_reference_not_a_double_attachment(sim, api):
+    api.ok("POST", "/nodes/pve1/storage/ceph/content", vmid=9999, filename="vm-9999-ref", size="1G")
+    attach(api, "scsi5", "ceph:vm-9999-ref", vmid=100)
+    api.wait(api.ok("POST", "/nodes/pve1/qemu", vmid=140, name="stopped-holder"))
+    attach(api, "scsi0", "ceph:vm-9999-ref", vmid=140)
+    state = control(sim, "GET", "/_sim/state")
+    assert state["double_attachments"] == []
+    assert state["shared_references"] == [{"volume": "ceph:vm-9999-ref", "vms": [100, 140], "running": [100]}]
+
+
 def control(sim, method, path, **params):
     query = urllib.parse.urlencode(params)
     if method == "GET":

@@ -93,7 +93,13 @@ extension ControllerService {
             let client = try volumes.client(cluster)
             let resources = try await volumes.resources(cluster, fresh: true)
             var published: [String: [String]] = [:]
+            // Volumes DeleteVolume came for, kept only for their native snapshots: not listed.
+            var kept = Set<String>()
             for (vm, vmConfig) in try await volumes.scanConfigs(volumes.vms(cluster).filter { !ProxmoxVolumes.isCopyVM($0) }) {
+                if ProxmoxVolumes.isSourceVM(vm) {
+                    if let source = SourceVM.parse(vm, config: vmConfig), source.deleted { kept.insert(source.volid) }
+                    continue
+                }
                 for (key, value) in vmConfig.values where ProxmoxVolumes.isDiskKey(key) && !key.hasPrefix("unused") {
                     published["\(vm.node)|\(ProxmoxVolumes.volid(of: value))", default: []].append(vm.name)
                 }
@@ -102,7 +108,8 @@ extension ControllerService {
             for resource in resources where resource.type == "storage" && resource.content.contains("images") {
                 guard let storage = resource.storage else { continue }
                 if resource.shared, !seenShared.insert(storage).inserted { continue }
-                for volume in try await client.volumes(node: resource.node, storage: storage, vmid: config.ownerVMID) {
+                for volume in try await client.volumes(node: resource.node, storage: storage, vmid: config.ownerVMID)
+                    where !kept.contains(volume.volid) {
                     let name = Volid.volumeName(of: volume.volid)
                     let handle = VolumeHandle(cluster: cluster, node: resource.shared ? nil : resource.node, storage: storage, volume: name)
                     let nodes = resource.shared

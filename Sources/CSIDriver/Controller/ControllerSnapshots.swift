@@ -49,6 +49,25 @@ extension ControllerService {
         return try await volumes.existing(id)
     }
 
+    /// Whether the volume's storage snapshots it natively now (NativeSnapshotSupport):
+    /// a qcow2 file only while no VM has it attached.
+    func takesNativeSnapshots(_ handle: VolumeHandle, storage: StorageRef) async throws -> Bool {
+        let fileStorage = VolumeNaming.isFileStorage(storage.type)
+        let attached = fileStorage ? try await !volumes.attachments(of: handle, storage: storage).isEmpty : false
+        return NativeSnapshotSupport.available(storageType: storage.type, volumeName: handle.fileName, attached: attached)
+    }
+
+    private func message(_ native: NativeSnapshot) -> Csi_V1_Snapshot {
+        .with {
+            $0.snapshotID = native.id
+            $0.sourceVolumeID = native.source.source
+            $0.sizeBytes = native.bytes
+            $0.creationTime = Google_Protobuf_Timestamp(seconds: native.createdAt, nanos: 0)
+            // Proxmox answers a snapshot's task only once the storage holds it.
+            $0.readyToUse = true
+        }
+    }
+
     private func message(_ copy: CopyVM, size: Int64) -> Csi_V1_Snapshot {
         .with {
             $0.snapshotID = Self.snapshotID(copy)
@@ -82,10 +101,26 @@ extension ControllerService {
                 throw RPCError(.notFound, "source volume \(request.sourceVolumeID) does not exist")
             }
             let node = storage.node(for: handle)
+            let volid = handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type)
+            // A name is one snapshot whichever way it was taken (a copy of old, or natively).
+            if let copy = try await volumes.copyVM(.snapshot, csiName: request.name, cluster: handle.cluster, fresh: false), copy.settled {
+                guard copy.source == request.sourceVolumeID else {
+                    throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(copy.source))")
+                }
+                return .with { $0.snapshot = message(copy, size: size) }
+            }
+            if try await takesNativeSnapshots(handle, storage: storage) {
+                if let other = try await volumes.nativeSnapshots().first(where: { $0.csiName == request.name }),
+                   other.source.source != request.sourceVolumeID {
+                    throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(other.source.source))")
+                }
+                let native = try await volumes.takeNativeSnapshot(request.name, of: request.sourceVolumeID, volid: volid, bytes: size,
+                                                                  cluster: handle.cluster, node: node)
+                return .with { $0.snapshot = message(native) }
+            }
             let copy = try await volumes.ensureCopyVM(
                 .snapshot, csiName: request.name, source: request.sourceVolumeID, cluster: handle.cluster, node: node,
-                storage: storage.id, sourceVolid: handle.volid(ownerVMID: config.ownerVMID, storageType: storage.type),
-                wait: Self.copyWait)
+                storage: storage.id, sourceVolid: volid, wait: Self.copyWait)
             guard copy.source == request.sourceVolumeID else {
                 throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(copy.source))")
             }
@@ -100,6 +135,8 @@ extension ControllerService {
         do {
             if let copy = try await snapshot(request.snapshotID) {
                 try await volumes.destroy(copy)
+            } else if let native = try await volumes.nativeSnapshot(request.snapshotID) {
+                try await volumes.deleteNativeSnapshot(native)
             } else if let (handle, storage, _) = try await pluginSnapshot(request.snapshotID) {
                 if let (vm, key) = try await volumes.attachments(of: handle, storage: storage).first {
                     throw RPCError(.failedPrecondition, "snapshot \(request.snapshotID) is attached to VM \(vm.vmid) as \(key); detach it first")
@@ -116,18 +153,29 @@ extension ControllerService {
         let start = try Paging.start(request.startingToken, maxEntries: request.maxEntries, what: "ListSnapshots")
         do {
             var copies: [CopyVM]
+            var natives: [NativeSnapshot]
             if !request.snapshotID.isEmpty {
                 copies = try await snapshot(request.snapshotID).map { [$0] } ?? []
+                natives = try await volumes.nativeSnapshot(request.snapshotID).map { [$0] } ?? []
             } else {
                 copies = try await volumes.copyVMs(.snapshot)
+                natives = try await volumes.nativeSnapshots()
             }
-            if !request.sourceVolumeID.isEmpty { copies = copies.filter { $0.source == request.sourceVolumeID } }
-            copies.sort { Self.snapshotID($0) < Self.snapshotID($1) }
-            let page = try Paging.page(count: copies.count, start: start, maxEntries: request.maxEntries, what: "ListSnapshots")
+            if !request.sourceVolumeID.isEmpty {
+                copies = copies.filter { $0.source == request.sourceVolumeID }
+                natives = natives.filter { $0.source.source == request.sourceVolumeID }
+            }
+            let all = (copies.map { (Self.snapshotID($0), Optional($0), NativeSnapshot?.none) }
+                + natives.map { ($0.id, CopyVM?.none, Optional($0)) }).sorted { $0.0 < $1.0 }
+            let page = try Paging.page(count: all.count, start: start, maxEntries: request.maxEntries, what: "ListSnapshots")
             var entries: [Csi_V1_ListSnapshotsResponse.Entry] = []
-            for copy in copies[page.range] {
-                let size = try await size(of: copy, fallback: 0)
-                entries.append(.with { $0.snapshot = message(copy, size: size) })
+            for (_, copy, native) in all[page.range] {
+                if let copy {
+                    let size = try await size(of: copy, fallback: 0)
+                    entries.append(.with { $0.snapshot = message(copy, size: size) })
+                } else if let native {
+                    entries.append(.with { $0.snapshot = message(native) })
+                }
             }
             return .with {
                 $0.entries = entries
@@ -150,6 +198,9 @@ extension ControllerService {
         switch request.volumeContentSource.type {
         case let .snapshot(snapshotSource)?:
             sourceID = snapshotSource.snapshotID
+            if let native = try await volumes.nativeSnapshot(snapshotSource.snapshotID) {
+                return try await restoreNative(request, from: native, cluster: cluster, parameters: parameters)
+            }
             if let copy = try await snapshot(snapshotSource.snapshotID) {
                 guard copy.settled, let volid = copy.volid else {
                     throw RPCError(.unavailable, "snapshot \(snapshotSource.snapshotID) is still being copied")
@@ -208,10 +259,46 @@ extension ControllerService {
         return response
     }
 
+    /// CreateVolume from a native snapshot: a full clone of it, into a record VM on the
+    /// source's node (clone_vm copies on the node the VM is on).
+    private func restoreNative(_ request: Csi_V1_CreateVolumeRequest, from native: NativeSnapshot, cluster: String,
+                               parameters: VolumeParameters) async throws -> Csi_V1_CreateVolumeResponse {
+        guard native.source.vm.cluster == cluster else {
+            throw RPCError(.invalidArgument, "snapshot \(native.id) is in cluster \(native.source.vm.cluster), not \(cluster)")
+        }
+        guard let storage = try await volumes.storage(cluster, parameters.storage) else {
+            throw RPCError(.invalidArgument, "StorageClass parameter \"storage\": no storage \"\(parameters.storage)\" in cluster \"\(cluster)\"")
+        }
+        let node = native.source.vm.node
+        guard storage.available[node] != nil else {
+            throw RPCError(.invalidArgument, "storage \(storage.id) is not available on node \(node), where the snapshot is")
+        }
+        var bytes = try Self.size(for: request.capacityRange)
+        if bytes < native.bytes {
+            guard request.capacityRange.limitBytes == 0 || native.bytes <= request.capacityRange.limitBytes else {
+                throw RPCError(.outOfRange, "the snapshot holds \(native.bytes) bytes, more than limit_bytes \(request.capacityRange.limitBytes)")
+            }
+            bytes = native.bytes
+        }
+        let copy = try await volumes.restoreNative(native, csiName: request.name, storage: storage.id, bytes: bytes, wait: Self.copyWait)
+        guard copy.source == native.id else {
+            throw RPCError(.alreadyExists, "volume \(request.name) exists with another content source (\(copy.source))")
+        }
+        guard copy.settled, let volid = copy.volid else {
+            throw RPCError(.unavailable, "volume \(request.name) is still being copied from \(native.id); try again")
+        }
+        let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : node, storage: storage.id, volume: Volid.volumeName(of: volid))
+        let current = try await volumes.size(of: handle, storage: storage) ?? bytes
+        var response = createdVolume(handle, bytes: max(current, bytes), storage: storage, parameters: parameters)
+        response.volume.contentSource = request.volumeContentSource
+        return response
+    }
+
     /// The record VM owning a restored or cloned volume, if the handle names one.
     func recordVM(of handle: VolumeHandle) async throws -> CopyVM? {
         guard let owner = handle.ownerVMID, owner != config.ownerVMID,
-              let vm = try await volumes.vms(handle.cluster).first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) })
+              // Fresh: a record VM made by a clone is named only when its copy ends, after a cached listing may have been taken.
+              let vm = try await volumes.vms(handle.cluster, fresh: true).first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) })
         else { return nil }
         return try await volumes.copyVM(vm)
     }

@@ -36,6 +36,10 @@ extension ControllerService {
             for node in candidates {
                 let handle = VolumeHandle(cluster: cluster, node: node, storage: storage.id, volume: name)
                 if let existing = try await volumes.size(of: handle, storage: storage) {
+                    if try await volumes.isKeptForSnapshots(handle.description, cluster: cluster) {
+                        throw RPCError(.alreadyExists, "volume \(request.name) was deleted, and its data is kept for its snapshots "
+                            + "under the same name until they are deleted")
+                    }
                     guard Self.fits(existing, request.capacityRange) else {
                         throw RPCError(.alreadyExists, "volume \(request.name) exists as \(handle) with \(existing) bytes, "
                             + "outside the requested range (required \(request.capacityRange.requiredBytes), limit \(request.capacityRange.limitBytes))")
@@ -135,6 +139,8 @@ extension ControllerService {
                 try await volumes.destroy(record)
                 return .init()
             }
+            // Native snapshots of it need its data: it is kept (hidden) until the last one goes.
+            if try await volumes.keepForSnapshots(request.volumeID, cluster: handle.cluster) { return .init() }
             try await volumes.delete(handle, storage: storage)
             return .init()
         } catch {

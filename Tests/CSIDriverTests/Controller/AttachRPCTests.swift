@@ -192,10 +192,14 @@ import UnaryGRPC
             $0.capacityRange.requiredBytes = 4 << 30
         })
         #expect(scene.fake.volume("ceph:vm-9999-pvc-p")?.size == 4 << 30)
-        #expect(try await scene.snapshot("snap-p", of: id).readyToUse)
+        let snapshot = try await scene.snapshot("snap-p", of: id)
+        #expect(snapshot.readyToUse)
         try await scene.unpublish(id, from: "worker-1")
         #expect(scene.fake.vm(100)!.values["scsi7"] == nil)
         #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = id }) == nil)
+        // Its native snapshot needs its data: kept until the snapshot goes.
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-p") != nil)
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = snapshot.snapshotID }) == nil)
         #expect(scene.fake.volume("ceph:vm-9999-pvc-p") == nil)
     }
 

@@ -10,7 +10,7 @@ import UnaryGRPC
 /// The controller service on the in-memory cluster, called through its gRPC
 /// router the way the server calls it (decoding, the error mapping, the status).
 /// Cluster "main": nodes pve1 and pve2; storages local-lvm (lvmthin, local),
-/// ceph (rbd, shared), local (dir, local); node VMs worker-1 (100, pve1) and
+/// ceph (rbd, shared), local (dir, local), thick (lvm), tank (zfspool); node VMs worker-1 (100, pve1) and
 /// worker-2 (101, pve2), each with its boot disk as scsi0.
 struct ControllerScene {
     static let owner = 9999
@@ -22,6 +22,9 @@ struct ControllerScene {
         fake.addStorage("local-lvm", type: "lvmthin", capacity: 100 << 30)
         fake.addStorage("ceph", type: "rbd", shared: true, capacity: 500 << 30)
         fake.addStorage("local", type: "dir", capacity: 50 << 30)
+        // Storages without native snapshots: snapshots there are full copies.
+        fake.addStorage("thick", type: "lvm", capacity: 100 << 30)
+        fake.addStorage("tank", type: "zfspool", capacity: 100 << 30)
         fake.addVM(100, node: "pve1", name: "worker-1", config: ["scsi0": "local-lvm:vm-100-disk-0,size=32G"])
         fake.addVM(101, node: "pve2", name: "worker-2", config: ["scsi0": "local-lvm:vm-101-disk-0,size=32G"])
         let config = try! DriverConfig.parse("""

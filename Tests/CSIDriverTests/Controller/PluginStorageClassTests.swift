@@ -116,6 +116,8 @@ import UnaryGRPC
     @Test func aRestoreIntoAQcow2ClassImportsAsQcow2() async throws {
         let scene = ControllerScene()
         let source = try await scene.create("pvc-s", storage: "local", extra: ["storageFormat": "qcow2"])
+        // Attached, a qcow2 image is snapshotted as a copy (never qemu-img snapshot under a running QEMU).
+        _ = try await scene.publish(source.volumeID, to: "worker-1")
         let snapshot = try await scene.snapshot("snap-s", of: source.volumeID)
         let _: Csi_V1_CreateVolumeResponse = try await scene.call("CreateVolume", Csi_V1_CreateVolumeRequest.with {
             $0.name = "pvc-r"
