@@ -52,6 +52,7 @@ extension ControllerService {
     /// Whether the volume's storage snapshots it natively now (NativeSnapshotSupport):
     /// a qcow2 file only while no VM has it attached.
     func takesNativeSnapshots(_ handle: VolumeHandle, storage: StorageRef) async throws -> Bool {
+        guard config.nativeSnapshots else { return false }
         let fileStorage = VolumeNaming.isFileStorage(storage.type)
         let attached = fileStorage ? try await !volumes.attachments(of: handle, storage: storage).isEmpty : false
         return NativeSnapshotSupport.available(storageType: storage.type, volumeName: handle.fileName, attached: attached)

@@ -42,6 +42,9 @@ public struct DriverConfig: Sendable {
     public var taskTimeout: Double
     /// How often the controller asks each cluster whether it answers (Probe).
     public var probeInterval: Double
+    /// `driver.snapshots`: storage snapshots where the storage has them (`native`, the
+    /// default), or full copies everywhere (`copy`: a snapshot then outlives nothing it shares).
+    public var nativeSnapshots = true
     /// Things worth a warning line at start (insecure TLS, plain HTTP).
     public var warnings: [String]
 
@@ -159,6 +162,7 @@ private struct ConfigReader {
         var taskTimeout = 600.0
         var probeInterval = 30.0
         var controllerVMID: (Int, Node)?
+        var nativeSnapshots = true
         for (key, value) in try mapping(root, "", allowed: ["clusters", "profiles", "driver", "features"]) {
             switch key {
             case "features":
@@ -182,8 +186,10 @@ private struct ConfigReader {
             case "profiles":
                 profileNodes = try mapping(value, "profiles", allowed: Set(value.mapping?.keys.compactMap(\.string) ?? []))
             default:
-                for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout", "probeInterval"]) {
+                for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout", "probeInterval",
+                                                                         "snapshots"]) {
                     switch setting {
+                    case "snapshots": nativeSnapshots = try oneOf(node, "driver.snapshots", ["native", "copy"]) == "native"
                     case "ownerVMID":
                         ownerVMID = try int(node, "driver.ownerVMID", 100...999_999_999)
                         sawOwnerVMID = true
@@ -208,9 +214,11 @@ private struct ConfigReader {
         for (name, node) in profileNodes {
             profiles[name] = try profile(node, "profiles.\(name)", clusters: names)
         }
-        return DriverConfig(clusters: clusters, profiles: profiles, ownerVMID: ownerVMID,
-                            requestTimeout: requestTimeout, taskTimeout: taskTimeout, probeInterval: probeInterval,
-                            warnings: warnings)
+        var config = DriverConfig(clusters: clusters, profiles: profiles, ownerVMID: ownerVMID,
+                                  requestTimeout: requestTimeout, taskTimeout: taskTimeout, probeInterval: probeInterval,
+                                  warnings: warnings)
+        config.nativeSnapshots = nativeSnapshots
+        return config
     }
 
     mutating func cluster(_ node: Node, _ path: String) throws -> DriverConfig.Cluster {

@@ -274,6 +274,14 @@ import UnaryGRPC
         #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") == nil)
     }
 
+    @Test func aConfigAskingForCopiesGetsCopiesEverywhere() async throws {
+        let scene = ControllerScene(profiles: "\ndriver:\n  snapshots: copy\n")
+        let volume = try await scene.create("pvc-a")
+        _ = try await scene.snapshot("s1", of: volume.volumeID)
+        #expect(try await scene.volumes.copyVMs(.snapshot).count == 1)
+        #expect(scene.fake.count(.createSnapshot) == 0)
+    }
+
     @Test func aNameTakenByAnotherVolumesSnapshotAlreadyExists() async throws {
         let scene = ControllerScene()
         let a = try await scene.create("pvc-a")
