@@ -153,10 +153,14 @@ def leak_check(url):
     attached = [(vmid, key) for vmid, vm in state["vms"].items() for key, value in vm["config"].items()
                 if key[:4] in ("scsi", "virt") and "vm-9999-" in str(value)]
     locked = [vmid for vmid, vm in state["vms"].items() if vm["config"].get("lock")]
+    # Storage snapshots left on any volume (native snapshots whose VM snapshot is gone, or never deleted).
+    snapshots = [f"{volid}@{name}" for s in state["storages"].values() for volid, v in s["volumes"].items()
+                 for name in v.get("snapshots", [])]
     # Writes that put a volume into a slot another volume held (the simulator records each one):
     # Proxmox would unplug one volume and plug another into the same device. The driver never asks that.
     swaps = [f"VM {s['vm']} {s['key']}: {s['held']} -> {s['new']}" for s in state["in_place_swaps"]]
-    return {"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked}, state["double_attachments"], swaps[:20]
+    return ({"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked, "storage_snapshots": snapshots},
+            state["double_attachments"], swaps[:20])
 
 
 async def disturb_vms(sim_url, vms, stop):
