@@ -152,6 +152,14 @@ extension ProxmoxVolumes {
             if let found = try await self.sourceVM(of: volumeID, cluster: cluster) {
                 source = found
             } else {
+                // A VM still being created has no name (create_vm writes it last): one a controller that
+                // died started may be this source VM, and a second would be its twin.
+                let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" || $0.lock == "clone" }
+                let ours = self.creating.withLock { $0 }
+                if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
+                    throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
+                        + "from an earlier attempt: try again shortly")
+                }
                 let vmid = try await self.createVM(cluster: cluster, node: node, name: name,
                                                    description: SourceVM.description(source: volumeID, volid: volid, deleted: false),
                                                    what: "the snapshot source VM of \(volumeID)")
