@@ -162,12 +162,7 @@ extension ProxmoxVolumes {
             } else {
                 // A VM still being created has no name (create_vm writes it last): one that
                 // another controller process started may be this copy. Its create is short.
-                let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" || $0.lock == "clone" }
-                let ours = self.creating.withLock { $0 }  // read after the listing: our creations are in it by then
-                if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
-                    throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
-                        + "from an earlier attempt: try again shortly")
-                }
+                try await self.requireNoUnnamedCreation(cluster, mayBe: name)
                 let vmid = try await self.createVM(
                     cluster: cluster, node: node, name: name,
                     description: CopyVM.description(kind, csiName: csiName, source: source, createdAt: Int64(Date().timeIntervalSince1970)),

@@ -152,14 +152,7 @@ extension ProxmoxVolumes {
             if let found = try await self.sourceVM(of: volumeID, cluster: cluster) {
                 source = found
             } else {
-                // A VM still being created has no name (create_vm writes it last): one a controller that
-                // died started may be this source VM, and a second would be its twin.
-                let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "create" || $0.lock == "clone" }
-                let ours = self.creating.withLock { $0 }
-                if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
-                    throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
-                        + "from an earlier attempt: try again shortly")
-                }
+                try await self.requireNoUnnamedCreation(cluster, mayBe: name)
                 let vmid = try await self.createVM(cluster: cluster, node: node, name: name,
                                                    description: SourceVM.description(source: volumeID, volid: volid, deleted: false),
                                                    what: "the snapshot source VM of \(volumeID)")
@@ -264,14 +257,7 @@ extension ProxmoxVolumes {
                 guard found.source == snapshot.id, !found.copying, !found.settled else { return found }
                 return try await self.settle(found, bytes: bytes)
             }
-            // A clone still running has no name (clone_vm writes it last): one another attempt
-            // started may be this restore, and a second clone would be its twin.
-            let locked = try await self.vms(cluster, fresh: true).filter { $0.lock == "clone" || $0.lock == "create" }
-            let ours = self.creating.withLock { $0 }
-            if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
-                throw DomainError.busy("VM \(other.vmid) is being cloned or created and has no name yet; it may be \(name) "
-                    + "from an earlier attempt: try again shortly")
-            }
+            try await self.requireNoUnnamedCreation(cluster, mayBe: name)
             let source = snapshot.source.vm
             let description = CopyVM.description(.volume, csiName: csiName, source: snapshot.id, createdAt: Int64(Date().timeIntervalSince1970))
             let (vmid, upid) = try await self.vmLocks.run("\(cluster)/new-vmid") {

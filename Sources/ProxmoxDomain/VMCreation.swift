@@ -36,4 +36,16 @@ extension ProxmoxVolumes {
         if let upid { _ = try await client.waitForTask(upid) }
         return vmid
     }
+
+    /// A VM being created or cloned has no name (create_vm and clone_vm write it last): one
+    /// this process is not making may be `name` from an attempt of a controller that died,
+    /// and making `name` now would make its twin. Busy until it has its name.
+    package func requireNoUnnamedCreation(_ cluster: String, mayBe name: String) async throws {
+        let locked = try await vms(cluster, fresh: true).filter { $0.lock == "create" || $0.lock == "clone" }
+        let ours = creating.withLock { $0 }  // read after the listing: our creations are in it by then
+        if let other = locked.first(where: { !ours.contains("\(cluster)/\($0.vmid)") }) {
+            throw DomainError.busy("VM \(other.vmid) is being created and has no name yet; it may be \(name) "
+                + "from an earlier attempt: try again shortly")
+        }
+    }
 }
