@@ -45,6 +45,7 @@ TASKS = {"qmconfig": 0.5, "qmconfig-each": 0.1, "resize": 1.0, "qmcreate": 3.0, 
 # The sidecars requeue a failed operation whatever the code, with backoff; only
 # answers that cannot change on a retry end a lifecycle here.
 FINAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+SHARED_STORAGES = {"ceph", "nfs"}  # the default scenario's storages every Proxmox node sees
 DISK_KEY = re.compile(r"(scsi|virtio|sata|ide)(\d+)$")  # as the simulator counts hot-plugged disks
 WRITER = csi_pb2.VolumeCapability(mount=csi_pb2.VolumeCapability.MountVolume(fs_type="ext4"),
                                   access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1))
@@ -96,13 +97,25 @@ class Sidecar:
                 delay = min(delay * 2, 8)
 
 
-async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures, node_slots, sim_url, held_after_ok):
+def placement(storage, index, vms):
+    """A volume on a local storage (lvmthin, zfspool, dir) must sit on the Proxmox node of
+    the VM it is attached to: csi-provisioner asks for that node's topology (WaitForFirstConsumer)."""
+    if storage in SHARED_STORAGES:
+        return None
+    zone = "pve1" if (index % vms) % 2 == 0 else "pve2"  # as scenario() places the VMs
+    segments = {"topology.kubernetes.io/region": "sim", "topology.kubernetes.io/zone": zone}
+    topology = csi_pb2.Topology(segments=segments)
+    return csi_pb2.TopologyRequirement(requisite=[topology], preferred=[topology])
+
+
+async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion, failures, node_slots, sim_url, held_after_ok):
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
+    where = placement(storage, index, vms)
     try:
         volume = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
             name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
-            parameters={"storage": "ceph"}))).volume
+            parameters={"storage": storage}, accessibility_requirements=where))).volume
         # The scheduler places no more volumes on a node than its CSINode limit.
         async with node_slots[index % vms]:
             await sidecar.call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
@@ -110,7 +123,7 @@ async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures
             await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node))
             # OK must mean detached: no VM's current config or pending change holds the disk.
-            volid = "ceph:" + volume.volume_id.split("/")[-1]
+            volid = f"{storage}:" + volume.volume_id.split("/")[-1]
             holders = await asyncio.get_running_loop().run_in_executor(
                 None, sim, sim_url, "/_sim/holders?volid=" + urllib.parse.quote(volid))
             if holders:
@@ -129,7 +142,7 @@ async def lifecycle(index, sidecar, vms, with_snapshot, with_expansion, failures
                 await asyncio.sleep(2)
             restored = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
                 name=f"restore-{name}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
-                parameters={"storage": "ceph"}, volume_content_source=csi_pb2.VolumeContentSource(
+                parameters={"storage": storage}, accessibility_requirements=where, volume_content_source=csi_pb2.VolumeContentSource(
                     snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot.snapshot_id))))).volume
             await sidecar.call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
             await sidecar.call("DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
@@ -257,7 +270,7 @@ async def run(args, endpoint, sim_url, driver):
         expansions = set(random.Random(11).sample(range(args.lifecycles), int(args.lifecycles * args.expand_share)))
         # max_volumes_per_node as NodeGetInfo reports it for these VMs (scsi0 is their own disk).
         node_slots = [asyncio.Semaphore(30) for _ in range(args.vms)]
-        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, i in snapshots, i in expansions, failures, node_slots,
+        await asyncio.gather(*(lifecycle(i, sidecar, args.vms, args.storage, i in snapshots, i in expansions, failures, node_slots,
                                          sim_url, held_after_ok)
                                for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
@@ -270,7 +283,8 @@ async def run(args, endpoint, sim_url, driver):
 
 def template(path):
     """An API path with its variable parts named, as the driver's metrics name them."""
-    names = {"nodes": "{node}", "qemu": "{vmid}", "storage": "{storage}", "content": "{volume}", "tasks": "{upid}"}
+    names = {"nodes": "{node}", "qemu": "{vmid}", "storage": "{storage}", "content": "{volume}", "tasks": "{upid}",
+             "snapshot": "{snapname}"}
     out = []
     for part in path.replace("/api2/json", "").split("/"):
         out.append(names[out[-1]] if out and out[-1] in names and part else part)
@@ -292,6 +306,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--lifecycles", type=int, default=500)
     parser.add_argument("--vms", type=int, default=10)
+    parser.add_argument("--storage", default="ceph",
+                        help="the default scenario's storage the volumes go on (local ones are placed by topology)")
     parser.add_argument("--snapshot-share", type=float, default=0.1)
     parser.add_argument("--expand-share", type=float, default=0.0,
                         help="share of lifecycles that also grow the volume while detached (through a holder VM)")
@@ -377,7 +393,7 @@ def main():
     rpcs = {name: {"count": len(v), "p50": statistics.median(v), "p99": percentile(v, 0.99)}
             for name, v in sorted(stats.items()) if not name.startswith("_")}
     result = {
-        "lifecycles": args.lifecycles, "vms": args.vms, "snapshot_lifecycles": snapshots,
+        "lifecycles": args.lifecycles, "vms": args.vms, "storage": args.storage, "snapshot_lifecycles": snapshots,
         "expansion_lifecycles": expansions, "faults": args.faults,
         "crash": args.crash, "controller_kills": driver.kills,
         "wall_seconds": round(wall, 2), "lower_bound_seconds": round(bound, 2),
@@ -406,6 +422,7 @@ def main():
         print(f"{name:28}{r['count']:>7}{r['p50']:>9.2f}{r['p99']:>9.2f}")
     Path(args.results).mkdir(parents=True, exist_ok=True)
     variant = ('-faults' if args.faults else '') + ('-crash' if args.crash else '') + ('-expand' if expansions else '')
+    variant += '' if args.storage == "ceph" else f"-{args.storage}"
     out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{variant}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
