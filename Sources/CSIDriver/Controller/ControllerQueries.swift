@@ -13,7 +13,7 @@ extension ControllerService {
     func getVolume(_ request: Csi_V1_ControllerGetVolumeRequest) async throws -> Csi_V1_ControllerGetVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         do {
-            guard let (handle, storage, size) = try await volumes.existing(request.volumeID) else {
+            guard let (handle, storage, size) = try await liveVolume(request.volumeID) else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
             }
             let attachments = try await volumes.attachments(of: handle, storage: storage)
@@ -42,6 +42,17 @@ extension ControllerService {
         }
     }
 
+    /// The volume if it exists and DeleteVolume has not come for it: one whose
+    /// data is kept only for its snapshots (hidden from ListVolumes too) is gone
+    /// to the CO. Only storages that snapshot natively can keep one, so only
+    /// they cost the look for its source VM.
+    func liveVolume(_ volumeID: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
+        guard let found = try await volumes.existing(volumeID) else { return nil }
+        guard NativeSnapshotSupport.available(storageType: found.storage.type, volumeName: found.handle.fileName, attached: false)
+        else { return found }
+        return try await volumes.isKeptForSnapshots(found.handle.description, cluster: found.handle.cluster) ? nil : found
+    }
+
     // MARK: - Validate, list, capacity
 
     func validate(_ request: Csi_V1_ValidateVolumeCapabilitiesRequest) async throws -> Csi_V1_ValidateVolumeCapabilitiesResponse {
@@ -55,7 +66,7 @@ extension ControllerService {
             }
         }
         do {
-            guard try await volumes.existing(request.volumeID) != nil else {
+            guard try await liveVolume(request.volumeID) != nil else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
             }
         } catch {

@@ -217,7 +217,7 @@ extension ControllerService {
                 throw RPCError(.notFound, "snapshot \(snapshotSource.snapshotID) does not exist")
             }
         case let .volume(volumeSource)?:
-            guard let (handle, storage, size) = try await volumes.existing(volumeSource.volumeID) else {
+            guard let (handle, storage, size) = try await liveVolume(volumeSource.volumeID) else {
                 throw RPCError(.notFound, "source volume \(volumeSource.volumeID) does not exist")
             }
             sourceID = volumeSource.volumeID

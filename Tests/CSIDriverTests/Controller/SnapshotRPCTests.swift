@@ -247,6 +247,12 @@ import UnaryGRPC
         #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a") != nil)
         let listed: Csi_V1_ListVolumesResponse = try await scene.call("ListVolumes", Csi_V1_ListVolumesRequest())
         #expect(listed.entries.isEmpty, "a deleted volume is not listed")
+        #expect(await scene.code("ControllerGetVolume", Csi_V1_ControllerGetVolumeRequest.with { $0.volumeID = volume.volumeID }) == .notFound)
+        #expect(await scene.code("ValidateVolumeCapabilities", Csi_V1_ValidateVolumeCapabilitiesRequest.with {
+            $0.volumeID = volume.volumeID
+            $0.volumeCapabilities = [ControllerScene.mount]
+        }) == .notFound)
+        #expect(await scene.code("DeleteVolume", Csi_V1_DeleteVolumeRequest.with { $0.volumeID = volume.volumeID }) == nil)
         #expect(await scene.code("CreateVolume", Csi_V1_CreateVolumeRequest.with {
             $0.name = "pvc-a"
             $0.volumeCapabilities = [ControllerScene.mount]
