@@ -41,9 +41,8 @@ def storage_class(plugin_class, problems):
     if annotations or plugin_class.get("labels"):
         problems.append(f"StorageClass {plugin_class['name']}: its labels and annotations (other than the default-class one) "
                         "are not rendered by this chart; add them with kubectl after the upgrade")
-    if "csi.storage.k8s.io/node-stage-secret-name" in parameters:
-        problems.append(f"StorageClass {plugin_class['name']}: it encrypts with LUKS (a node-stage secret), which this driver "
-                        "does not do yet: NodeStage refuses its volumes rather than use them unencrypted")
+    # An encrypted class (its node-stage and node-expand secrets) carries over as it is: the
+    # node opens the plugin's LUKS2 volumes with the same secret's passphrase.
     if parameters.get("replicate") in ("true", "1"):
         problems.append(f"StorageClass {plugin_class['name']}: replicate is not supported (README \"StorageClass parameters\")")
     return entry

@@ -14,10 +14,34 @@ public struct CommandResult: Sendable {
     public var succeeded: Bool { status == 0 }
 }
 
-/// Runs external tools (mkfs, mount, fsck, growfs). Tests may substitute one.
+/// Runs external tools (mkfs, mount, fsck, growfs, cryptsetup). Tests may substitute one.
 public protocol CommandRunning: Sendable {
-    /// Runs `tool`, killing it once it has run `timeout` seconds.
-    func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult
+    /// Runs `tool`, killing it once it has run `timeout` seconds. `input`, when
+    /// given, is the tool's whole standard input (a key cryptsetup reads from
+    /// `--key-file=-`): it goes through a pipe, never argv or the environment.
+    func run(_ tool: String, _ arguments: [String], input: SecretBytes?, timeout: Double) async throws -> CommandResult
+}
+
+extension CommandRunning {
+    public func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult {
+        try await run(tool, arguments, input: nil, timeout: timeout)
+    }
+}
+
+/// Bytes that must never be printed: a passphrase. Interpolating one
+/// (a log line, an error) shows a placeholder, not the bytes.
+public struct SecretBytes: Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    public let bytes: [UInt8]
+    /// The most a tool's standard input may hold: it is written into the pipe
+    /// before the tool starts, and a pipe holds 64 KiB.
+    public static let maximumCount = 32_768
+
+    public init(_ text: String) {
+        bytes = Array(text.utf8)
+    }
+
+    public var description: String { "<secret, \(bytes.count) bytes>" }
+    public var debugDescription: String { description }
 }
 
 /// How long each tool may take before it is killed: a mount or mkfs stuck
@@ -51,14 +75,19 @@ public struct ProcessRunner: CommandRunning {
         return searchPath.lazy.map { $0 + "/" + tool }.first { access($0, X_OK) == 0 }
     }
 
-    public func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult {
+    public func run(_ tool: String, _ arguments: [String], input: SecretBytes?, timeout: Double) async throws -> CommandResult {
         guard let executable = Self.executable(tool) else {
             return CommandResult(status: 127, output: "\(tool): not found in \(Self.searchPath.joined(separator: ":"))")
         }
-        return try await OwnedThread.run { () throws(SpawnFailure) in try Self.spawnAndWait(executable, arguments, timeout: timeout) }
+        return try await OwnedThread.run { () throws(SpawnFailure) in
+            try Self.spawnAndWait(executable, arguments, input: input, timeout: timeout)
+        }
     }
 
-    static func spawnAndWait(_ executable: String, _ arguments: [String], timeout: Double) throws(SpawnFailure) -> CommandResult {
+    static func spawnAndWait(_ executable: String, _ arguments: [String], input: SecretBytes? = nil,
+                             timeout: Double) throws(SpawnFailure) -> CommandResult {
+        let standardInput = try inputPipe(holding: input)
+        defer { if let standardInput { close(standardInput) } }
         var pipeEnds: [Int32] = [-1, -1]
         guard CLinux_pipe_cloexec(&pipeEnds) == 0 else { throw failure("pipe", errno) }
         let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
@@ -66,7 +95,11 @@ public struct ProcessRunner: CommandRunning {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let standardInput {
+            posix_spawn_file_actions_adddup2(&actions, standardInput, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
         posix_spawn_file_actions_adddup2(&actions, writeEnd, 2)
         // Nothing else the driver holds reaches the tool: a file descriptor
@@ -144,6 +177,29 @@ public struct ProcessRunner: CommandRunning {
         let signal = status & 0x7f
         return CommandResult(status: signal == 0 ? (status >> 8) & 0xff : 128 + signal,
                              output: String(decoding: output, as: UTF8.self))
+    }
+
+    /// The read end of a pipe that already holds all of `input` and whose
+    /// write end is closed, so the tool reads it to its end; nil without input.
+    private static func inputPipe(holding input: SecretBytes?) throws(SpawnFailure) -> Int32? {
+        guard let input else { return nil }
+        guard input.bytes.count <= SecretBytes.maximumCount else {
+            throw SpawnFailure(description: "standard input of \(input.bytes.count) bytes is more than \(SecretBytes.maximumCount)")
+        }
+        var ends: [Int32] = [-1, -1]
+        guard CLinux_pipe_cloexec(&ends) == 0 else { throw failure("pipe", errno) }
+        defer { close(ends[1]) }
+        var written = 0
+        while written < input.bytes.count {
+            let count = input.bytes[written...].withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count > 0 else {
+                close(ends[0])
+                throw failure("writing a tool's input", errno)
+            }
+            written += count
+        }
+        return ends[0]
     }
 
     /// poll(2)'s timeout: what is left until `deadline`, at most a minute (a later poll goes on).

@@ -15,6 +15,9 @@ public struct DiskEntry: Sendable, Equatable {
     public var wwid: String?
     /// The disk this is a partition of (`sda` for `sda1`); nil for a whole disk.
     public var partitionOf: String?
+    /// For an open LUKS mapping: the disk it decrypts, whose identity it
+    /// carries (a filesystem mounted from the mapping is on that disk).
+    public var encrypts: String?
 
     /// Whether this is the disk with `serial` (or, for SCSI, `wwn`). A
     /// partition never is: a volume is a whole disk.
@@ -37,11 +40,14 @@ public struct DeviceFinder: Sendable {
     public let sysRoot: String
     /// Where device nodes are (`/dev`).
     public let devRoot: String
+    /// Open dm-crypt mappings, which carry the identity of the disk under them.
+    public let mappings: CryptMappings
     let scans: SCSIScans
 
-    public init(sysRoot: String = "/sys", devRoot: String = "/dev") {
+    public init(sysRoot: String = "/sys", devRoot: String = "/dev", mappings: CryptMappings = CryptMappings()) {
         self.sysRoot = sysRoot
         self.devRoot = devRoot
+        self.mappings = mappings
         scans = SCSIScans(sysRoot: sysRoot)
     }
 
@@ -64,8 +70,15 @@ public struct DeviceFinder: Sendable {
 
     /// The disk or partition whose device number is `number` ("major:minor");
     /// nil once it is gone. A mounted partition is present, not a vanished disk.
+    /// An open LUKS mapping stands for the disk under it, with that disk's
+    /// serial and WWN; nil when that disk is gone.
     public func disk(number: String) -> DiskEntry? {
-        disks().first { $0.number == number } ?? partition(number: number)
+        if let mapping = mappings.mapping(number: number) {
+            guard let lowerNumber = mapping.lowerNumber, let lower = disks().first(where: { $0.number == lowerNumber }) else { return nil }
+            return DiskEntry(name: mapping.kernelName, devicePath: devRoot + "/mapper/" + mapping.name, number: mapping.number,
+                             serial: lower.serial, wwid: lower.wwid, partitionOf: lower.partitionOf, encrypts: lower.name)
+        }
+        return disks().first { $0.number == number } ?? partition(number: number)
     }
 
     /// `<sys>/dev/block/MAJ:MIN` links to every block device, partitions
@@ -121,7 +134,7 @@ public struct DeviceFinder: Sendable {
     /// Asks a SCSI disk to re-read its capacity (virtio-blk updates by
     /// itself), on a thread of its own: the write returns once the disk answered.
     public func rescan(_ disk: DiskEntry) async {
-        let path = sysRoot + "/block/" + disk.name + "/device/rescan"
+        let path = sysRoot + "/block/" + (disk.encrypts ?? disk.name) + "/device/rescan"
         guard FileManager.default.fileExists(atPath: path) else { return }
         await OwnedThread.run { SCSIScans.write("1", to: path) }
     }

@@ -215,8 +215,8 @@ extension NodeServiceLoopTests {
 
 /// Runs every tool for real but mount, which is killed past its limit (a mount stuck on a dying disk).
 struct StuckMount: CommandRunning {
-    func run(_ tool: String, _ arguments: [String], timeout: Double) async throws -> CommandResult {
-        guard tool == "mount" else { return try await ProcessRunner().run(tool, arguments, timeout: timeout) }
+    func run(_ tool: String, _ arguments: [String], input: SecretBytes?, timeout: Double) async throws -> CommandResult {
+        guard tool == "mount" else { return try await ProcessRunner().run(tool, arguments, input: input, timeout: timeout) }
         return try await ProcessRunner().run("sleep", ["60"], timeout: 0.3)
     }
 }

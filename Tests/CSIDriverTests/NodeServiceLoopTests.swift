@@ -147,6 +147,15 @@ final class NodeFixture {
         })
     }
 
+    func stageEncrypted(_ disk: AttachedDisk, _ capability: Csi_V1_VolumeCapability, passphrase: String) async throws {
+        _ = try await service.stage(.with {
+            $0.volumeID = disk.volumeID
+            $0.stagingTargetPath = try staging(disk)
+            $0.volumeCapability = capability
+            $0.secrets = ["encryption-passphrase": passphrase]
+        })
+    }
+
     func unstage(_ disk: AttachedDisk) async throws {
         _ = try await service.unstage(.with { $0.volumeID = disk.volumeID; $0.stagingTargetPath = try staging(disk) })
     }
@@ -464,20 +473,32 @@ struct NodeServiceLoopTests {
         try await node.unstage(disk)
     }
 
-    /// An encrypted class of proxmox-csi-plugin's (a passphrase in the node-stage secret): never formatted in the clear.
-    @Test func aVolumeOfAnEncryptedClassIsNeitherFormattedNorMounted() async throws {
+    /// An encrypted class (a passphrase in the node-stage secret) never encrypts a disk that holds data.
+    @Test func aDiskHoldingAFilesystemInTheClearIsNeverEncrypted() async throws {
         let node = try NodeFixture()
-        let disk = try node.disk("pvc-luks")
-        await expectCode(.failedPrecondition, "encryption-passphrase") {
-            _ = try await node.service.stage(.with {
-                $0.volumeID = disk.volumeID
-                $0.stagingTargetPath = try node.staging(disk)
-                $0.volumeCapability = NodeFixture.mount("xfs")
-                $0.secrets = ["encryption-passphrase": "s3cret"]
-            })
+        let disk = try node.disk("pvc-clear")
+        try sh(["mkfs.ext4", "-q", "-L", "theirs", disk.device])
+        let before = try sh(["blkid", "-p", disk.device])
+        await expectCode(.failedPrecondition, "in the clear") {
+            try await node.stageEncrypted(disk, NodeFixture.mount("xfs"), passphrase: "s3cret")
         }
-        #expect((try? sh(["blkid", "-p", disk.device])) == nil, "the disk stays blank (blkid finds no signature)")
+        #expect(try sh(["blkid", "-p", disk.device]) == before)
         #expect(try node.mounted(at: node.staging(disk)) == nil)
+    }
+
+    /// A LUKS disk staged without its passphrase is neither formatted nor mounted in the clear.
+    @Test(.enabled(if: cryptsetupInstalled, "needs cryptsetup"))
+    func aLUKSDiskStagedWithoutItsPassphraseIsRefusedAndKept() async throws {
+        let node = try NodeFixture()
+        let disk = try node.disk("pvc-locked")
+        try await LUKS().format(disk.device, passphrase: SecretBytes("s3cret"))
+        let before = try sh(["blkid", "-p", disk.device])
+        await expectCode(.failedPrecondition, "encryption-passphrase") { try await node.stage(disk, NodeFixture.mount("ext4")) }
+        #expect(try sh(["blkid", "-p", disk.device]) == before)
+        await expectCode(.invalidArgument, "secrets[encryption-passphrase] is empty") {
+            try await node.stageEncrypted(disk, NodeFixture.mount("ext4"), passphrase: "")
+        }
+        #expect(try sh(["blkid", "-p", disk.device]) == before)
     }
 
     /// Without Proxmox to ask, such a mount is not recognised as the volume's, and is left mounted.
@@ -668,3 +689,5 @@ struct NodeServiceLoopTests {
         #expect(NodeService.slotsTakenByOwnDisks(config, vmid: 100) == 3)
     }
 }
+
+let cryptsetupInstalled = FileManager.default.isExecutableFile(atPath: "/usr/sbin/cryptsetup")

@@ -94,8 +94,16 @@ def test_every_key_of_a_documented_class_is_carried_over():
     assert {k: ours[k] for k in IMMUTABLE} == DOCUMENTED_RENDERED
 
 
+def test_an_encrypted_class_is_carried_over_with_its_secrets():
+    secrets = {f"csi.storage.k8s.io/{rpc}-secret-{part}": value for rpc in ("node-stage", "node-expand")
+               for part, value in (("name", "proxmox-csi-secret"), ("namespace", "kube-system"))}
+    values, problems, fatal = from_plugin.convert(plugin_values([{"name": "c", "storage": "data", "extraParameters": secrets}]))
+    assert fatal == [] and problems == []
+    parameters = rendered_objects(values)[("StorageClass", "c")]["parameters"]
+    assert {k: parameters[k] for k in secrets} == secrets
+
+
 @pytest.mark.parametrize("extra, words", [
-    ({"extraParameters": {"csi.storage.k8s.io/node-stage-secret-name": "proxmox-csi-secret"}}, "LUKS"),
     ({"extraParameters": {"replicate": "true"}}, "replicate is not supported"),
     ({"labels": {"team": "a"}}, "labels and annotations"),
 ])

@@ -236,4 +236,4 @@ def test_the_image_installs_every_library_the_binary_links():
         if package not in packages | ESSENTIAL:
             missing.append(f"{library} ({package or 'no package'})")
     assert not missing, f"the Dockerfile's runtime stage lacks {missing}"
-    assert {"xfsprogs", "e2fsprogs", "util-linux", "ca-certificates"} <= packages
+    assert {"xfsprogs", "e2fsprogs", "util-linux", "cryptsetup-bin", "ca-certificates"} <= packages

@@ -16,6 +16,8 @@ final class NodeIdentities: Sendable {
         var volumeID: String
         var serial: String
         var wwn: String?
+        /// Staged through a LUKS mapping: its raw disk must never be handed to a pod.
+        var encrypted: Bool?
     }
 
     /// nil: kept in memory only (tests, and nodes without a state directory).

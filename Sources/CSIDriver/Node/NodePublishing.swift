@@ -44,7 +44,8 @@ extension NodeService {
             }
             let source: String, deviceNumber: String
             if isBlock {
-                (source, deviceNumber) = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+                let disk = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+                (source, deviceNumber) = try encryptedBlockSource(volume, disk: disk, what: what) ?? disk
             } else {
                 guard case let .filesystem(entry, disk) = try inspect(request.stagingTargetPath), let disk, volume.isOn(disk) else {
                     throw RPCError(.failedPrecondition, "\(what): the volume is not staged at staging_target_path "

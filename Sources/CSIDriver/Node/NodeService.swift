@@ -40,6 +40,7 @@ public struct NodeService: Sendable {
     let finder: DeviceFinder
     let format: SafeFormat
     let mounter: Mounter
+    let luks: LUKS
     let volumeLocks = KeyedSerializer<String>()
     let identities: NodeIdentities
 
@@ -55,6 +56,7 @@ public struct NodeService: Sendable {
         finder = DeviceFinder(sysRoot: settings.sysRoot, devRoot: settings.devRoot)
         format = SafeFormat(runner: runner)
         mounter = Mounter(runner: runner)
+        luks = LUKS(runner: runner)
         identities = NodeIdentities(directory: settings.stateDirectory)
     }
 

@@ -5,41 +5,46 @@ import UnaryGRPC
 
 extension NodeService {
     static let supportedFilesystems = ["xfs", "ext4"]
-    /// The node-stage secret key of proxmox-csi-plugin's encrypted StorageClasses (its node.go).
-    static let encryptionPassphraseKey = "encryption-passphrase"
 
     /// Finds the volume's disk, makes sure it carries the filesystem (formatting
     /// only a blank disk) and mounts it at the staging path. Block access needs
     /// no staging mount: the disk is only looked for, so a missing one fails here.
+    /// An encrypted class (its secret gives a passphrase) puts a LUKS mapping
+    /// between the disk and the filesystem, or the pod's block device.
     func stage(_ request: Csi_V1_NodeStageVolumeRequest) async throws -> Csi_V1_NodeStageVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
         try checkCapability(request.volumeCapability, present: request.hasVolumeCapability)
-        // proxmox-csi-plugin's LUKS classes hand the passphrase to NodeStage: until this driver
-        // encrypts, such a volume must not be formatted (or mounted) in the clear.
-        if request.secrets[Self.encryptionPassphraseKey] != nil {
-            throw RPCError(.failedPrecondition, "NodeStageVolume \(request.volumeID): the StorageClass gives an "
-                + "\(Self.encryptionPassphraseKey) (proxmox-csi-plugin's LUKS encryption), which this driver does not support yet; "
-                + "the volume is left untouched")
-        }
+        let passphrase = try Self.passphrase(in: request.secrets)
         let volume = try NodeVolume(id: request.volumeID, publishContext: request.publishContext,
                                     staged: identities.identity(of: request.volumeID))
         let capability = request.volumeCapability
+        let readonly = Self.readsOnly(capability)
+        let what = "NodeStageVolume \(volume.id)"
         guard case .mount = capability.accessType else {
-            _ = try await device(of: volume, timeout: settings.deviceWaitSeconds)
-            try identities.record(volume.identity)
-            return .init()
+            return try await serialized(volume.id) {
+                let disk = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+                try identities.record(volume.identity(encrypted: passphrase != nil))
+                if let passphrase {
+                    _ = try await openEncrypted(volume, disk: disk, passphrase: passphrase, readonly: readonly, what: what)
+                }
+                return .init()
+            }
         }
         let fsType = try Self.filesystem(capability, context: request.volumeContext)
         let options = try Self.mkfsOptions(request.volumeContext)
         return try await serialized(volume.id) {
-            let device = try await device(of: volume, timeout: settings.deviceWaitSeconds)
+            let disk = try await device(of: volume, timeout: settings.deviceWaitSeconds)
             // Recorded before the mount: a crash between the two leaves a mount the unstage still recognises.
-            try identities.record(volume.identity)
-            try await mountFilesystem(volume, device: device, at: request.stagingTargetPath, fsType: fsType,
-                                      readonly: Self.readsOnly(capability), flags: capability.mount.mountFlags, mkfs: options)
-            if request.publishContext["resizeRequired"] == "true", !Self.readsOnly(capability) {
-                try await growOwed(volume, device: device, at: request.stagingTargetPath, fsType: fsType)
+            try identities.record(volume.identity(encrypted: passphrase != nil))
+            var source = disk
+            if let passphrase {
+                source = try await openEncrypted(volume, disk: disk, passphrase: passphrase, readonly: readonly, what: what)
+            }
+            try await mountFilesystem(volume, device: source, at: request.stagingTargetPath, fsType: fsType,
+                                      readonly: readonly, flags: capability.mount.mountFlags, mkfs: options)
+            if request.publishContext["resizeRequired"] == "true", !readonly {
+                try await growOwed(volume, disk: disk, source: source, passphrase: passphrase, at: request.stagingTargetPath, fsType: fsType)
             }
             return .init()
         }
@@ -76,6 +81,9 @@ extension NodeService {
                                                           inodeSize: mkfs.inodeSize, mayFormat: !readonly)
         } catch let failure as SafeFormat.Failure {
             switch failure {
+            case let .holdsData(_, found, _) where found.contains("crypto_LUKS"):
+                throw RPCError(.failedPrecondition, "\(what): \(failure). It is LUKS-encrypted: its StorageClass must give the "
+                    + "passphrase in the node-stage secret (key \(Self.encryptionPassphraseKey))")
             case .holdsData, .blank: throw RPCError(.failedPrecondition, "\(what): \(failure)")
             case .timedOut: throw RPCError(.deadlineExceeded, "\(what): \(failure)")
             case .tool, .probe: throw RPCError(.internal, "\(what): \(failure)")
@@ -95,28 +103,40 @@ extension NodeService {
     /// grew its disk at publish (after the hot-plug, so the size is read again)
     /// and says `resizeRequired`; the filesystem grows to match, as the plugin's
     /// NodeStageVolume did. Growing an already full filesystem changes nothing.
-    private func growOwed(_ volume: NodeVolume, device: (path: String, number: String), at path: String, fsType: String) async throws {
-        if let disk = finder.disk(number: device.number) { await finder.rescan(disk) }
+    private func growOwed(_ volume: NodeVolume, disk: (path: String, number: String), source: (path: String, number: String),
+                          passphrase: SecretBytes?, at path: String, fsType: String) async throws {
+        if let entry = finder.disk(number: disk.number) { await finder.rescan(entry) }
+        if let passphrase {
+            let what = "NodeStageVolume \(volume.id)"
+            let name = (source.path as NSString).lastPathComponent
+            do {
+                try await luks.resize(name, passphrase: passphrase)
+            } catch let failure as LUKS.Failure {
+                throw RPCError(.internal, "\(what): \(failure)")
+            }
+        }
         do {
-            try await mounter.grow(fsType: fsType, device: device.path, mountPoint: path)
+            try await mounter.grow(fsType: fsType, device: source.path, mountPoint: path)
         } catch let failure as Mounter.Failure {
             throw RPCError(failure.timedOut ? .deadlineExceeded : .internal, "NodeStageVolume \(volume.id): \(failure)")
         }
     }
 
-    /// Unmounts the staging path if the volume's filesystem is there. The
-    /// directory stays: kubelet made it and removes it.
+    /// Unmounts the staging path if the volume's filesystem is there and
+    /// closes its LUKS mapping. The directory stays: kubelet made it and removes it.
     func unstage(_ request: Csi_V1_NodeUnstageVolumeRequest) async throws -> Csi_V1_NodeUnstageVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkPath(request.stagingTargetPath, field: "staging_target_path")
+        let what = "NodeUnstageVolume \(request.volumeID)"
         return try await serialized(request.volumeID) {
             try await requireOwnMount(inspect(request.stagingTargetPath), at: request.stagingTargetPath, volumeID: request.volumeID,
                                 what: "NodeUnstageVolume")
             do {
                 try Unmounter.unmount(request.stagingTargetPath)
             } catch {
-                throw RPCError(.internal, "NodeUnstageVolume \(request.volumeID): \(error)")
+                throw RPCError(.internal, "\(what): \(error)")
             }
+            try await closeEncrypted(request.volumeID, what: what)
             identities.forget(request.volumeID)
             return .init()
         }

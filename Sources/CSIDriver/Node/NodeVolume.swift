@@ -37,6 +37,10 @@ struct NodeVolume: Sendable {
     var identity: NodeIdentities.Identity {
         .init(volumeID: id, serial: serial, wwn: wwn)
     }
+
+    func identity(encrypted: Bool) -> NodeIdentities.Identity {
+        .init(volumeID: id, serial: serial, wwn: wwn, encrypted: encrypted ? true : nil)
+    }
 }
 
 /// What a path from a request holds right now.

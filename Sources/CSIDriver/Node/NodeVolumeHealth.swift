@@ -72,8 +72,8 @@ extension NodeService {
         return nil
     }
 
-    /// Re-reads the disk's size and grows the filesystem on it to match;
-    /// a block volume only reports its size.
+    /// Re-reads the disk's size and grows the LUKS mapping (when encrypted)
+    /// and the filesystem on it to match; a block volume only reports its size.
     func expand(_ request: Csi_V1_NodeExpandVolumeRequest) async throws -> Csi_V1_NodeExpandVolumeResponse {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         guard request.capacityRange.requiredBytes >= 0, request.capacityRange.limitBytes >= 0 else {
@@ -98,17 +98,20 @@ extension NodeService {
                     + "(\(failure)); it cannot grow until it is checked and staged again")
             }
             await finder.rescan(disk)
+            // An encrypted volume's size is its disk's; the mapping is the disk less the LUKS header.
+            let diskName = disk.encrypts ?? disk.name
             let bytes: Int64
             do {
-                bytes = try DeviceFacts.blockDeviceBytes(disk.devicePath)
+                bytes = try DeviceFacts.blockDeviceBytes(disk.encrypts.map { settings.devRoot + "/" + $0 } ?? disk.devicePath)
             } catch {
                 throw RPCError(.internal, "\(what): \(error)")
             }
             let required = request.capacityRange.requiredBytes
             guard required <= bytes else {
-                throw RPCError(.failedPrecondition, "\(what): disk \(disk.name) is \(bytes) bytes, less than the "
+                throw RPCError(.failedPrecondition, "\(what): disk \(diskName) is \(bytes) bytes, less than the "
                     + "\(required) asked; the controller's resize has not reached this VM yet")
             }
+            if disk.encrypts != nil { try await growMapping(disk, secrets: request.secrets, rpc: "node-expand", what: what) }
             if case let .filesystem(entry, _) = mounted {
                 // Grow through the writable staging mount when given: the published bind may be read-only.
                 let mountPoint = request.stagingTargetPath.isEmpty ? request.volumePath : request.stagingTargetPath
