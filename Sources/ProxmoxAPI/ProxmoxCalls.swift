@@ -365,6 +365,12 @@ extension ProxmoxClient {
         return try await call("POST", vmPath(node, vmid) + "/clone", parameters).string
     }
 
+    /// Starts an offline migration of a stopped VM to `target` (POST …/migrate, VM.Migrate);
+    /// its UPID. qemu-server copies every local volume the VM owns, unused ones too.
+    public func startMigrate(node: String, vmid: Int, target: String) async throws -> String? {
+        try await call("POST", vmPath(node, vmid) + "/migrate", [("target", target)]).string
+    }
+
     public func taskStatus(upid: String) async throws -> TaskStatus {
         let node = UPID.node(of: upid)
         let data = try await call("GET", "/nodes/\(segment(node))/tasks/\(segment(upid))/status")

@@ -35,6 +35,8 @@ package protocol ProxmoxCluster: Sendable {
     /// Starts a full clone, of a snapshot when named (POST …/clone); its UPID.
     func startClone(node: String, vmid: Int, newID: Int, name: String, description: String,
                     snapshot: String?, storage: String?) async throws -> String?
+    /// Starts an offline migration of a stopped VM and its own local volumes (POST …/migrate); its UPID.
+    func startMigrate(node: String, vmid: Int, target: String) async throws -> String?
 }
 
 extension ProxmoxClient: ProxmoxCluster {}

@@ -70,7 +70,7 @@ package final class FakeCluster: ProxmoxCluster {
     /// A kind of call, for faults and counts.
     package enum Call: String, Sendable, Hashable {
         case resources, nextID, createVM, waitTask, vmList, config, pending, activeTasks, update, updateSync, resize,
-             destroy, volumes, allocate, deleteVolume, snapshots, createSnapshot, deleteSnapshot, clone
+             destroy, volumes, allocate, deleteVolume, snapshots, createSnapshot, deleteSnapshot, clone, migrate
     }
 
     /// A config write as Proxmox received it.
@@ -364,6 +364,39 @@ package final class FakeCluster: ProxmoxCluster {
             state.vms[newID] = VM(vmid: newID, node: node, values: values, running: false)
             state.nextTask += 1
             return "UPID:\(node):\(state.nextTask):qmclone:\(vmid):root@pam:"
+        }
+    }
+
+    /// An offline migration, done at once (QemuMigrate: the VM's own local volumes move with
+    /// it, a name taken on the target gets the next free one; another VM's volume refuses it).
+    package func startMigrate(node: String, vmid: Int, target: String) async throws -> String? {
+        try enter(.migrate)
+        return try state.withLock { state in
+            var vm = try Self.vm(vmid, on: node, in: state)
+            guard !vm.running else { throw ProxmoxError.server(status: 500, message: "can't migrate running VM without --online") }
+            for (key, value) in vm.values.sorted(by: { $0.key < $1.key }) where Self.isDisk(key) || key.hasPrefix("unused") {
+                let volid = Self.volid(of: value)
+                guard let sourceKey = Self.volumeKey(volid, node: node, in: state), var volume = state.volumes[sourceKey],
+                      volume.node != nil else { continue }
+                guard volume.owner == vmid else {
+                    throw ProxmoxError.taskFailed(upid: "migrate", exitStatus: "can't migrate VM - check log "
+                        + "(can't migrate local disk '\(volid)': owned by other VM (owner = VM \(volume.owner)))")
+                }
+                var moved = volid
+                while state.volumes["\(target)|\(moved)"] != nil {
+                    let index = (0...).first { n in state.volumes["\(target)|\(volume.storage):vm-\(vmid)-disk-\(n)"] == nil }!
+                    moved = "\(volume.storage):vm-\(vmid)-disk-\(index)"
+                }
+                state.volumes[sourceKey] = nil
+                volume.node = target
+                volume.volid = moved
+                state.volumes["\(target)|\(moved)"] = volume
+                vm.values[key] = moved + value.dropFirst(volid.count)
+            }
+            vm.node = target
+            state.vms[vmid] = vm
+            state.nextTask += 1
+            return "UPID:\(node):\(state.nextTask):qmigrate:\(vmid):root@pam:"
         }
     }
 

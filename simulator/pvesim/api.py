@@ -13,7 +13,7 @@ import urllib.parse
 from .cluster import (BUS_LIMITS, DISK_KEY, GiB, UNUSED_KEY, PVEError, copy_extents, format_size,
                       parse_alloc_size, parse_disk_size)
 from .cluster import _uuid_for as _uuid_for_vm
-from .schema import parse_property_string
+from .schema import ParameterError, parse_property_string
 
 ALL_PRIVILEGES = ["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.Audit", "Sys.Audit", "VM.Allocate",
                   "VM.Audit", "VM.Clone", "VM.Config.CPU", "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory",
@@ -741,6 +741,76 @@ class Api:
         c.extra_task_seconds += copied / GiB * c.copy_seconds_per_gib()
         return c.start_task(vm.node, "qmclone", vm.vmid, caller.id, effect).upid
 
+    def migrate_vm(self, p, caller):
+        """An offline migration (qemu-server API2/Qemu.pm migrate_vm, QemuMigrate.pm
+        scan_local_volumes and sync_offline_local_volumes): every local volume the
+        config holds, unused ones too, is copied to the same storage on the target
+        (PVE::Storage::storage_migrate with allow_rename: a name taken there gets the
+        next free one) and freed on the source; the config moves with them."""
+        c = self.cluster
+        vm = c.vm(p["vmid"], p["node"])
+        target = p["target"]
+        if target == vm.node:
+            raise ParameterError({"target": "target is local node."})
+        if target not in c.nodes:
+            raise PVEError(f"no such cluster node '{target}'")
+        self._check_unlocked(vm, p)  # PVE::QemuConfig->check_lock
+        if vm.status == "running" and not p.get("online"):
+            raise PVEError("can't migrate running VM without --online")
+        if vm.status == "running":
+            raise PVEError("online migration is not simulated")
+        moves, problems = [], []
+        for key, (volid, _) in sorted(vm.disks().items()):
+            storage_id = volid.partition(":")[0]
+            source = c.storages.get((storage_id, vm.node)) or c.storages.get((storage_id, None))
+            if source is None:
+                raise PVEError(f"storage '{storage_id}' does not exist")
+            if source.shared:
+                continue
+            # check_storage_availability / target_storage_check_available
+            destination = c.storages.get((storage_id, target))
+            if destination is None:
+                raise PVEError(f"storage '{storage_id}' is not available on node '{target}'")
+            volume = source.volume_by_volid_part(volid.partition(":")[2])
+            if volume is None:
+                raise PVEError(f"volume '{volid}' does not exist")
+            if volume.vmid != vm.vmid:
+                problems.append(f"can't migrate local disk '{volid}': owned by other VM (owner = VM {volume.vmid})")
+                continue
+            if volume.snapshots and not (source.type == "zfspool" or volume.format == "qcow2"):
+                problems.append(f"can't migrate local disk '{volid}': non-migratable snapshot exists")
+                continue
+            if source.type not in ("dir", "btrfs", "zfspool", "lvmthin", "lvm"):
+                problems.append(f"can't migrate '{volid}' - storage type '{source.type}' not supported")
+                continue
+            moves.append((key, volume, destination))
+        if problems:
+            # The worker's scan logs each and dies with this: the task fails, the VM stays.
+            def refused():
+                raise PVEError("can't migrate VM - check log (" + "; ".join(problems) + ")")
+            return c.start_task(vm.node, "qmigrate", vm.vmid, caller.id, refused).upid
+        vm.config["lock"] = "migrate"
+
+        def effect():
+            try:
+                for key, volume, destination in moves:
+                    name = volume.name
+                    if name in destination.volumes:
+                        name = destination.next_disk_name(vm.vmid, volume.format)
+                    copy = destination.allocate(vm.vmid, name, volume.size, volume.format)
+                    copy_data(volume, copy, None)
+                    copy.snapshots = dict(volume.snapshots)
+                    value = vm.config[key]
+                    vm.config[key] = copy.volid + value[len(value.split(",")[0]):]
+                    volume.storage.free(volume)
+                vm.node = target
+            finally:
+                vm.config.pop("lock", None)
+
+        copied = sum(volume.size for _, volume, _ in moves)
+        c.extra_task_seconds += copied / GiB * c.copy_seconds_per_gib()
+        return c.start_task(vm.node, "qmigrate", vm.vmid, caller.id, effect).upid
+
     # ------------------------------------------------------------ helpers
 
     def _node(self, p):
@@ -834,5 +904,6 @@ ROUTES = {
     "POST /nodes/{node}/qemu/{vmid}/snapshot": ("create_snapshot", True),
     "DELETE /nodes/{node}/qemu/{vmid}/snapshot/{snapname}": ("delete_snapshot", True),
     "POST /nodes/{node}/qemu/{vmid}/clone": ("clone", True),
+    "POST /nodes/{node}/qemu/{vmid}/migrate": ("migrate_vm", True),
     "GET /nodes/{node}/tasks/{upid}/status": ("task_status", False),
 }

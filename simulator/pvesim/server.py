@@ -305,6 +305,10 @@ class Handler(BaseHTTPRequestHandler):
                     data = getattr(sim.api, handler_name)(checked, caller)
                 finally:
                     sim.cluster.extra_task_seconds = 0.0
+        except ParameterError as error:
+            self.reply(400, "Parameter verification failed.",
+                       {"data": None, "errors": error.errors, "message": "Parameter verification failed.\n"})
+            return 400, caller
         except PVEError as error:
             reason = error.message.split("\n")[0]
             self.reply(error.status, reason, {"data": None, "message": error.message + "\n"})

@@ -263,3 +263,74 @@ def test_a_snapshot_name_is_a_pve_configid(sim, api, name, valid):
     """pve-common JSONSchema.pm $CONFIGID_RE: a letter, then letters, digits, '_' or '-' (any case)."""
     reply = api.call("POST", "/nodes/pve1/qemu/100/snapshot", snapname=name)
     assert (reply.status == 200) == valid, reply.reason
+
+
+MOVER = "csi@pve!move=7d2e5f10-3c4b-4e8a-9f61-2b7c0d9e8a35"  # the CSI role plus VM.Migrate
+
+
+def migrate(api, vmid, **params):
+    from test_simulator import Client
+    return Client(api.base, MOVER).call("POST", f"/nodes/pve1/qemu/{vmid}/migrate", **params)
+
+
+def owning_vm(api, vmid, storage="local-lvm", node="pve1"):
+    """A stopped VM with a disk of its own on `storage`, kept as unused0 (a settled copy VM)."""
+    api.wait(api.ok("POST", f"/nodes/{node}/qemu", vmid=vmid, name=f"copy-{vmid}"))
+    api.wait(api.ok("POST", f"/nodes/{node}/qemu/{vmid}/config", scsi0=f"{storage}:1"))
+    api.wait(api.ok("POST", f"/nodes/{node}/qemu/{vmid}/config", delete="scsi0"))
+    return api.ok("GET", f"/nodes/{node}/qemu/{vmid}/config")["unused0"]
+
+
+def test_an_offline_migration_moves_the_vms_own_local_disks_with_their_data(data_sim):
+    """QemuMigrate sync_offline_local_volumes: unused volumes go too, the data with them."""
+    sim, api = data_sim
+    volid = owning_vm(api, 140)
+    write_volume(sim, volid, "moved intact")
+    assert api.call("POST", "/nodes/pve1/qemu/140/migrate", target="pve2").status == 403  # the CSI role has no VM.Migrate
+    upid = migrate(api, 140, target="pve2").data
+    assert api.ok("GET", "/nodes/pve1/qemu/140/config")["lock"] == "migrate"
+    assert api.wait(upid)["exitstatus"] == "OK"
+    config = api.ok("GET", "/nodes/pve2/qemu/140/config")
+    assert config["unused0"] == volid and "lock" not in config
+    volume = sim.cluster.volume(volid, "pve2")
+    with open(volume.path, "rb") as f:
+        assert f.read(12).decode() == "moved intact"
+    with pytest.raises(Exception):
+        sim.cluster.volume(volid, "pve1")
+    assert api.call("GET", "/nodes/pve1/qemu/140/config").status == 500
+
+
+def test_a_name_taken_on_the_target_is_renamed_as_storage_migrate_allows(data_sim):
+    sim, api = data_sim
+    volid = owning_vm(api, 141)
+    api.ok("POST", "/nodes/pve2/storage/local-lvm/content", vmid=141, filename=volid.split(":")[1], size="1G")
+    api.wait(migrate(api, 141, target="pve2").data)
+    moved = api.ok("GET", "/nodes/pve2/qemu/141/config")["unused0"]
+    assert moved != volid and moved.startswith("local-lvm:vm-141-disk-")
+
+
+@pytest.mark.parametrize("why, setup", [
+    ("owned by other VM (owner = VM 9999)", "foreign"),
+    ("non-migratable snapshot exists", "snapshot"),
+])
+def test_the_worker_refuses_what_qemu_servers_scan_refuses_and_nothing_moves(data_sim, why, setup):
+    sim, api = data_sim
+    if setup == "foreign":
+        volid = make_disk(api, "vm-9999-foreign")
+        vmid = snapshot_vm(api, volid, 142)
+    else:
+        vmid = 143
+        volid = owning_vm(api, vmid)
+        api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/config", scsi1=volid))
+        api.wait(api.ok("POST", f"/nodes/pve1/qemu/{vmid}/snapshot", snapname="s1"))
+    status = api.wait(migrate(api, vmid, target="pve2").data)
+    assert status["exitstatus"].startswith("can't migrate VM - check log") and why in status["exitstatus"]
+    assert sim.cluster.volume(volid, "pve1") is not None
+    assert "lock" not in api.ok("GET", f"/nodes/pve1/qemu/{vmid}/config")
+
+
+def test_a_running_vm_needs_online_and_the_target_must_be_another_node(api):
+    reply = migrate(api, 100, target="pve2")
+    assert reply.status == 500 and reply.reason == "can't migrate running VM without --online"
+    reply = migrate(api, 100, target="pve1")
+    assert reply.status == 400 and "target is local node" in json.dumps(reply.json)

@@ -17,6 +17,8 @@ struct ControllerScene {
     let fake = FakeCluster()
     let volumes: ProxmoxVolumes
     let router: Router
+    /// The same service the router calls, for what is no RPC (the volume move).
+    let service: ControllerService
 
     init(profiles: String = "") {
         fake.addStorage("local-lvm", type: "lvmthin", capacity: 100 << 30)
@@ -36,7 +38,8 @@ struct ControllerScene {
         """ + profiles)
         volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: 0)
         var router = Router()
-        ControllerService(volumes: volumes, config: config).register(into: &router)
+        service = ControllerService(volumes: volumes, config: config)
+        service.register(into: &router)
         self.router = router
     }
 
