@@ -12,7 +12,7 @@ struct ProxmoxCSI: AsyncParsableCommand {
         commandName: "proxmox-csi",
         abstract: "Kubernetes CSI driver for Proxmox VE.",
         version: DriverInfo.version,
-        subcommands: [Serve.self, Check.self],
+        subcommands: [Serve.self, Check.self, MoveVolume.self],
         defaultSubcommand: Serve.self
     )
 

@@ -77,7 +77,7 @@ final class FakeKubernetesAPI: @unchecked Sendable {
     @Test func inAPodTheLabelsAreReadWithTheServiceAccount() async throws {
         let api = try FakeKubernetesAPI(nodes: ["k8s-node-1": ["csi.proxmox.sinextra.dev/max-volume-attachments": "12", "zone": "a"]])
         let reader = try #require(KubernetesNodeLabels.inCluster(environment: api.environment, directory: api.directory))
-        #expect(reader.apiURL == api.url)
+        #expect(reader.api.apiURL == api.url)
         #expect(try await reader.labels(ofNode: "k8s-node-1") == ["csi.proxmox.sinextra.dev/max-volume-attachments": "12", "zone": "a"])
     }
 

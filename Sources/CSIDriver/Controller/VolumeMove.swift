@@ -89,9 +89,11 @@ extension ControllerService {
         }
     }
 
-    /// Runs the move from wherever it stands to its end; `progress` hears of each step as it starts.
+    /// Runs the move from wherever it stands to its end (with `keepOriginal`, to just before the
+    /// original is deleted: Kubernetes follows first); `progress` hears of each step as it starts.
     /// Returns the volume's new id.
-    public func run(_ move: VolumeMove, timeout: Double, progress: @Sendable (String) -> Void) async throws -> String {
+    public func run(_ move: VolumeMove, timeout: Double, keepOriginal: Bool = false,
+                    progress: @Sendable (String) -> Void) async throws -> String {
         let deadline = ContinuousClock.now + .seconds(timeout)
         while true {
             guard ContinuousClock.now < deadline else {
@@ -110,6 +112,7 @@ extension ControllerService {
                 try await migrate(vm: vm, from: from, to: move.target, cluster: VolumeHandle(parsing: move.volumeID).cluster,
                                   started: migrating, deadline: deadline)
             case let .deleteOriginal(newID):
+                if keepOriginal { return newID }
                 progress("delete: the original \(move.volumeID) (the volume is \(newID) now)")
                 _ = try await deleteVolume(.with { $0.volumeID = move.volumeID })
             case let .done(newID):

@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CSIDriver
+import Foundation
+import ProxmoxDomain
+import UnaryGRPC
+
+/// Moves a PVC's volume (or a bare volume) to another Proxmox node: the
+/// Proxmox side through VolumeMove, the Kubernetes side through ClaimMove.
+/// Safe to run again after any interruption: each side goes on from where it stands.
+struct MoveVolume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "move-volume",
+        abstract: "Move a detached volume on local storage to another Proxmox node, and rebind its PVC there.",
+        discussion: """
+        Needs a Proxmox token with the driver's privileges and VM.Migrate, and (with --pvc) a Kubernetes \
+        service account that may get, create and delete PersistentVolumes and PersistentVolumeClaims, \
+        patch PersistentVolumes and list pods and VolumeAttachments. Run it in the controller's pod, or \
+        outside with --kube-api and --kube-token-file. Every change is printed as it is made; \
+        --dry-run prints them and changes nothing.
+        """)
+
+    @Option(help: "The driver's config file (the Proxmox clusters and the token).")
+    var config: String
+
+    @Option(name: .customLong("to-node"), help: "The Proxmox node to move the volume to.")
+    var target: String
+
+    @Option(help: "The claim to move, as NAMESPACE/NAME.")
+    var pvc: String?
+
+    @Option(name: .customLong("volume-id"), help: "A volume with no claim, by its CSI volume id.")
+    var volumeID: String?
+
+    @Flag(name: .customLong("dry-run"), help: "Print every change, make none.")
+    var dryRun = false
+
+    @Option(help: "Seconds the whole move may take (a large volume copies twice).")
+    var timeout: Double = 10_800
+
+    @Option(name: .customLong("driver-name"), help: "The CSI driver name the PersistentVolumes carry.")
+    var driverName = DriverInfo.defaultName
+
+    @Option(name: .customLong("kube-api"), help: "The Kubernetes API server (default: in-cluster).")
+    var kubeAPI: String?
+
+    @Option(name: .customLong("kube-token-file"), help: "A bearer token for --kube-api.")
+    var kubeTokenFile: String?
+
+    @Option(name: .customLong("kube-ca"), help: "The CA of --kube-api.")
+    var kubeCA: String?
+
+    func validate() throws {
+        guard (pvc == nil) != (volumeID == nil) else { throw ValidationError("give --pvc NAMESPACE/NAME or --volume-id, one of them") }
+        if let pvc, pvc.split(separator: "/").count != 2 { throw ValidationError("--pvc: \"\(pvc)\" is not NAMESPACE/NAME") }
+        if kubeAPI != nil, kubeTokenFile == nil { throw ValidationError("--kube-api needs --kube-token-file") }
+    }
+
+    func run() async throws {
+        let loaded: DriverConfig
+        do {
+            loaded = try DriverConfig.load(path: config)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let clusters = ProxmoxClusters(config: loaded, metrics: nil)
+        let volumes = ProxmoxVolumes(clusters: clusters.ordered, ownerVMID: loaded.ownerVMID, taskTimeout: timeout)
+        let controller = ControllerService(volumes: volumes, config: loaded)
+        do {
+            if let volumeID {
+                try await moveBare(volumeID, controller: controller)
+            } else {
+                try await moveClaim(controller: controller)
+            }
+        } catch let error as RPCError {
+            throw RuntimeFailure(description: error.message)
+        } catch {
+            throw RuntimeFailure(description: "\(error)")
+        }
+    }
+
+    private func moveBare(_ id: String, controller: ControllerService) async throws {
+        let move = VolumeMove(volumeID: id, target: target)
+        let stage = try await controller.stage(of: move)
+        if dryRun { return say(Self.proxmoxPlan(stage, move)) }
+        let moved = try await controller.run(move, timeout: timeout, progress: printLine)
+        printLine("moved: \(id) is \(moved); a PersistentVolume naming it must be made anew (--pvc does that)")
+    }
+
+    private func moveClaim(controller: ControllerService) async throws {
+        let parts = pvc!.split(separator: "/").map(String.init)
+        guard let api = kubeAPI.map({ KubernetesAPI(apiURL: $0, tokenFile: kubeTokenFile!, caFile: kubeCA) }) ?? KubernetesAPI.inCluster() else {
+            throw RuntimeFailure(description: "no Kubernetes API: run in a pod, or give --kube-api and --kube-token-file")
+        }
+        let claim = ClaimMove(api: api, namespace: parts[0], claim: parts[1], driverName: driverName)
+        let original: String
+        switch try await claim.stage() {
+        case let .bound(volume, volumeID):
+            let users = try await claim.users(volume: volume)
+            if !users.isEmpty {
+                throw RuntimeFailure(description: "\(pvc!) is in use (\(users.joined(separator: "; "))): "
+                    + "scale its workload down first; nothing was changed")
+            }
+            original = volumeID
+            let move = VolumeMove(volumeID: volumeID, target: target)
+            let stage = try await controller.stage(of: move)
+            if dryRun {
+                say(Self.proxmoxPlan(stage, move, keepOriginal: true))
+                let predicted = Self.predictedID(stage, move)
+                say(claim.plan(volume: volume, newID: predicted, zone: target).map { "kubernetes: " + $0 })
+                say(["proxmox: delete the original \(volumeID)"])
+                return
+            }
+            let moved = try await controller.run(move, timeout: timeout, keepOriginal: true, progress: printLine)
+            _ = try await claim.run(newID: moved, zone: target, progress: printLine)
+        case let .gone(newVolume), let .moved(newVolume, _):
+            guard let from = try await claim.originalVolumeID(of: newVolume) else {
+                throw RuntimeFailure(description: "PersistentVolume \(newVolume) does not say which volume it was moved from")
+            }
+            original = from
+            if dryRun { return say(["kubernetes: finish binding \(pvc!) to \(newVolume)", "proxmox: delete the original \(from) if it is still there"]) }
+            let moved = try await controller.run(VolumeMove(volumeID: from, target: target), timeout: timeout, keepOriginal: true, progress: printLine)
+            _ = try await claim.run(newID: moved, zone: target, progress: printLine)
+        }
+        let moved = try await controller.run(VolumeMove(volumeID: original, target: target), timeout: timeout, progress: printLine)
+        printLine("moved: \(pvc!) is bound to \(moved) on \(target)")
+    }
+
+    static func proxmoxPlan(_ stage: VolumeMove.Stage, _ move: VolumeMove, keepOriginal: Bool = false) -> [String] {
+        var steps: [String] = []
+        switch stage {
+        case let .copy(from, storage, bytes):
+            steps.append("proxmox: copy \(move.volumeID) (\(bytes) bytes) into a new stopped record VM on \(from), storage \(storage)")
+            fallthrough
+        case .copying:
+            steps.append("proxmox: migrate that VM offline to \(move.target) (its copy goes with it)")
+        case let .migrate(vm, from, migrating):
+            steps.append(migrating ? "proxmox: wait for VM \(vm) migrating to \(move.target)" : "proxmox: migrate VM \(vm) from \(from) to \(move.target)")
+        case .deleteOriginal, .done:
+            break
+        }
+        if !keepOriginal, case .done = stage {} else if !keepOriginal { steps.append("proxmox: delete the original \(move.volumeID)") }
+        return steps.isEmpty ? ["nothing to do: the move is done"] : steps
+    }
+
+    static func predictedID(_ stage: VolumeMove.Stage, _ move: VolumeMove) -> String {
+        if case let .deleteOriginal(newID) = stage { return newID }
+        let parts = move.volumeID.split(separator: "/", omittingEmptySubsequences: false)
+        return "\(parts.first ?? "")/\(move.target)/\(parts.count > 2 ? parts[2] : "")/vm-<record VM>-disk-0"
+    }
+
+    private func say(_ lines: [String]) {
+        lines.forEach(printLine)
+    }
+}
+
+/// Progress lines go to standard output at once: a caller (or a test) reads them as they come.
+@Sendable func printLine(_ line: String) {
+    var text = line + "\n"
+    text.withUTF8 { bytes in _ = Glibc.write(1, bytes.baseAddress, bytes.count) }
+}
