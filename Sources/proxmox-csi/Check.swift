@@ -15,12 +15,7 @@ struct Check: AsyncParsableCommand {
     var cluster: String?
 
     func run() async throws {
-        let loaded: DriverConfig
-        do {
-            loaded = try DriverConfig.load(path: config)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let loaded = try loadConfig(config)
         let clusters = loaded.clusters.filter { cluster == nil || $0.name == cluster }
         guard !clusters.isEmpty else { throw ValidationError("--cluster: no cluster named \"\(cluster ?? "")\" in \(config)") }
         for warning in loaded.warnings { print("warning: \(warning)") }

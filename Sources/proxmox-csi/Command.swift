@@ -42,6 +42,15 @@ struct ProxmoxCSI: AsyncParsableCommand {
     }
 }
 
+/// The config a subcommand names; a config that does not load is the user's input to fix (exit 2).
+func loadConfig(_ path: String) throws -> DriverConfig {
+    do {
+        return try DriverConfig.load(path: path)
+    } catch {
+        throw ValidationError("\(error)")
+    }
+}
+
 /// An error that is not the user's input (the socket cannot be bound, ...): exit 1.
 struct RuntimeFailure: Error, CustomStringConvertible {
     let description: String

@@ -59,12 +59,7 @@ struct MoveVolume: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let loaded: DriverConfig
-        do {
-            loaded = try DriverConfig.load(path: config)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let loaded = try loadConfig(config)
         let clusters = ProxmoxClusters(config: loaded, metrics: nil)
         let volumes = ProxmoxVolumes(clusters: clusters.ordered, ownerVMID: loaded.ownerVMID, taskTimeout: timeout)
         let controller = ControllerService(volumes: volumes, config: loaded)

@@ -114,12 +114,20 @@ extension ControllerService {
             case let .deleteOriginal(newID):
                 if keepOriginal { return newID }
                 progress("delete: the original \(move.volumeID) (the volume is \(newID) now)")
+                try await carryOptions(from: move.volumeID, to: newID, node: move.target)
                 _ = try await deleteVolume(.with { $0.volumeID = move.volumeID })
             case let .done(newID):
                 progress("done: \(newID)")
                 return newID
             }
         }
+    }
+
+    /// Options ControllerModifyVolume recorded for the volume (by its id) apply to it under its new id.
+    private func carryOptions(from original: String, to moved: String, node: String) async throws {
+        let cluster = try VolumeHandle(parsing: original).cluster
+        guard let recorded = try await volumes.copyVM(.options, csiName: original, cluster: cluster), !recorded.options.isEmpty else { return }
+        try await volumes.recordOptions(recorded.options, volumeID: moved, cluster: cluster, node: node)
     }
 
     /// CreateVolume from the volume, into the move's record VM; it answers

@@ -59,6 +59,18 @@ struct VolumeMoveTests {
         #expect(try await scene.service.stage(of: move) == .done(newID: newID))
     }
 
+    @Test func optionsAModifyRecordedFollowTheVolumeToItsNewID() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-o")
+        let _: Csi_V1_ControllerModifyVolumeResponse = try await scene.call("ControllerModifyVolume", Csi_V1_ControllerModifyVolumeRequest.with {
+            $0.volumeID = volume.volumeID
+            $0.mutableParameters = ["diskIOPS": "700"]
+        })
+        let moved = try await scene.service.run(VolumeMove(volumeID: volume.volumeID, target: "pve2"), timeout: 60) { _ in }
+        #expect(try await scene.volumes.copyVM(.options, csiName: moved, cluster: "main")?.options == ["diskIOPS": "700"])
+        #expect(try await scene.volumes.copyVM(.options, csiName: volume.volumeID, cluster: "main") == nil, "the original's went with it")
+    }
+
     @Test func anAttachedVolumeIsRefusedNamingItsVM() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a")
