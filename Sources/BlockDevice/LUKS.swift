@@ -29,6 +29,12 @@ public struct LUKS: Sendable {
     /// The plugin's cipher (aes-xts-plain64, 512-bit key: AES-256 in XTS), cryptsetup's LUKS2 default.
     public static let cipher = "aes-xts-plain64"
 
+    /// libblkid's TYPE of a LUKS header.
+    public static let signature = "crypto_LUKS"
+    /// The LUKS2 label of headers this driver writes: a block stage without a
+    /// passphrase tells its own encrypted volumes from a pod's own LUKS by it.
+    public static let label = "proxmox-csi"
+
     let runner: any CommandRunning
 
     public init(runner: any CommandRunning = ProcessRunner()) {
@@ -38,7 +44,7 @@ public struct LUKS: Sendable {
     /// Writes a LUKS2 header whose one key slot opens with `passphrase`. Only
     /// for a blank device: the caller has probed it.
     public func format(_ device: String, passphrase: SecretBytes) async throws {
-        try await run(["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", Self.cipher, "--key-size", "512",
+        try await run(["luksFormat", "--batch-mode", "--type", "luks2", "--label", Self.label, "--cipher", Self.cipher, "--key-size", "512",
                        "--pbkdf", "argon2id", "--pbkdf-memory", String(Self.pbkdfMemoryKiB), "--key-file=-", device],
                       input: passphrase, device: device, timeout: ToolTimeout.format)
     }
@@ -46,6 +52,13 @@ public struct LUKS: Sendable {
     /// Opens the LUKS device as /dev/mapper/`name`.
     public func open(_ device: String, as name: String, passphrase: SecretBytes, readonly: Bool) async throws {
         try await run(["open", "--type", "luks"] + (readonly ? ["--readonly"] : []) + ["--key-file=-", device, name],
+                      input: passphrase, device: device, timeout: ToolTimeout.mount)
+    }
+
+    /// Whether `passphrase` opens a key slot of the header on `device`, opening nothing
+    /// (wrongPassphrase when it does not).
+    public func test(_ device: String, passphrase: SecretBytes) async throws {
+        try await run(["open", "--test-passphrase", "--type", "luks", "--key-file=-", device],
                       input: passphrase, device: device, timeout: ToolTimeout.mount)
     }
 

@@ -6,6 +6,8 @@ public struct ProbeResult: Sendable, Equatable {
     public var type: String?
     /// Partition table type, e.g. `gpt`, `dos`.
     public var partitionTable: String?
+    /// The filesystem's (or LUKS2 header's) label, if it has one.
+    public var label: String? = nil
 
     /// Blank means nothing libblkid recognises: the only state the driver formats.
     public var isBlank: Bool { type == nil && partitionTable == nil }
@@ -24,12 +26,12 @@ public enum BlockProbe {
         }
         defer { blkid_free_probe(probe) }
         blkid_probe_enable_superblocks(probe, 1)
-        blkid_probe_set_superblocks_flags(probe, Int32(BLKID_SUBLKS_TYPE))
+        blkid_probe_set_superblocks_flags(probe, Int32(BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL))
         blkid_probe_enable_partitions(probe, 1)
         blkid_probe_set_partitions_flags(probe, Int32(BLKID_PARTS_MAGIC))
         switch blkid_do_safeprobe(probe) {
         case 0:
-            return ProbeResult(type: value(probe, "TYPE"), partitionTable: value(probe, "PTTYPE"))
+            return ProbeResult(type: value(probe, "TYPE"), partitionTable: value(probe, "PTTYPE"), label: value(probe, "LABEL"))
         case 1:
             return ProbeResult(type: nil, partitionTable: nil)
         case -2:

@@ -5,6 +5,7 @@ import ArgumentParser
 import CSIDriver
 import Foundation
 import ProxmoxDomain
+import ProxmoxAPI
 import UnaryGRPC
 
 /// Moves a PVC's volume (or a bare volume) to another Proxmox node: the
@@ -90,37 +91,52 @@ struct MoveVolume: AsyncParsableCommand {
             throw RuntimeFailure(description: "no Kubernetes API: run in a pod, or give --kube-api and --kube-token-file")
         }
         let claim = ClaimMove(api: api, namespace: parts[0], claim: parts[1], driverName: driverName)
-        let original: String
-        switch try await claim.stage() {
-        case let .bound(volume, volumeID):
-            let users = try await claim.users(volume: volume)
-            if !users.isEmpty {
-                throw RuntimeFailure(description: "\(pvc!) is in use (\(users.joined(separator: "; "))): "
-                    + "scale its workload down first; nothing was changed")
+        // Each stage leads to the next; a rerun enters wherever an earlier run stopped.
+        var stage = try await claim.stage()
+        while true {
+            switch stage {
+            case let .bound(volume, volumeID):
+                if (try? VolumeHandle(parsing: volumeID))?.node == target {
+                    return printLine("moved: \(pvc!) is bound to \(volumeID) on \(target)")
+                }
+                let users = try await claim.users(volume: volume)
+                if !users.isEmpty {
+                    throw RuntimeFailure(description: "\(pvc!) is in use (\(users.joined(separator: "; "))): "
+                        + "scale its workload down first; nothing was changed")
+                }
+                let move = VolumeMove(volumeID: volumeID, target: target)
+                let proxmox = try await controller.stage(of: move)
+                if dryRun {
+                    let kubernetes = claim.plan(volume: volume, newID: Self.predictedID(proxmox, move), zone: target)
+                    say(kubernetes.before.map { "kubernetes: " + $0 })
+                    say(Self.proxmoxPlan(proxmox, move, keepOriginal: true))
+                    say(kubernetes.after.map { "kubernetes: " + $0 })
+                    return say(["proxmox: delete the original \(volumeID)"])
+                }
+                try await claim.park(volume: volume, target: target, progress: printLine)
+            case let .parked(_, volumeID, parkedFor), let .gone(_, volumeID, parkedFor):
+                try requireTarget(parkedFor)
+                if dryRun { return say(["a move of \(pvc!) to \(parkedFor) is under way: run it again without --dry-run to go on"]) }
+                let moved = try await controller.run(VolumeMove(volumeID: volumeID, target: target), timeout: timeout,
+                                                     keepOriginal: true, progress: printLine)
+                _ = try await claim.rebind(newID: moved, zone: target, progress: printLine)
+            case let .moved(newVolume, oldVolume, originalID, movedTo):
+                try requireTarget(movedTo)
+                if dryRun { return say(["a move of \(pvc!) to \(movedTo) is under way: run it again without --dry-run to go on"]) }
+                if oldVolume != nil { _ = try await claim.rebind(newID: "", zone: target, progress: printLine) }
+                let moved = try await controller.run(VolumeMove(volumeID: originalID, target: target), timeout: timeout, progress: printLine)
+                try await claim.finish(newVolume: newVolume)
+                return printLine("moved: \(pvc!) is bound to \(moved) on \(target)")
             }
-            original = volumeID
-            let move = VolumeMove(volumeID: volumeID, target: target)
-            let stage = try await controller.stage(of: move)
-            if dryRun {
-                say(Self.proxmoxPlan(stage, move, keepOriginal: true))
-                let predicted = Self.predictedID(stage, move)
-                say(claim.plan(volume: volume, newID: predicted, zone: target).map { "kubernetes: " + $0 })
-                say(["proxmox: delete the original \(volumeID)"])
-                return
-            }
-            let moved = try await controller.run(move, timeout: timeout, keepOriginal: true, progress: printLine)
-            _ = try await claim.run(newID: moved, zone: target, progress: printLine)
-        case let .gone(newVolume), let .moved(newVolume, _):
-            guard let from = try await claim.originalVolumeID(of: newVolume) else {
-                throw RuntimeFailure(description: "PersistentVolume \(newVolume) does not say which volume it was moved from")
-            }
-            original = from
-            if dryRun { return say(["kubernetes: finish binding \(pvc!) to \(newVolume)", "proxmox: delete the original \(from) if it is still there"]) }
-            let moved = try await controller.run(VolumeMove(volumeID: from, target: target), timeout: timeout, keepOriginal: true, progress: printLine)
-            _ = try await claim.run(newID: moved, zone: target, progress: printLine)
+            stage = try await claim.stage()
         }
-        let moved = try await controller.run(VolumeMove(volumeID: original, target: target), timeout: timeout, progress: printLine)
-        printLine("moved: \(pvc!) is bound to \(moved) on \(target)")
+    }
+
+    /// A move under way goes on to the node it was started for, whatever this run names.
+    private func requireTarget(_ started: String) throws {
+        guard started == target else {
+            throw RuntimeFailure(description: "\(pvc!) is being moved to \(started): run the move with --to-node \(started) to finish it first")
+        }
     }
 
     static func proxmoxPlan(_ stage: VolumeMove.Stage, _ move: VolumeMove, keepOriginal: Bool = false) -> [String] {

@@ -57,11 +57,13 @@ struct EncryptionTests {
         let secret = SecretBytes(Self.passphrase)
         try await luks.format("/dev/vdb", passphrase: secret)
         try await luks.open("/dev/vdb", as: "csi-x", passphrase: secret, readonly: true)
+        try await luks.test("/dev/vdb", passphrase: secret)
         try await luks.resize("csi-x", passphrase: secret)
         try await luks.close("csi-x")
         let calls = recorder.calls.withLock { $0 }
-        #expect(calls.map(\.arguments.first) == ["luksFormat", "open", "resize", "close"])
-        #expect(calls.map(\.input) == [Self.passphrase, Self.passphrase, Self.passphrase, nil])
+        #expect(calls.map(\.arguments.first) == ["luksFormat", "open", "open", "resize", "close"])
+        #expect(calls[2].arguments.contains("--test-passphrase"))
+        #expect(calls.map(\.input) == [Self.passphrase, Self.passphrase, Self.passphrase, Self.passphrase, nil])
         #expect(calls.allSatisfy { $0.arguments.contains("--key-file=-") || $0.input == nil })
         #expect(calls.allSatisfy { !$0.arguments.joined().contains("battery") })
         #expect(calls[1].arguments.contains("--readonly"))
@@ -107,7 +109,8 @@ struct LUKSHeaderLoopTests {
     @Test func aHeaderFormattedFromThePipeOpensWithExactlyThosePassphraseBytes() async throws {
         let loop = try LoopDevice(megabytes: 64)
         try await LUKS().format(loop.device, passphrase: SecretBytes(EncryptionTests.passphrase))
-        #expect(try BlockProbe.probe(loop.device).type == "crypto_LUKS")
+        let header = try BlockProbe.probe(loop.device)
+        #expect(header.type == LUKS.signature && header.label == LUKS.label)
         func opens(_ passphrase: String) async throws -> Int32 {
             try await ProcessRunner().run("cryptsetup", ["open", "--test-passphrase", "--key-file=-", loop.device],
                                           input: SecretBytes(passphrase), timeout: 120).status

@@ -501,6 +501,20 @@ struct NodeServiceLoopTests {
         #expect(try sh(["blkid", "-p", disk.device]) == before)
     }
 
+    /// A raw block volume this driver encrypted (its LUKS2 label) is not staged without its
+    /// passphrase: the pod would get ciphertext. A pod's own LUKS (no such label) is its business.
+    @Test(.enabled(if: cryptsetupInstalled, "needs cryptsetup"))
+    func aBlockStageWithoutThePassphraseRefusesThisDriversLUKSButNotAPodsOwn() async throws {
+        let node = try NodeFixture()
+        let ours = try node.disk("pvc-ours")
+        try await LUKS().format(ours.device, passphrase: SecretBytes("s3cret"))
+        await expectCode(.failedPrecondition, "encryption-passphrase") { try await node.stage(ours, NodeFixture.block) }
+        let theirs = try node.disk("pvc-theirs")
+        try sh(["sh", "-c", "printf s3cret | cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 "
+            + "--pbkdf-force-iterations 1000 --key-file=- \(theirs.device)"])
+        try await node.stage(theirs, NodeFixture.block)
+    }
+
     /// Without Proxmox to ask, such a mount is not recognised as the volume's, and is left mounted.
     @Test func withoutProxmoxAPluginStagedMountIsLeftAlone() async throws {
         let node = try NodeFixture()

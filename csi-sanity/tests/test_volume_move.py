@@ -7,6 +7,7 @@ with the data in exactly one place and the claim's name and spec intact."""
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class FakeKubernetes:
             do_GET = do_POST = do_PATCH = do_DELETE = handle_any
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.handle_error = lambda request, address: None  # a client killed mid-request is the point here
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -180,11 +182,14 @@ def bed(tmp_path, start_driver):
 
 
 # What the move reports as it starts each step, in the order the steps come.
-STEPS = ["copy:", "copying:", "migrate:", "migrating:", "kubernetes: PersistentVolume", "kubernetes: claim", "delete:", "done:"]
+STEPS = [("park", r"kubernetes: PersistentVolume \S+ to Retain"), ("copy", r"copy:"), ("copying", r"copying:"),
+         ("migrate", r"migrate:"), ("migrating", r"migrating:"), ("new PV", r"kubernetes: PersistentVolume \S+ for "),
+         ("claim again", r"kubernetes: claim .* made again"), ("old PV", r"kubernetes: PersistentVolume \S+ deleted"),
+         ("delete", r"delete:"), ("done", r"done:")]
 
 
 def step_of(line):
-    return max((i for i, prefix in enumerate(STEPS) if line.startswith(prefix)), default=len(STEPS))
+    return next((i for i, (_, pattern) in enumerate(STEPS) if re.match(pattern, line)), len(STEPS))
 
 
 def move(bed, *extra):
@@ -219,8 +224,10 @@ def test_a_claim_in_use_is_refused_naming_its_pod_and_a_dry_run_changes_nothing(
     dry = subprocess.run(move(bed, "--dry-run"), capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[0].startswith("proxmox: copy " + bed["volume"]) and "migrate that VM offline to pve2" in lines[1]
-    assert any("create PersistentVolume pvc-0a1b2c3d-m" in line for line in lines)
+    assert lines[0].startswith("kubernetes: patch PersistentVolume pvc-0a1b2c3d: persistentVolumeReclaimPolicy Retain")
+    assert lines[1].startswith("kubernetes: delete PersistentVolumeClaim apps/data-db-0")
+    assert lines[2].startswith("proxmox: copy " + bed["volume"]) and "migrate that VM offline to pve2" in lines[3]
+    assert lines[4].startswith("kubernetes: create PersistentVolume pvc-0a1b2c3d-m")
     assert lines[-1] == "proxmox: delete the original " + bed["volume"]
     assert (json.dumps(kube.pvs, sort_keys=True), json.dumps(kube.pvcs, sort_keys=True), data_files(bed)) == before
 
@@ -238,7 +245,7 @@ def test_killed_at_every_step_the_move_converges_with_the_data_and_the_claim_int
             seen.append(line.strip())
             if k < len(STEPS) and step_of(line) >= k:
                 process.send_signal(signal.SIGKILL)
-                interrupted.append(STEPS[step_of(line)])
+                interrupted.append(STEPS[step_of(line)][0])
                 break
         process.wait(120)
         if process.returncode == 0:
@@ -246,7 +253,7 @@ def test_killed_at_every_step_the_move_converges_with_the_data_and_the_claim_int
             break
         assert process.returncode == -signal.SIGKILL, process.stderr.read()
     assert finished is not None and finished[-1].startswith("moved: apps/data-db-0 is bound to sim/pve2/local-lvm/vm-")
-    assert {"copy:", "migrate:", "kubernetes: PersistentVolume", "kubernetes: claim", "delete:"} <= set(interrupted), interrupted
+    assert {"park", "copy", "migrate", "new PV", "claim again", "old PV", "delete"} <= set(interrupted), interrupted
     new_id = finished[-1].split(" is bound to ")[1].split(" on ")[0]
 
     # Proxmox: the data once, on pve2, in the volume the new id names; the original gone.
@@ -267,6 +274,12 @@ def test_killed_at_every_step_the_move_converges_with_the_data_and_the_claim_int
     # Nothing left over: no VM locked, no second copy, and a rerun has nothing to do.
     state = sim_state(bed)
     assert not [vmid for vmid, vm in state["vms"].items() if vm["config"].get("lock")]
+    assert not any(key.startswith("proxmox-csi.move/") for key in pv["metadata"]["annotations"]), "the move's notes are gone"
     again = subprocess.run(move(bed), capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == finished[-1], again.stdout + again.stderr
     assert data_files(bed) == [f"pve2-local-lvm/{new_id.split('/')[-1]}"]
+    # And back: a claim moves as often as it is asked to.
+    back = subprocess.run(move(bed)[:5] + ["pve1"] + move(bed)[6:], capture_output=True, text=True, timeout=120)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert back.stdout.splitlines()[-1].startswith("moved: apps/data-db-0 is bound to sim/pve1/local-lvm/vm-")
+    assert [f.split("/")[0] for f in data_files(bed)] == ["pve1-local-lvm"] and len(kube.pvs) == 1

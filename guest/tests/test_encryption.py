@@ -105,6 +105,9 @@ def test_an_encrypted_volume_lives_its_whole_life_and_keeps_its_data(bed, encryp
     first_uuid = bed.vm.sh_ok(f"blkid -o value -s UUID /dev/mapper/{mapping}").strip()
     volume.stage()  # kubelet retries: the same answer, nothing formatted again
     assert bed.vm.sh_ok(f"blkid -o value -s UUID /dev/mapper/{mapping}").strip() == first_uuid
+    # The open mapping is no way past the passphrase.
+    code, message = code_of(lambda: volume.stage(secrets=WRONG))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "passphrase" in message, message
     volume.publish()
     bed.vm.sh_ok(f"echo precious > {volume.target}/data && sync")
     # The file's block, where the filesystem put it (FIEMAP, in 512-byte sectors of the mapping),
@@ -192,6 +195,9 @@ def test_an_encrypted_raw_block_volume_hands_the_pod_the_mapping(bed, encrypted)
     volume.unpublish()
     volume.unstage()
     assert volume.mappings() == []
+    # Staged without its secret (a static PV lacking nodeStageSecretRef), it is refused, not handed over as ciphertext.
+    code, message = code_of(lambda: volume.stage(secrets={}))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "encryption-passphrase" in message, message
     # A volume staged encrypted whose mapping is gone is never handed over raw.
     bed.vm.sh_ok(f"mkdir -p {volume.staging}")
     volume.stage()

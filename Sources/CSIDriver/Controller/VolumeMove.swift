@@ -59,7 +59,8 @@ extension ControllerService {
                 if copy.vm.node == move.target, copy.settled, let volid = copy.volid {
                     let moved = VolumeHandle(cluster: handle.cluster, node: move.target, storage: handle.storage,
                                              volume: Volid.volumeName(of: volid)).description
-                    return try await volumes.existing(move.volumeID) == nil ? .done(newID: moved) : .deleteOriginal(newID: moved)
+                    // One kept only for its native snapshots is gone to the CO (it goes with its last snapshot).
+                    return try await liveVolume(move.volumeID) == nil ? .done(newID: moved) : .deleteOriginal(newID: moved)
                 }
                 if copy.vm.node == move.target || copy.settled || copy.vm.node != handle.node {
                     return .migrate(vm: copy.vm.vmid, from: copy.vm.node, migrating: copy.copying)
@@ -105,7 +106,8 @@ extension ControllerService {
                 try await startCopy(move, storage: storage, bytes: bytes)
             case let .copying(vm):
                 progress("copying: waiting for the copy into VM \(vm)")
-                try await startCopy(move, storage: nil, bytes: 0)
+                // The same size as the first ask: a smaller one would grow the copy to the default.
+                try await startCopy(move, storage: nil, bytes: liveVolume(move.volumeID)?.size ?? 0)
             case let .migrate(vm, from, migrating):
                 progress(migrating ? "migrating: waiting for VM \(vm) to reach \(move.target)"
                                    : "migrate: VM \(vm) from \(from) to \(move.target)")

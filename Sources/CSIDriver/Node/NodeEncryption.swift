@@ -37,14 +37,23 @@ extension NodeService {
     /// disk (a retry, or one proxmox-csi-plugin opened before the switch) is used as it is.
     func openEncrypted(_ volume: NodeVolume, disk: (path: String, number: String), passphrase: SecretBytes,
                        readonly: Bool, what: String) async throws -> (path: String, number: String) {
-        if let open = finder.mappings.mappings(over: disk.number).first { return try mappingDevice(open.name, what: what) }
+        if let open = finder.mappings.mappings(over: disk.number).first {
+            // Open already (a retry, a restart, the plugin): still only for this passphrase and this mode.
+            try await luksCall(what) { try await luks.test(disk.path, passphrase: passphrase) }
+            let openReadOnly = KernelFile.value(finder.mappings.sysRoot + "/block/" + open.kernelName + "/ro") == "1"
+            if openReadOnly != readonly {
+                throw RPCError(.failedPrecondition, "\(what): the volume's LUKS mapping \(open.name) is open "
+                    + "\(readonly ? "read-write" : "read-only"), and this stage asks \(readonly ? "read-only" : "read-write"); unstage it first")
+            }
+            return try mappingDevice(open.name, what: what)
+        }
         let found = try await probe(disk.path, what: what)
         if found.isBlank {
             guard !readonly else {
                 throw RPCError(.failedPrecondition, "\(what): \(disk.path) is blank; it is not encrypted because it is to be used read-only")
             }
             try await luksCall(what) { try await luks.format(disk.path, passphrase: passphrase) }
-        } else if found.type != "crypto_LUKS" || found.partitionTable != nil {
+        } else if found.type != LUKS.signature || found.partitionTable != nil {
             throw RPCError(.failedPrecondition, "\(what): \(disk.path) holds \(found.summary) in the clear, not a LUKS header; "
                 + "an encrypted StorageClass never encrypts a device that holds data")
         }
@@ -74,6 +83,17 @@ extension NodeService {
                 throw RPCError(.internal, "\(what): \(failure)")
             }
         }
+    }
+
+    /// A block stage with no passphrase of a disk this driver encrypted (its LUKS2
+    /// label) is refused: the pod would get ciphertext, and its writes would
+    /// destroy the header. (A LUKS header without the label is the pod's own: a
+    /// workload may encrypt its raw block volume itself.)
+    func refuseOwnLUKS(_ disk: (path: String, number: String), what: String) async throws {
+        let found = try await probe(disk.path, what: what)
+        guard found.type == LUKS.signature, found.label == LUKS.label else { return }
+        throw RPCError(.failedPrecondition, "\(what): \(disk.path) is a volume this driver encrypted; its StorageClass must "
+            + "give the passphrase in the node-stage secret (key \(Self.encryptionPassphraseKey)); it is not handed over as ciphertext")
     }
 
     /// Grows an open mapping to its grown disk (the passphrase from the
@@ -118,7 +138,7 @@ extension NodeService {
     }
 
     /// cryptsetup's failures as CSI codes: a wrong passphrase and a busy mapping are the caller's to fix.
-    private func luksCall(_ what: String, _ body: () async throws -> Void) async throws {
+    func luksCall(_ what: String, _ body: () async throws -> Void) async throws {
         do {
             try await body()
         } catch let failure as LUKS.Failure {

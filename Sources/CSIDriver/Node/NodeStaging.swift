@@ -24,9 +24,12 @@ extension NodeService {
         guard case .mount = capability.accessType else {
             return try await serialized(volume.id) {
                 let disk = try await device(of: volume, timeout: settings.deviceWaitSeconds)
-                try identities.record(volume.identity(encrypted: passphrase != nil))
                 if let passphrase {
+                    try identities.record(volume.identity(encrypted: true))
                     _ = try await openEncrypted(volume, disk: disk, passphrase: passphrase, readonly: readonly, what: what)
+                } else {
+                    try await refuseOwnLUKS(disk, what: what)
+                    try identities.record(volume.identity(encrypted: false))
                 }
                 return .init()
             }
@@ -109,11 +112,7 @@ extension NodeService {
         if let passphrase {
             let what = "NodeStageVolume \(volume.id)"
             let name = (source.path as NSString).lastPathComponent
-            do {
-                try await luks.resize(name, passphrase: passphrase)
-            } catch let failure as LUKS.Failure {
-                throw RPCError(.internal, "\(what): \(failure)")
-            }
+            try await luksCall(what) { try await luks.resize(name, passphrase: passphrase) }
         }
         do {
             try await mounter.grow(fsType: fsType, device: source.path, mountPoint: path)
