@@ -90,8 +90,12 @@ extension ProxmoxVolumes {
     /// an old crash left twins). `fresh` asks each node for its VMs' names as
     /// their configs say now, not the cluster resources' up to 10 s old ones.
     package func copyVM(_ kind: CopyVM.Kind, csiName: String, cluster: String, fresh: Bool = true) async throws -> CopyVM? {
+        try await copyVM(kind, csiName: csiName, among: fresh ? vmsAsConfigured(cluster) : vms(cluster))
+    }
+
+    /// The same, among VMs the caller listed already (one listing for several lookups).
+    package func copyVM(_ kind: CopyVM.Kind, csiName: String, among candidates: [VMRef]) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
-        let candidates = fresh ? try await vmsAsConfigured(cluster) : try await vms(cluster)
         guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
         let vmConfig: VMConfig
         do {

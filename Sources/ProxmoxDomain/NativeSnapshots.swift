@@ -96,9 +96,10 @@ extension ProxmoxVolumes {
     package static func isSourceVM(_ vm: VMRef) -> Bool { vm.name.hasPrefix(SourceVM.prefix) }
 
     /// The source VM of a volume, if it has one.
-    package func sourceVM(of volumeID: String, cluster: String) async throws -> SourceVM? {
+    package func sourceVM(of volumeID: String, cluster: String, among listed: [VMRef]? = nil) async throws -> SourceVM? {
         let name = SourceVM.vmName(source: volumeID)
-        guard let vm = try await vmsAsConfigured(cluster).filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
+        let candidates = if let listed { listed } else { try await vmsAsConfigured(cluster) }
+        guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
         return try await sourceVM(vm)
     }
 
@@ -200,8 +201,8 @@ extension ProxmoxVolumes {
     /// A volume with native snapshots is kept for them: marked deleted, freed with the
     /// last snapshot (every plugin's free_image takes a volume's snapshots with it).
     /// True when the volume was kept; false when it has no snapshots (the caller frees it).
-    package func keepForSnapshots(_ volumeID: String, cluster: String) async throws -> Bool {
-        guard let source = try await sourceVM(of: volumeID, cluster: cluster) else { return false }
+    package func keepForSnapshots(_ volumeID: String, cluster: String, among listed: [VMRef]? = nil) async throws -> Bool {
+        guard let source = try await sourceVM(of: volumeID, cluster: cluster, among: listed) else { return false }
         let client = try client(cluster)
         return try await vmLocks.run("\(cluster)/source/\(source.vm.name)") {
             if try await self.nativeSnapshots(of: source).isEmpty {

@@ -296,11 +296,11 @@ extension ControllerService {
     }
 
     /// The record VM owning a restored or cloned volume, if the handle names one.
-    func recordVM(of handle: VolumeHandle) async throws -> CopyVM? {
-        guard let owner = handle.ownerVMID, owner != config.ownerVMID,
-              // Fresh: a record VM made by a clone is named only when its copy ends, after a cached listing may have been taken.
-              let vm = try await volumes.vms(handle.cluster, fresh: true).first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) })
-        else { return nil }
+    func recordVM(of handle: VolumeHandle, among listed: [VMRef]? = nil) async throws -> CopyVM? {
+        guard let owner = handle.ownerVMID, owner != config.ownerVMID else { return nil }
+        // Fresh: a record VM made by a clone is named only when its copy ends, after a cached listing may have been taken.
+        let candidates = if let listed { listed } else { try await volumes.vms(handle.cluster, fresh: true) }
+        guard let vm = candidates.first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }) else { return nil }
         return try await volumes.copyVM(vm)
     }
 }

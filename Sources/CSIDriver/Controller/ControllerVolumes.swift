@@ -131,16 +131,18 @@ extension ControllerService {
                 throw RPCError(.failedPrecondition, "volume \(handle) is still attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
                     + "unpublish it first")
             }
-            if let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, cluster: handle.cluster) {
+            // One listing of the VMs as their configs name them now, for the three lookups below.
+            let listed = try await volumes.vmsAsConfigured(handle.cluster)
+            if let recorded = try await volumes.copyVM(.options, csiName: request.volumeID, among: listed) {
                 try await volumes.destroy(recorded)
             }
             // A restored or cloned volume belongs to its record VM: destroying that frees it.
-            if let record = try await recordVM(of: handle) {
+            if let record = try await recordVM(of: handle, among: listed) {
                 try await volumes.destroy(record)
                 return .init()
             }
             // Native snapshots of it need its data: it is kept (hidden) until the last one goes.
-            if try await volumes.keepForSnapshots(request.volumeID, cluster: handle.cluster) { return .init() }
+            if try await volumes.keepForSnapshots(request.volumeID, cluster: handle.cluster, among: listed) { return .init() }
             try await volumes.delete(handle, storage: storage)
             return .init()
         } catch {
