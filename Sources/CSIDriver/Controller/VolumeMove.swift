@@ -16,7 +16,8 @@ import UnaryGRPC
 /// owns the copy), that stopped VM is migrated (POST …/migrate, VM.Migrate;
 /// sync_offline_local_volumes copies its unused disk to the same storage on
 /// the target, renaming it if the name is taken there), and the original is
-/// deleted last. Each step is found again from Proxmox alone (the record VM is
+/// deleted last. A volume a record VM owns already (restored or cloned) is
+/// moved by migrating that VM, without a copy. Each step is found again from Proxmox alone (the record VM is
 /// named after the move), so a rerun after a crash at any point goes on from
 /// there, and the data is never in no place.
 public struct VolumeMove: Sendable {
@@ -67,6 +68,12 @@ extension ControllerService {
                 }
                 return .copying(vm: copy.vm.vmid)
             }
+            // A restored or cloned volume is its record VM's own: that VM migrates with it, no copy.
+            let record = try await recordVM(of: handle)
+            if let record, record.settled, record.vm.node == move.target, let volid = record.volid {
+                return .done(newID: VolumeHandle(cluster: handle.cluster, node: move.target, storage: handle.storage,
+                                                 volume: Volid.volumeName(of: volid)).description)
+            }
             guard let (found, storage, size) = try await liveVolume(move.volumeID) else {
                 throw RPCError(.notFound, "\(what): the volume does not exist")
             }
@@ -83,6 +90,9 @@ extension ControllerService {
             if let (vm, key) = users.first {
                 throw RPCError(.failedPrecondition, "\(what): it is attached to VM \(vm.vmid) (\(vm.name)) as \(key); "
                     + "a volume moves only while no VM uses it")
+            }
+            if let record, record.settled {
+                return .migrate(vm: record.vm.vmid, from: record.vm.node, migrating: record.copying)
             }
             return .copy(from: from, storage: storage.id, bytes: size)
         } catch {

@@ -71,6 +71,20 @@ struct VolumeMoveTests {
         #expect(try await scene.volumes.copyVM(.options, csiName: volume.volumeID, cluster: "main") == nil, "the original's went with it")
     }
 
+    @Test func aVolumeItsRecordVMOwnsMovesWithThatVMAndIsNotCopied() async throws {
+        let scene = ControllerScene()
+        let source = try await scene.create("pvc-s")
+        let clone = try await scene.restore("pvc-c") { $0.volume.volumeID = source.volumeID }
+        let owner = try #require(VolumeHandle(parsing: clone.volumeID).ownerVMID)
+        let move = VolumeMove(volumeID: clone.volumeID, target: "pve2")
+        #expect(try await scene.service.stage(of: move) == .migrate(vm: owner, from: "pve1", migrating: false))
+        let vmsBefore = scene.fake.state.withLock { $0.vms.count }
+        let moved = try await scene.service.run(move, timeout: 60) { _ in }
+        #expect(moved == "main/pve2/local-lvm/" + clone.volumeID.split(separator: "/").last!)
+        #expect(scene.fake.vm(owner)?.node == "pve2" && scene.fake.state.withLock { $0.vms.count } == vmsBefore, "no copy VM")
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-s") != nil, "the clone's source is untouched")
+    }
+
     @Test func anAttachedVolumeIsRefusedNamingItsVM() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a")
