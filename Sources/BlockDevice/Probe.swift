@@ -18,6 +18,11 @@ public enum BlockProbe {
         public let description: String
     }
 
+    /// The same, on a thread of its own: reading a dying disk can block, and must not block the pool.
+    public static func probeOffThread(_ path: String) async throws(Failure) -> ProbeResult {
+        try await OwnedThread.run { () throws(Failure) in try probe(path) }
+    }
+
     /// Probes superblocks and partition tables (libblkid's safe probe, which
     /// reports ambiguous signatures instead of guessing).
     public static func probe(_ path: String) throws(Failure) -> ProbeResult {

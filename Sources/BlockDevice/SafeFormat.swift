@@ -37,8 +37,7 @@ public struct SafeFormat: Sendable {
                                  mayFormat: Bool = true) async throws -> Bool {
         let found: ProbeResult
         do {
-            // Reading a dying disk can block: on a thread of its own, not the pool's.
-            found = try await OwnedThread.run { () throws(BlockProbe.Failure) in try BlockProbe.probe(device) }
+            found = try await BlockProbe.probeOffThread(device)
         } catch {
             throw Failure.probe(error.description)
         }

@@ -53,7 +53,9 @@ extension ControllerService {
             guard let handle = try? VolumeHandle(parsing: move.volumeID) else {
                 throw RPCError(.invalidArgument, "\(what): \"\(move.volumeID)\" is not a proxmox-csi volume id")
             }
-            if let copy = try await volumes.copyVM(.volume, csiName: move.copyName, cluster: handle.cluster) {
+            // One listing of the VMs as configured for both lookups: the move's copy VM, the volume's record VM.
+            let listed = try await volumes.vmsAsConfigured(handle.cluster)
+            if let copy = try await volumes.copyVM(.volume, csiName: move.copyName, among: listed) {
                 guard copy.source == move.volumeID else {
                     throw RPCError(.alreadyExists, "\(what): its record VM \(copy.vm.vmid) holds a copy of \(copy.source)")
                 }
@@ -69,7 +71,7 @@ extension ControllerService {
                 return .copying(vm: copy.vm.vmid)
             }
             // A restored or cloned volume is its record VM's own: that VM migrates with it, no copy.
-            let record = try await recordVM(of: handle)
+            let record = try await recordVM(of: handle, among: listed)
             if let record, record.settled, record.vm.node == move.target, let volid = record.volid {
                 return .done(newID: VolumeHandle(cluster: handle.cluster, node: move.target, storage: handle.storage,
                                                  volume: Volid.volumeName(of: volid)).description)

@@ -69,12 +69,11 @@ extension NodeService {
     /// opened), and this driver's by name when the disk is gone.
     func closeEncrypted(_ volumeID: String, what: String) async throws {
         // Most nodes hold no crypt mapping at all: then there is nothing to look up.
-        guard !finder.mappings.all().isEmpty else { return }
+        let open = finder.mappings.all()
+        guard !open.isEmpty else { return }
         let volume = try await knownVolume(volumeID)
-        var names = [Self.mappingName(of: volume.id)].filter { finder.mappings.mapping(named: $0) != nil }
-        if let disk = finder.find(serial: volume.serial, wwn: volume.wwn), let number = DeviceFacts.blockDeviceNumber(disk) {
-            names += finder.mappings.mappings(over: number).map(\.name).filter { !names.contains($0) }
-        }
+        let disk = finder.find(serial: volume.serial, wwn: volume.wwn).flatMap(DeviceFacts.blockDeviceNumber)
+        let names = open.filter { $0.name == Self.mappingName(of: volume.id) || (disk != nil && $0.lowerNumber == disk) }.map(\.name)
         for name in names {
             do {
                 try await luks.close(name)
@@ -131,7 +130,7 @@ extension NodeService {
 
     private func probe(_ path: String, what: String) async throws -> ProbeResult {
         do {
-            return try await OwnedThread.run { () throws(BlockProbe.Failure) in try BlockProbe.probe(path) }
+            return try await BlockProbe.probeOffThread(path)
         } catch {
             throw RPCError(.internal, "\(what): \(error)")
         }
