@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
@@ -13,16 +13,18 @@ let package = Package(
         .library(name: "CSIProto", targets: ["CSIProto"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // No traits: the default BinaryDelimitedStreams trait links all of Foundation (and ICU) for streams we never use.
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C libraries at the edge: module maps plus small shims.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .target(name: "CLinux"),
+        // String helpers the standard library lacks, so no module needs Foundation.
+        .target(name: "TextSupport", swiftSettings: strict),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
 
         // Generated from proto/csi.proto by scripts/generate-proto; never edited by hand.
@@ -44,20 +46,20 @@ let package = Package(
         // The Proxmox VE API client (libcurl). Knows no CSI.
         .target(
             name: "ProxmoxAPI",
-            dependencies: ["CCurl"],
+            dependencies: ["CCurl", "CLinux", "TextSupport"],
             swiftSettings: strict
         ),
         // The Proxmox domain: volumes and handles, VM disk slots, batched config
         // writes, copy/holder/option VMs. Knows no CSI and no gRPC; its errors are its own.
         .target(
             name: "ProxmoxDomain",
-            dependencies: ["ProxmoxAPI"],
+            dependencies: ["ProxmoxAPI", "TextSupport"],
             swiftSettings: strict
         ),
         // Block devices on the node: mounts, probing, formatting. Knows no CSI.
         .target(
             name: "BlockDevice",
-            dependencies: ["CBlkid", "CLinux"],
+            dependencies: ["CBlkid", "CLinux", "TextSupport"],
             swiftSettings: strict
         ),
         // Prometheus metrics: counters, histograms, the text format and a small HTTP endpoint.
@@ -70,9 +72,8 @@ let package = Package(
         .target(
             name: "CSIDriver",
             dependencies: [
-                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "BlockDevice", "Metrics", "CLinux",
+                "CSIProto", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "BlockDevice", "Metrics", "CLinux", "TextSupport",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -80,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics", "BlockDevice",
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics", "BlockDevice", "TextSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// An open dm-crypt mapping, as the kernel lists it under
 /// `/sys/block/dm-N`: `dm/name` (what /dev/mapper calls it), `dm/uuid`

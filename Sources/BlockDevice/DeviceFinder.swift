@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import TextSupport
 
 /// One disk as the guest kernel lists it under `<sys>/block`, with the
 /// identity the hypervisor gave it (see shared GUEST-DEVICES.md).
@@ -102,7 +103,7 @@ public struct DeviceFinder: Sendable {
         for link in ["virtio-" + serial] + (wwn.map { ["wwn-" + $0.lowercased()] } ?? []) {
             let path = devRoot + "/disk/by-id/" + link
             if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
-                return target.hasPrefix("/") ? target : (devRoot + "/disk/by-id/" + target as NSString).standardizingPath
+                return target.hasPrefix("/") ? target : (devRoot + "/disk/by-id/" + target).standardizedPath
             }
         }
         return nil
@@ -143,12 +144,12 @@ public struct DeviceFinder: Sendable {
     static func serial(fromVPD80 page: [UInt8]) -> String? {
         guard page.count > 4, page[1] == 0x80 else { return nil }
         let length = min(Int(page[3]), page.count - 4)
-        return String(decoding: page[4..<(4 + length)], as: UTF8.self).trimmingCharacters(in: .whitespaces.union(.controlCharacters))
+        return String(decoding: page[4..<(4 + length)], as: UTF8.self).trimmed(while: \.isBlankOrControl)
     }
 
     /// How sysfs writes a WWN: `0x5056…` becomes `naa.5056…`.
     static func wwid(ofWWN wwn: String) -> String {
-        "naa." + wwn.lowercased().replacingOccurrences(of: "0x", with: "")
+        "naa." + wwn.lowercased().replacing("0x", with: "")
     }
 
 }

@@ -1,3 +1,4 @@
+import TextSupport
 /// LUKS2 through cryptsetup(8). The passphrase reaches cryptsetup only on
 /// its standard input (`--key-file=-`, read to the end, so every byte counts,
 /// a trailing newline included): never in argv, where any process can read
@@ -76,7 +77,7 @@ public struct LUKS: Sendable {
     private func run(_ arguments: [String], input: SecretBytes?, device: String, timeout: Double) async throws {
         let result = try await runner.run("cryptsetup", arguments, input: input, timeout: timeout)
         guard !result.succeeded else { return }
-        let output = result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        let output = result.output.trimmed()
         let command = "cryptsetup \(arguments.first ?? "") \(device)"
         if result.timedOut { throw Failure.timedOut("\(command): \(output)") }
         // cryptsetup(8) EXIT STATUS: 2 no permission (bad passphrase), 5 device already exists or device is busy.

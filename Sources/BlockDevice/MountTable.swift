@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import FoundationEssentials
 
 /// One line of /proc/self/mountinfo.
 public struct MountEntry: Sendable, Equatable {

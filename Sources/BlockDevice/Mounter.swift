@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import TextSupport
 
 /// Mounts through util-linux's mount(8), which knows every filesystem's
 /// option syntax, and checks and grows filesystems with their own tools;
@@ -38,7 +39,7 @@ public struct Mounter: Sendable {
         let result = try await runner.run("fsck.ext4", ["-p", device], timeout: ToolTimeout.check)
         guard result.status <= 1 else {
             throw Failure(description: "fsck.ext4 \(device) found errors it could not repair (exit \(result.status)): "
-                + result.output.trimmingCharacters(in: .whitespacesAndNewlines), timedOut: result.timedOut)
+                + result.output.trimmed(), timedOut: result.timedOut)
         }
     }
 
@@ -53,14 +54,14 @@ public struct Mounter: Sendable {
         let result = try await runner.run(tool, arguments, timeout: ToolTimeout.grow)
         guard result.succeeded else {
             throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (exit \(result.status)): "
-                + result.output.trimmingCharacters(in: .whitespacesAndNewlines), timedOut: result.timedOut)
+                + result.output.trimmed(), timedOut: result.timedOut)
         }
     }
 
     private func run(_ arguments: [String], _ what: String) async throws {
         let result = try await runner.run("mount", arguments, timeout: ToolTimeout.mount)
         guard result.succeeded else {
-            throw Failure(description: "\(what) failed: \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))",
+            throw Failure(description: "\(what) failed: \(result.output.trimmed())",
                           timedOut: result.timedOut)
         }
     }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 /// Scans of one LUN on the guest's virtio-scsi hosts, for a hot-plug event

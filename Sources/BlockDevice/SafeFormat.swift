@@ -1,3 +1,4 @@
+import TextSupport
 /// Formats a device only when it holds nothing libblkid recognises, the way
 /// k8s mount-utils' SafeFormatAndMount does: a device with a filesystem or a
 /// partition table is never formatted.
@@ -52,7 +53,7 @@ public struct SafeFormat: Sendable {
         let result = try await runner.run(tool, arguments, timeout: ToolTimeout.format)
         guard result.succeeded else {
             if result.timedOut { throw Failure.timedOut("\(tool) \(device): \(result.output)") }
-            throw Failure.tool("\(tool) \(device) failed (exit \(result.status)): \(result.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw Failure.tool("\(tool) \(device) failed (exit \(result.status)): \(result.output.trimmed())")
         }
         return true
     }

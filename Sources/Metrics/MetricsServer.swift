@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CLinux
-import Foundation
+import Dispatch
 import Synchronization
 import UnaryGRPC
 
@@ -23,11 +23,13 @@ public final class MetricsServer: Sendable {
     }
 
     public func start() {
-        Thread.detachNewThread { [self] in
+        // Without a thread the endpoint would be silently dead; a failed start is a crash worth seeing.
+        let thread = try! spawnThread(named: "metrics") { [self] in
             while !stopping.load(ordering: .relaxed) { serveOne() }
             listener.close()
             stopped.signal()
         }
+        pthread_detach(thread)
     }
 
     public func stop() {
@@ -79,6 +81,6 @@ public final class MetricsServer: Sendable {
         let path = parts[1].split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         guard path == "/metrics" else { return reply("404 Not Found", "text/plain", "metrics are at /metrics\n") }
         let text = reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", registry.render())
-        return parts[0] == "HEAD" ? String(text.prefix(upTo: text.range(of: "\r\n\r\n")!.upperBound)) : text
+        return parts[0] == "HEAD" ? String(text.prefix(upTo: text.firstRange(of: "\r\n\r\n")!.upperBound)) : text
     }
 }

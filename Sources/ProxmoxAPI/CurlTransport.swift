@@ -1,6 +1,11 @@
 import CCurl
-import Foundation
+import CLinux
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
+import TextSupport
 
 /// HTTP over libcurl's multi interface, driven by one thread of its own.
 ///
@@ -59,9 +64,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         // requests only wait at the server, and a flood of new connections overruns
         // its listen queue. Beyond this many, requests wait here for a free connection.
         _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, Self.maxConnectionsPerHost)
-        let thread = Thread { [self] in run() }
-        thread.name = "proxmox-http"
-        thread.start()
+        startTransferThread { [self] in run() }
     }
 
     deinit {
@@ -165,7 +168,8 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
             }
             // "HTTP/1.1 500 VM is locked (backup)": keep the reason phrase.
             if line.hasPrefix("HTTP/") {
-                let parts = line.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ", maxSplits: 2)
+                let parts = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
+                    .map { $0.trimmed() }
                 job.reason = parts.count == 3 ? String(parts[2]) : ""
             }
             return length
@@ -238,3 +242,20 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         }
     }
 }
+
+/// The transfer loop's detached thread (named for `top -H` and core dumps).
+private func startTransferThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    guard pthread_create(&thread, nil, { raw in
+        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+        return nil
+    }, box) == 0 else {
+        // Without its thread the transport can do nothing; say so at once.
+        fatalError("cannot start the Proxmox HTTP thread: \(errno)")
+    }
+    pthread_detach(thread)
+    _ = CLinux_pthread_setname(thread, "proxmox-http")
+}
+

@@ -1,5 +1,3 @@
-import Foundation
-
 /// A decoded JSON value. Proxmox is loose with types (numbers as strings,
 /// booleans as 0/1), so the accessors accept either form.
 public enum JSONValue: Sendable, Equatable {
@@ -11,22 +9,14 @@ public enum JSONValue: Sendable, Equatable {
     case null
 
     public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
-        let any = try JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])
-        return JSONValue(any)
+        try JSONParser.parse(bytes)
     }
 
-    init(_ any: Any) {
-        switch any {
-        case let value as [String: Any]: self = .object(value.mapValues(JSONValue.init))
-        case let value as [Any]: self = .array(value.map(JSONValue.init))
-        case let value as String: self = .string(value)
-        // Check the exact type: a number must not pass for a boolean.
-        case let value as Bool where type(of: any) == Bool.self: self = .bool(value)
-        case let value as Int: self = .number(Double(value))
-        case let value as Double: self = .number(value)
-        case let value as NSNumber: self = .number(value.doubleValue)
-        default: self = .null
-        }
+    /// The value as JSON text, members sorted.
+    public func serialized() -> [UInt8] {
+        var writer = JSONWriter()
+        writer.write(self)
+        return writer.bytes
     }
 
     public subscript(key: String) -> JSONValue {

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import TextSupport
 import Synchronization
 
 /// Waits; tests pass one that returns at once so polling costs nothing.
@@ -27,7 +28,7 @@ public struct RetryPolicy: Sendable {
 
     /// Exponential backoff with full jitter.
     func delay(afterAttempt attempt: Int) -> Double {
-        let ceiling = min(maxDelay, baseDelay * pow(2, Double(attempt - 1)))
+        let ceiling = min(maxDelay, baseDelay * Double(1 << min(max(attempt - 1, 0), 30)))
         return Double.random(in: ceiling / 2...ceiling)
     }
 }
@@ -161,7 +162,7 @@ public final class ProxmoxClient: Sendable {
             guard let json else { throw .malformedResponse("the body of a \(response.status) is not JSON") }
             return json["data"]
         }
-        let bodyMessage = json?["message"].string?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let bodyMessage = json?["message"].string?.trimmed()
         let message = response.reason.isEmpty ? (bodyMessage ?? "HTTP \(response.status)") : response.reason
         switch response.status {
         case 401:
@@ -171,7 +172,7 @@ public final class ProxmoxClient: Sendable {
             throw .permissionDenied(path: path, privilege: privilege, message: message)
         case 400:
             if let errors = json?["errors"].object {
-                throw .invalidParameters(errors.compactMapValues { $0.string?.trimmingCharacters(in: .whitespacesAndNewlines) })
+                throw .invalidParameters(errors.compactMapValues { $0.string?.trimmed() })
             }
             if message.contains("no such task") || message.contains("unable to parse worker upid") {
                 throw .notFound(message)
@@ -181,7 +182,7 @@ public final class ProxmoxClient: Sendable {
             throw .proxy(status: response.status, message: message)
         default:
             let detail = bodyMessage ?? message
-            if let lock = firstMatch(#"VM is locked \(([^)]+)\)"#, in: detail) {
+            if let lock = detail.firstMatch(of: /VM is locked \(([^)]+)\)/).map({ String($0.1) }) {
                 throw .vmLocked(vmid: vmid(inPath: path), lock: lock)
             }
             if detail.contains("checksum mismatch") || detail.contains("detected modified configuration") {
@@ -262,21 +263,14 @@ public final class ProxmoxClient: Sendable {
     }
 }
 
-private func firstMatch(_ pattern: String, in text: String) -> String? {
-    guard let regex = try? NSRegularExpression(pattern: pattern),
-          let match = regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
-          match.numberOfRanges > 1, let range = Range(match.range(at: 1), in: text) else { return nil }
-    return String(text[range])
-}
-
 /// "Permission check failed (/storage/local-lvm, Datastore.AllocateSpace)"
 private func parsePermission(_ message: String) -> (String?, String?) {
-    guard let inside = firstMatch(#"\(([^)]*)\)"#, in: message) else { return (nil, nil) }
-    let parts = inside.split(separator: ",", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+    guard let inside = message.firstMatch(of: /\(([^)]*)\)/)?.1 else { return (nil, nil) }
+    let parts = inside.split(separator: ",", maxSplits: 1).map { $0.trimmed() }
     guard parts.count == 2, parts[0].hasPrefix("/") else { return (nil, nil) }
     return (parts[0], parts[1])
 }
 
 private func vmid(inPath path: String) -> Int? {
-    firstMatch(#"/qemu/(\d+)"#, in: path).flatMap { Int($0) }
+    path.firstMatch(of: /\/qemu\/(\d+)/).flatMap { Int($0.1) }
 }

@@ -1,5 +1,6 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
+import TextSupport
 
 /// Proxmox copies a volume only into a VM (`import-from` when a disk is
 /// added), and the copy is named and owned by that VM. So every copy the
@@ -65,7 +66,7 @@ public struct CopyVM: Sendable, Equatable {
         var fields: [String: String] = [:]
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmed() }
         }
         guard let name = fields["name"], let source = fields["source"], vmName(kind, csiName: name) == vm.name else { return nil }
         let disk = (config["scsi0"] ?? config["unused0"]).map { ProxmoxVolumes.volid(of: $0) }

@@ -1,5 +1,6 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
+import TextSupport
 
 /// Storage-native snapshots. Proxmox snapshots a volume only as part of a VM
 /// snapshot: guest-common AbstractConfig snapshot_create takes
@@ -58,7 +59,7 @@ public struct NativeSnapshot: Sendable, Equatable {
     public var id: String { "\(source.vm.cluster)/\(source.vm.vmid)/\(snapname)" }
 
     package static func isSnapname(_ text: String) -> Bool {
-        text.range(of: "^csi[0-9a-f]{32}$", options: .regularExpression) != nil
+        text.wholeMatch(of: /csi[0-9a-f]{32}/) != nil
     }
 }
 
@@ -85,7 +86,7 @@ struct DescriptionFields {
     init(_ text: String) {
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmed() }
         }
     }
 

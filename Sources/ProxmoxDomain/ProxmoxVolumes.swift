@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 import Synchronization
 
@@ -278,7 +278,7 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     package static func isDiskKey(_ key: String) -> Bool {
-        key.range(of: #"^(scsi|virtio|sata|ide)\d+$|^unused\d+$"#, options: .regularExpression) != nil
+        key.wholeMatch(of: /(scsi|virtio|sata|ide|unused)\d+/) != nil
     }
 
     package static func volid(of diskValue: String) -> String {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A CSI volume id: `<cluster>/<node-or-empty>/<storage>/<volume-name>`,
 /// the form sergelogvinov/proxmox-csi-plugin uses, so PVs it created keep
@@ -63,7 +63,7 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
     }
 
     package static func isStorageID(_ text: String) -> Bool {
-        text.range(of: #"^[a-z][a-z0-9\-_.]*[a-z0-9]$"#, options: .regularExpression) != nil
+        text.wholeMatch(of: /[a-z][a-z0-9\-_.]*[a-z0-9]/) != nil
     }
 }
 
@@ -74,7 +74,7 @@ public enum VolumeNaming {
     /// csi-provisioner). Names Proxmox cannot take (uppercase, long, odd
     /// characters) become a hash of the name, still unique and stable.
     public static func volumeName(forCSIName name: String, ownerVMID: Int, storageType: String, format: String? = nil) -> String {
-        let plain = name.range(of: #"^[a-z0-9][a-z0-9-]{0,62}$"#, options: .regularExpression) != nil
+        let plain = name.wholeMatch(of: /[a-z0-9][a-z0-9-]{0,62}/) != nil
         let base = "vm-\(ownerVMID)-" + (plain ? name : "csi-" + String(sha256Hex(name).prefix(32)))
         guard isFileStorage(storageType) else { return base }
         return base + "." + (format ?? "raw")

@@ -28,7 +28,7 @@ func retryingOnInterrupt<T: FixedWidthInteger>(_ call: String, _ body: () -> T) 
 /// Starts a named OS thread for blocking work that must stay off Swift's
 /// cooperative pool (socket loops).
 @discardableResult
-func spawnThread(named name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError) -> pthread_t {
+public func spawnThread(named name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError) -> pthread_t {
     final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     let box = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()

@@ -1,7 +1,8 @@
 import ArgumentParser
 import CSIDriver
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
+import TextSupport
 
 /// Connects to every cluster in the config and reports what the driver would see.
 struct Check: AsyncParsableCommand {
@@ -35,18 +36,16 @@ struct Check: AsyncParsableCommand {
         guard report.problem == nil else { return out + "\n  problem: \(report.problem!)\n" }
         out += ": Proxmox VE \(report.version ?? "?")\n  storages for disk images:\n"
         for line in report.storages {
-            let free = String(format: "%.1f", Double(line.available) / 1_073_741_824)
-            let total = String(format: "%.1f", Double(line.total) / 1_073_741_824)
-            out += "    \(line.node.padding(toLength: 8, withPad: " ", startingAt: 0)) "
-                + "\(line.storage.padding(toLength: 14, withPad: " ", startingAt: 0)) "
-                + "\(line.type.padding(toLength: 8, withPad: " ", startingAt: 0)) "
-                + "\((line.shared ? "shared" : "local").padding(toLength: 7, withPad: " ", startingAt: 0)) "
-                + "\(free) GiB free of \(total) GiB\n"
+            let free = (Double(line.available) / 1_073_741_824).formatted(decimals: 1)
+            let total = (Double(line.total) / 1_073_741_824).formatted(decimals: 1)
+            let columns = [line.node.padded(to: 8), line.storage.padded(to: 14), line.type.padded(to: 8),
+                           (line.shared ? "shared" : "local").padded(to: 7)]
+            out += "    " + columns.joined(separator: " ") + " \(free) GiB free of \(total) GiB\n"
         }
         out += "  driver volumes (owner vmid \(ownerVMID)): \(report.driverVolumes.count)\n"
         for volume in report.driverVolumes {
             let where_ = volume.node.isEmpty ? "" : "\(volume.node)/"
-            out += "    \(where_)\(volume.volid)  \(String(format: "%.1f", Double(volume.size) / 1_073_741_824)) GiB\n"
+            out += "    \(where_)\(volume.volid)  \((Double(volume.size) / 1_073_741_824).formatted(decimals: 1)) GiB\n"
         }
         if report.missingPrivileges.isEmpty {
             out += "  privileges: everything the driver needs\n"

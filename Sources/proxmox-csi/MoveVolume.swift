@@ -3,7 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import CSIDriver
-import Foundation
+import FoundationEssentials
 import ProxmoxDomain
 import ProxmoxAPI
 import UnaryGRPC

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 import ProxmoxDomain
 import UnaryGRPC
@@ -110,7 +110,7 @@ public struct ClaimMove: Sendable {
 
     /// The new PV's name: the old one's (less an earlier move's suffix) and the new volume id's hash.
     static func movedName(_ old: String, newID: String) -> String {
-        let base = old.replacingOccurrences(of: "-m[0-9a-f]{8}$", with: "", options: .regularExpression)
+        let base = old.replacing(/-m[0-9a-f]{8}$/, with: "")
         return base + "-m" + String(sha256Hex(newID).prefix(8))
     }
 

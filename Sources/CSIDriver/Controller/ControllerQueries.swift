@@ -1,5 +1,5 @@
 import CSIProto
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 import ProxmoxDomain
 import SwiftProtobuf

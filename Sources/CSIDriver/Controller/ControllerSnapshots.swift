@@ -1,5 +1,5 @@
 import CSIProto
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 import ProxmoxDomain
 import SwiftProtobuf
@@ -43,8 +43,9 @@ extension ControllerService {
     func pluginSnapshot(_ id: String) async throws -> (handle: VolumeHandle, storage: StorageRef, size: Int64)? {
         guard id.split(separator: "/", omittingEmptySubsequences: false).count >= 4,
               let handle = try? VolumeHandle(parsing: id),
-              handle.fileName.range(of: "^vm-\(config.ownerVMID)-snapshot-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(\\.(raw|qcow2))?$",
-                                    options: .regularExpression) != nil
+              handle.fileName.hasPrefix("vm-\(config.ownerVMID)-snapshot-"),
+              handle.fileName.dropFirst("vm-\(config.ownerVMID)-snapshot-".count)
+                  .wholeMatch(of: /[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(\.(raw|qcow2))?/) != nil
         else { return nil }
         return try await volumes.existing(id)
     }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 
 /// Reads this node's labels from the Kubernetes API (in-cluster, KubernetesAPI).

@@ -1,7 +1,8 @@
 import BlockDevice
-import Foundation
+import FoundationEssentials
 import ProxmoxDomain
 import UnaryGRPC
+import TextSupport
 
 /// LUKS2 volumes, opted into as proxmox-csi-plugin's StorageClasses do: the
 /// node-stage (and node-expand) secret carries `encryption-passphrase`. The
@@ -102,7 +103,7 @@ extension NodeService {
             throw RPCError(.invalidArgument, "\(what): the volume is encrypted, and growing it needs secrets[\(Self.encryptionPassphraseKey)]: "
                 + "give the StorageClass csi.storage.k8s.io/\(rpc)-secret-name and -namespace naming its passphrase secret")
         }
-        let name = (mapping.devicePath as NSString).lastPathComponent
+        let name = mapping.devicePath.lastPathComponent
         try await luksCall(what) { try await luks.resize(name, passphrase: passphrase) }
     }
 

@@ -1,7 +1,8 @@
 import BlockDevice
 import CSIProto
-import Foundation
+import FoundationEssentials
 import UnaryGRPC
+import TextSupport
 
 extension NodeService {
     /// Mount access: binds the staged filesystem onto the target directory.
@@ -123,15 +124,15 @@ extension NodeService {
     /// The target is the SP's to create: a directory for a filesystem, an empty file for a device.
     private func createTarget(_ path: String, asFile: Bool, what: String) throws(RPCError) {
         let manager = FileManager.default
-        var isDirectory: ObjCBool = false
+        var isDirectory = false
         let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
-        if exists, isDirectory.boolValue == asFile {
+        if exists, isDirectory == asFile {
             throw RPCError(.alreadyExists, "\(what): target_path \(path) exists as a \(asFile ? "directory" : "file"); "
                 + "a \(asFile ? "block" : "mount") volume needs a \(asFile ? "file" : "directory")")
         }
         guard !exists else { return }
         do {
-            let parent = (path as NSString).deletingLastPathComponent
+            let parent = path.deletingLastPathComponent
             try manager.createDirectory(atPath: parent, withIntermediateDirectories: true)
             if asFile {
                 guard manager.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
@@ -141,7 +142,7 @@ extension NodeService {
                 try manager.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o750])
             }
         } catch {
-            throw RPCError(.internal, "\(what): cannot create target_path \(path): \(error.localizedDescription)")
+            throw RPCError(.internal, "\(what): cannot create target_path \(path): \(error.reason)")
         }
     }
 }

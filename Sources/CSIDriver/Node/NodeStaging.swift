@@ -1,7 +1,8 @@
 import BlockDevice
 import CSIProto
-import Foundation
+import FoundationEssentials
 import UnaryGRPC
+import TextSupport
 
 extension NodeService {
     static let supportedFilesystems = ["xfs", "ext4"]
@@ -75,7 +76,7 @@ extension NodeService {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             } catch {
-                throw RPCError(.internal, "\(what): cannot create staging_target_path \(path): \(error.localizedDescription)")
+                throw RPCError(.internal, "\(what): cannot create staging_target_path \(path): \(error.reason)")
             }
         }
         let formatted: Bool
@@ -111,7 +112,7 @@ extension NodeService {
         if let entry = finder.disk(number: disk.number) { await finder.rescan(entry) }
         if let passphrase {
             let what = "NodeStageVolume \(volume.id)"
-            let name = (source.path as NSString).lastPathComponent
+            let name = source.path.lastPathComponent
             try await luksCall(what) { try await luks.resize(name, passphrase: passphrase) }
         }
         do {

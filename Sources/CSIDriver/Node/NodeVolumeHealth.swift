@@ -1,6 +1,6 @@
 import BlockDevice
 import CSIProto
-import Foundation
+import FoundationEssentials
 import UnaryGRPC
 
 extension NodeService {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 
 /// What `proxmox-csi check` finds out about one cluster.

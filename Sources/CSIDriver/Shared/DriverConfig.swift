@@ -1,13 +1,15 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
 import ProxmoxDomain
-import Yams
+import TextSupport
 
 /// The driver's config file: which Proxmox clusters to use and how, named
 /// storage profiles for StorageClasses, and driver-wide settings.
 /// Also reads the config of sergelogvinov/proxmox-csi-plugin
 /// (`clusters[].url, insecure, token_id, token_secret, region`).
 public struct DriverConfig: Sendable {
+    typealias Node = YAMLNode
+
     public struct Cluster: Sendable {
         /// The topology region (`topology.kubernetes.io/region`).
         public var name: String
@@ -59,19 +61,18 @@ public struct DriverConfig: Sendable {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw Error(file: path, message: "cannot read the file (\(error.localizedDescription))")
+            throw Error(file: path, message: "cannot read the file (\(error.reason))")
         }
-        return try parse(text, file: path, baseDirectory: (path as NSString).deletingLastPathComponent)
+        return try parse(text, file: path, baseDirectory: path.deletingLastPathComponent)
     }
 
     public static func parse(_ text: String, file: String = "<config>", baseDirectory: String = ".") throws(Error) -> DriverConfig {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try Node.parse(text)
         } catch {
-            // YAML errors quote the offending line; keep only the position and the problem.
-            let first = "\(error)".split(separator: "\n").first.map(String.init) ?? "\(error)"
-            throw Error(file: file, message: "not valid YAML: \(first)")
+            // The position and the problem, never the line itself (it may hold a secret).
+            throw Error(file: file, message: "not valid YAML: \(error)")
         }
         guard let root else { throw Error(file: file, message: "the file is empty") }
         var reader = ConfigReader(file: file, baseDirectory: baseDirectory)
@@ -87,12 +88,14 @@ public struct DriverConfig: Sendable {
 
 /// Walks the YAML tree, naming the key path and line of every problem.
 private struct ConfigReader {
+    typealias Node = YAMLNode
+
     let file: String
     let baseDirectory: String
     var warnings: [String] = []
 
     func fail(_ path: String, _ node: Node?, _ problem: String) -> DriverConfig.Error {
-        let line = node?.mark.map { " (line \($0.line))" } ?? ""
+        let line = node.map { " (line \($0.line))" } ?? ""
         return DriverConfig.Error(file: file, message: "\(path)\(line): \(problem)")
     }
 
@@ -147,7 +150,7 @@ private struct ConfigReader {
         guard let text = try? String(contentsOfFile: name, encoding: .utf8) else {
             throw fail(path, node, "cannot read \(name)")
         }
-        let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let value = text.trimmed()
         guard !value.isEmpty else { throw fail(path, node, "\(name) is empty") }
         return value
     }
@@ -184,7 +187,7 @@ private struct ConfigReader {
                     clusters.append(try cluster(item, "clusters[\(index)]"))
                 }
             case "profiles":
-                profileNodes = try mapping(value, "profiles", allowed: Set(value.mapping?.keys.compactMap(\.string) ?? []))
+                profileNodes = try mapping(value, "profiles", allowed: Set(value.mapping?.compactMap(\.key.string) ?? []))
             default:
                 for (setting, node) in try mapping(value, "driver", allowed: ["ownerVMID", "requestTimeout", "taskTimeout", "probeInterval",
                                                                          "snapshots"]) {
@@ -260,11 +263,11 @@ private struct ConfigReader {
             default: throw fail("\(path).tokenID", node, "give tokenID or tokenIDFile, not both")
             }
             let idNode = values["tokenID"] ?? values["tokenIDFile"]
-            guard id.range(of: #"^[^\s:/!]+![A-Za-z][A-Za-z0-9.\-_]+$"#, options: .regularExpression) != nil else {
+            guard id.wholeMatch(of: #/[^\s:\/!]+![A-Za-z][A-Za-z0-9.\-_]+/#) != nil else {
                 throw fail("\(path).tokenID", idNode, "expected USER@REALM!TOKENNAME, e.g. csi@pve!csi")
             }
             // proxmox-csi-plugin's own configs write USER!TOKEN (no realm); it loads, Proxmox decides.
-            if id.range(of: #"^[^\s:/@!]+@[A-Za-z][A-Za-z0-9.\-_]+!"#, options: .regularExpression) == nil {
+            if id.prefixMatch(of: #/[^\s:\/@!]+@[A-Za-z][A-Za-z0-9.\-_]+!/#) == nil {
                 warnings.append(fail("\(path).tokenID", idNode, "\"\(id)\" names no realm (USER@REALM!TOKENNAME, e.g. csi@pve!csi): "
                     + "Proxmox will likely refuse it").message)
             }

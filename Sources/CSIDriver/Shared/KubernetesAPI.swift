@@ -1,5 +1,6 @@
-import Foundation
+import FoundationEssentials
 import ProxmoxAPI
+import TextSupport
 
 /// The Kubernetes API as in-cluster clients reach it (client-go's
 /// rest.InClusterConfig): the API server from KUBERNETES_SERVICE_HOST/PORT,
@@ -43,9 +44,9 @@ public struct KubernetesAPI: Sendable {
                      transport: (any HTTPTransport)? = nil) async throws -> Response {
         let token: String
         do {
-            token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmed()
         } catch {
-            throw Failure(description: "cannot read the service account token \(tokenFile): \(error.localizedDescription)")
+            throw Failure(description: "cannot read the service account token \(tokenFile): \(error.reason)")
         }
         let owned = transport == nil ? CurlTransport(options: TransportOptions(caFile: caFile)) : nil
         defer { owned?.shutdown() }
@@ -76,27 +77,11 @@ public struct KubernetesAPI: Sendable {
 
     /// A path segment, escaped.
     public static func segment(_ text: String) -> String {
-        text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? text
+        text.percentEncodedSegment
     }
 }
 
 extension JSONValue {
-    /// The JSON text of the value.
-    public func serialized() -> [UInt8] {
-        func plain(_ value: JSONValue) -> Any {
-            switch value {
-            case let .object(object): object.mapValues(plain)
-            case let .array(array): array.map(plain)
-            case let .string(text): text
-            case let .number(number): number == number.rounded() && abs(number) < 1e15 ? Int64(number) as Any : number as Any
-            case let .bool(flag): flag
-            case .null: NSNull()
-            }
-        }
-        let data = (try? JSONSerialization.data(withJSONObject: plain(self), options: [.sortedKeys, .fragmentsAllowed])) ?? Data()
-        return Array(data)
-    }
-
     /// The value with `path`'s member set (objects made on the way); `nil` removes it.
     public func setting(_ path: [String], to value: JSONValue?) -> JSONValue {
         guard let key = path.first else { return value ?? .null }
