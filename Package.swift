@@ -21,7 +21,8 @@ let package = Package(
     targets: [
         // C libraries at the edge: module maps plus small shims.
         .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // libcurl through dlopen at the first request (headers from libcurl4-openssl-dev at build time).
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "CLinux"),
         // String helpers the standard library lacks, so no module needs Foundation.
         .target(name: "TextSupport", swiftSettings: strict),

@@ -33,7 +33,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         }
 
         deinit {
-            curl_slist_free_all(headerList)
+            CCurl_slist_free_all(headerList)
             errorBuffer.deallocate()
         }
     }
@@ -43,11 +43,20 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         var cancelled: [Int] = []
         var nextID = 0
         var stopping = false
+        /// Set at the first request, when libcurl is loaded and the transfer thread starts.
+        var engine: Engine = .notStarted
+    }
+
+    private enum Engine {
+        case notStarted
+        case running(multi: UnsafeMutableRawPointer)
+        case unavailable(String)
     }
 
     private let options: TransportOptions
-    private let multi: UnsafeMutableRawPointer
     private let inbox = Mutex(Inbox())
+    /// The multi handle, for the transfer thread (set before it starts, never changed).
+    private nonisolated(unsafe) var multi: UnsafeMutableRawPointer!
     // Owned by the transfer thread.
     private var active: [UnsafeMutableRawPointer: Job] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
@@ -55,26 +64,50 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
 
     static let maxConnectionsPerHost = 48
 
+    /// Loads nothing yet: libcurl is loaded, and the transfer thread started, at the first request.
     public init(options: TransportOptions = TransportOptions()) {
-        curl_global_init(Int(CURL_GLOBAL_DEFAULT))
         self.options = options
-        multi = curl_multi_init()
-        _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 64)
-        // pveproxy serves from a few worker processes: past a few dozen connections
-        // requests only wait at the server, and a flood of new connections overruns
-        // its listen queue. Beyond this many, requests wait here for a free connection.
-        _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, Self.maxConnectionsPerHost)
-        startTransferThread { [self] in run() }
     }
 
     deinit {
-        curl_multi_cleanup(multi)
+        if let multi { _ = CCurl_multi_cleanup(multi) }
+    }
+
+    /// Under the inbox lock: the running engine's multi handle, starting it if need be.
+    private func engine(_ inbox: inout Inbox) -> Result<UnsafeMutableRawPointer, TransportError> {
+        switch inbox.engine {
+        case let .running(multi): return .success(multi)
+        case let .unavailable(reason): return .failure(.other(reason))
+        case .notStarted:
+            var error = [CChar](repeating: 0, count: 512)
+            guard CCurl_load(&error, error.count) == 0 else {
+                let reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                inbox.engine = .unavailable(reason)
+                return .failure(.other(reason))
+            }
+            _ = CCurl_global_init(Int(CURL_GLOBAL_DEFAULT))
+            let multi = CCurl_multi_init()!
+            _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, 64)
+            // pveproxy serves from a few worker processes: past a few dozen connections
+            // requests only wait at the server, and a flood of new connections overruns
+            // its listen queue. Beyond this many, requests wait here for a free connection.
+            _ = CCurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, Self.maxConnectionsPerHost)
+            self.multi = multi
+            inbox.engine = .running(multi: multi)
+            startTransferThread { [self] in run() }
+            return .success(multi)
+        }
     }
 
     /// Stops the transfer thread after failing what is still queued.
     public func shutdown() {
-        inbox.withLock { $0.stopping = true }
-        curl_multi_wakeup(multi)
+        let multi = inbox.withLock { inbox -> UnsafeMutableRawPointer? in
+            inbox.stopping = true
+            if case let .running(multi) = inbox.engine { return multi }
+            return nil
+        }
+        guard let multi else { return }
+        _ = CCurl_multi_wakeup(multi)
         stopped.wait()
     }
 
@@ -85,20 +118,24 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let accepted = inbox.withLock { inbox -> Bool in
-                    guard !inbox.stopping else { return false }
-                    inbox.newJobs.append(Job(id: id, request: request, continuation: continuation))
-                    return true
+                let accepted = inbox.withLock { inbox -> Result<UnsafeMutableRawPointer, TransportError> in
+                    guard !inbox.stopping else { return .failure(.other("the HTTP client has been shut down")) }
+                    let engine = engine(&inbox)
+                    if case .success = engine { inbox.newJobs.append(Job(id: id, request: request, continuation: continuation)) }
+                    return engine
                 }
-                if accepted {
-                    curl_multi_wakeup(multi)
-                } else {
-                    continuation.resume(throwing: TransportError.other("the HTTP client has been shut down"))
+                switch accepted {
+                case let .success(multi): _ = CCurl_multi_wakeup(multi)
+                case let .failure(error): continuation.resume(throwing: error)
                 }
             }
         } onCancel: {
-            inbox.withLock { $0.cancelled.append(id) }
-            curl_multi_wakeup(multi)
+            let multi = inbox.withLock { inbox -> UnsafeMutableRawPointer? in
+                inbox.cancelled.append(id)
+                if case let .running(multi) = inbox.engine { return multi }
+                return nil
+            }
+            if let multi { _ = CCurl_multi_wakeup(multi) }
         }
     }
 
@@ -123,26 +160,26 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
                 for (handle, job) in active {
                     finish(handle, job, .failure(TransportError.other("the HTTP client has been shut down")))
                 }
-                idleHandles.forEach { curl_easy_cleanup($0) }
+                idleHandles.forEach { CCurl_easy_cleanup($0) }
                 stopped.signal()
                 return
             }
             var running: Int32 = 0
-            curl_multi_perform(multi, &running)
+            CCurl_multi_perform(multi, &running)
             var remaining: Int32 = 0
-            while let message = curl_multi_info_read(multi, &remaining) {
+            while let message = CCurl_multi_info_read(multi, &remaining) {
                 guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle,
                       let job = active[handle] else { continue }
                 let code = message.pointee.data.result
                 finish(handle, job, code == CURLE_OK ? .success(response(handle, job)) : .failure(transportError(code, job)))
             }
-            curl_multi_poll(multi, nil, 0, 1000, nil)
+            CCurl_multi_poll(multi, nil, 0, 1000, nil)
         }
     }
 
     private func start(_ job: Job) {
-        let handle = idleHandles.popLast() ?? curl_easy_init()!
-        curl_easy_reset(handle)
+        let handle = idleHandles.popLast() ?? CCurl_easy_init()!
+        CCurl_easy_reset(handle)
         let request = job.request
         let user = Unmanaged.passUnretained(job).toOpaque()
         _ = CCurl_easy_setopt_string(handle, CURLOPT_URL, request.url)
@@ -176,9 +213,9 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
         }
         _ = CCurl_easy_setopt_pointer(handle, CURLOPT_HEADERDATA, user)
 
-        var headers: UnsafeMutablePointer<curl_slist>? = curl_slist_append(nil, "Expect:")
+        var headers: UnsafeMutablePointer<curl_slist>? = CCurl_slist_append(nil, "Expect:")
         for (name, value) in request.headers {
-            headers = curl_slist_append(headers, "\(name): \(value)")
+            headers = CCurl_slist_append(headers, "\(name): \(value)")
         }
         job.headerList = headers
         _ = CCurl_easy_setopt_slist(handle, CURLOPT_HTTPHEADER, headers)
@@ -211,7 +248,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
             _ = CCurl_easy_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 0)
         }
         active[handle] = job
-        curl_multi_add_handle(multi, handle)
+        CCurl_multi_add_handle(multi, handle)
     }
 
     private func response(_ handle: UnsafeMutableRawPointer, _ job: Job) -> HTTPResponse {
@@ -221,7 +258,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     }
 
     private func finish(_ handle: UnsafeMutableRawPointer, _ job: Job, _ result: Result<HTTPResponse, any Error>) {
-        curl_multi_remove_handle(multi, handle)
+        CCurl_multi_remove_handle(multi, handle)
         active[handle] = nil
         idleHandles.append(handle)
         job.continuation.resume(with: result)
@@ -230,7 +267,7 @@ public final class CurlTransport: HTTPTransport, @unchecked Sendable {
     private func transportError(_ code: CURLcode, _ job: Job) -> TransportError {
         let detail = job.errorBuffer.pointee != 0
             ? String(cString: job.errorBuffer)
-            : String(cString: curl_easy_strerror(code))
+            : String(cString: CCurl_easy_strerror(code))
         switch code {
         case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY: return .cannotResolve(detail)
         case CURLE_COULDNT_CONNECT: return .cannotConnect(detail)

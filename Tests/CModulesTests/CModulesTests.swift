@@ -9,13 +9,15 @@ import Testing
 /// The C modules link, and their shims call through to the libraries.
 @Suite struct CModulesTests {
     @Test func curlShimsSetOptionsOnARealHandle() throws {
-        let handle = try #require(curl_easy_init())
-        defer { curl_easy_cleanup(handle) }
+        var error = [CChar](repeating: 0, count: 256)
+        #expect(CCurl_load(&error, error.count) == 0, "\(error.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })")
+        let handle = try #require(CCurl_easy_init())
+        defer { CCurl_easy_cleanup(handle) }
         #expect(CCurl_easy_setopt_long(handle, CURLOPT_TIMEOUT_MS, 1500) == CURLE_OK)
         #expect(CCurl_easy_setopt_string(handle, CURLOPT_URL, "https://pve.example:8006/api2/json/version") == CURLE_OK)
         // An unknown option is refused by libcurl itself, proving the call got there.
         #expect(CCurl_easy_setopt_long(handle, CURLoption(rawValue: 99_999), 1) != CURLE_OK)
-        let version = String(cString: curl_version())
+        let version = String(cString: CCurl_version())
         #expect(version.hasPrefix("libcurl/"))
     }
 
