@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <linux/fs.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <fcntl.h>
@@ -60,4 +61,30 @@ int CLinux_signal_pipe(const int *signals, int count) {
         if (sigaction(signals[i], &action, NULL) != 0) return -1;
     }
     return fds[0];
+}
+
+int CLinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+static int epoll_control(int epoll, int op, int fd, unsigned long long token, int writable) {
+    struct epoll_event event = { .events = EPOLLIN | EPOLLRDHUP | (writable ? EPOLLOUT : 0), .data.u64 = token };
+    return epoll_ctl(epoll, op, fd, &event);
+}
+int CLinux_epoll_add(int epoll, int fd, unsigned long long token, int writable) {
+    return epoll_control(epoll, EPOLL_CTL_ADD, fd, token, writable);
+}
+int CLinux_epoll_modify(int epoll, int fd, unsigned long long token, int writable) {
+    return epoll_control(epoll, EPOLL_CTL_MOD, fd, token, writable);
+}
+int CLinux_epoll_remove(int epoll, int fd) { return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, 0); }
+
+int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags, int capacity, int timeout_ms) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int count = epoll_wait(epoll, events, capacity, timeout_ms);
+    for (int i = 0; i < count; i++) {
+        tokens[i] = events[i].data.u64;
+        flags[i] = (events[i].events & EPOLLIN ? 1u : 0u) | (events[i].events & EPOLLOUT ? 2u : 0u)
+            | (events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP) ? 4u : 0u);
+    }
+    return count;
 }

@@ -4,42 +4,45 @@ import Glibc
 import Logging
 import Synchronization
 
-/// One accepted client connection, served by its own I/O thread.
+/// One accepted client connection, served by the event loop it was given.
 ///
-/// The I/O thread owns the socket and the nghttp2 session. Handlers run as
-/// tasks on Swift's pool and hand their results back through `complete`,
-/// which queues them and wakes the I/O thread; the thread submits them and
-/// writes all pending frames with one `write`.
+/// The loop's thread owns the socket and the nghttp2 session and calls the
+/// `on…` methods and `settle`. Handlers run as tasks on Swift's pool and hand
+/// their results back through `complete`, which queues them and tells the
+/// loop; the loop delivers them and writes all pending frames with one `send`.
 final class Connection: @unchecked Sendable {
     private struct Inbox {
         var results: [(streamID: Int32, result: Result<[UInt8], RPCError>)] = []
-        var wakePending = false
         var closed = false
     }
 
     enum ShutdownRequest: Int { case none = 0, graceful = 1, immediate = 2 }
 
     let id: Int
-    private let fd: Int32
+    let fd: Int32
     private let router: Router
     private let logger: Logger
-    private let limits: ServerLimits
-    private let wake: WakeSignal
+    private let loop: EventLoop
     private let inbox = Mutex(Inbox())
     private let shutdownRequest = Atomic<Int>(ShutdownRequest.none.rawValue)
 
-    // Owned by the I/O thread.
+    // Owned by the loop's thread.
+    private let session: HTTP2ServerSession
     private var running: [Int32: Task<Void, Never>] = [:]
     private var output: [UInt8] = []
     private var outputOffset = 0
+    private var peerClosed = false
+    private var terminated = false
+    /// Whether the loop watches the socket for writability (output is waiting).
+    var watchesWritable = false
 
-    init(id: Int, fd: Int32, router: Router, limits: ServerLimits, logger: Logger) throws(SystemCallError) {
+    init(id: Int, fd: Int32, router: Router, limits: ServerLimits, logger: Logger, loop: EventLoop) {
         self.id = id
         self.fd = fd
         self.router = router
-        self.limits = limits
         self.logger = logger
-        wake = try WakeSignal()
+        self.loop = loop
+        session = HTTP2ServerSession(router: router, limits: limits, logger: logger)
         var one: Int32 = 1
         // Small responses must leave at once, not wait for Nagle.
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -47,75 +50,76 @@ final class Connection: @unchecked Sendable {
 
     /// Called by handler tasks, from any thread.
     func complete(streamID: Int32, result: Result<[UInt8], RPCError>) {
-        inbox.withLock { inbox in
-            guard !inbox.closed else { return }
+        let queued = inbox.withLock { inbox -> Bool in
+            guard !inbox.closed else { return false }
             inbox.results.append((streamID, result))
-            if !inbox.wakePending {
-                inbox.wakePending = true
-                wake.signal()
-            }
+            return true
         }
+        if queued { loop.notify(id) }
     }
 
     /// From any thread: `graceful` sends GOAWAY and lets open calls finish;
     /// `immediate` cancels them and closes.
     func requestShutdown(_ request: ShutdownRequest) {
         shutdownRequest.store(max(shutdownRequest.load(ordering: .relaxed), request.rawValue), ordering: .relaxed)
-        inbox.withLock { inbox in
-            if !inbox.closed { wake.signal() }
-        }
+        loop.notify(id)
     }
 
-    /// The I/O thread's body; returns when the connection is finished.
-    func run() {
-        let session = HTTP2ServerSession(router: router, limits: limits, logger: logger)
-        let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-        defer {
-            readBuffer.deallocate()
+    // MARK: - Called by the loop
+
+    /// Results or a shutdown request arrived.
+    func onNotified() {
+        switch ShutdownRequest(rawValue: shutdownRequest.load(ordering: .relaxed)) ?? .none {
+        case .immediate:
+            session.terminate()
+            terminated = true
+            return
+        case .graceful: session.goAway()
+        case .none: break
+        }
+        deliverResults(to: session)
+    }
+
+    /// The socket is readable (or hung up).
+    func onReadable(buffer: UnsafeMutableRawBufferPointer) {
+        guard !peerClosed, !terminated else { return }
+        peerClosed = !readAvailable(into: session, buffer: buffer)
+        startReadyCalls(from: session)
+    }
+
+    /// A stream's deadline has passed.
+    func hasDeadline(dueBy now: MonotonicInstant) -> Bool {
+        session.nextDeadline().map { $0 <= now } ?? false
+    }
+
+    func nextDeadline() -> MonotonicInstant? { session.nextDeadline() }
+
+    /// After the loop's events: expires deadlines, writes what is pending.
+    /// False when the connection is finished (its socket then closed).
+    func settle() -> Bool {
+        cancel(session.takeClosedDispatchedStreams())
+        cancel(session.expireDeadlines(now: .now()))
+        session.drainOutput(into: &output)
+        let flushed = flush()
+        if !flushed || terminated || peerClosed || (!session.isAlive && outputOffset == output.count) {
             finish()
+            return false
         }
-        var peerClosed = false
-
-        while true {
-            session.drainOutput(into: &output)
-            guard flush() else { break }
-            if peerClosed || (!session.isAlive && outputOffset == output.count) { break }
-
-            var fds = [
-                pollfd(fd: fd, events: Int16(POLLIN) | (outputOffset < output.count ? Int16(POLLOUT) : 0), revents: 0),
-                pollfd(fd: wake.fd, events: Int16(POLLIN), revents: 0),
-            ]
-            let timeout = pollTimeout(session.nextDeadline())
-            if poll(&fds, 2, timeout) < 0 {
-                if errno == EINTR { continue }
-                logger.error("poll failed", metadata: ["error": "\(SystemCallError(call: "poll", errno: errno))"])
-                break
-            }
-
-            if fds[1].revents != 0 {
-                wake.drain()
-                switch ShutdownRequest(rawValue: shutdownRequest.load(ordering: .relaxed)) ?? .none {
-                case .immediate:
-                    session.terminate()
-                    session.drainOutput(into: &output)
-                    _ = flush()
-                    return
-                case .graceful: session.goAway()
-                case .none: break
-                }
-                deliverResults(to: session)
-            }
-
-            if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-                peerClosed = !readAvailable(into: session, buffer: readBuffer)
-                startReadyCalls(from: session)
-            }
-            cancel(session.takeClosedDispatchedStreams())
-            cancel(session.expireDeadlines(now: .now()))
-        }
+        return true
     }
 
-    // MARK: - I/O thread helpers
+    /// Output is waiting for the socket to take it.
+    var hasPendingOutput: Bool { outputOffset < output.count }
+
+    /// Ends the connection now (the server is stopping past its grace period).
+    func close() {
+        session.terminate()
+        session.drainOutput(into: &output)
+        _ = flush()
+        finish()
+    }
+
+    // MARK: - Loop thread helpers
 
     /// Reads until the socket would block. False when the peer is gone or
     /// broke the protocol (after queueing whatever GOAWAY nghttp2 wants sent).
@@ -145,8 +149,12 @@ final class Connection: @unchecked Sendable {
 
     private func startReadyCalls(from session: HTTP2ServerSession) {
         for call in session.takeReadyCalls() {
-            guard let handler = router.handler(for: call.path) else { continue }
             let context = CallContext(method: call.path, deadline: call.deadline, logger: logger)
+            if let immediate = router.immediateHandler(for: call.path) {
+                session.respond(streamID: call.streamID, result: immediate(call.message, context))
+                continue
+            }
+            guard let handler = router.handler(for: call.path) else { continue }
             let streamID = call.streamID
             let message = call.message
             running[streamID] = Task {
@@ -158,7 +166,6 @@ final class Connection: @unchecked Sendable {
 
     private func deliverResults(to session: HTTP2ServerSession) {
         let results = inbox.withLock { inbox in
-            inbox.wakePending = false
             defer { inbox.results.removeAll(keepingCapacity: true) }
             return inbox.results
         }
@@ -193,13 +200,6 @@ final class Connection: @unchecked Sendable {
         return true
     }
 
-    private func pollTimeout(_ deadline: MonotonicInstant?) -> Int32 {
-        guard let deadline else { return -1 }
-        let nanoseconds = MonotonicInstant.now().nanoseconds(until: deadline)
-        // Round up so a deadline is never checked a moment too early.
-        return Int32(min((nanoseconds + 999_999) / 1_000_000, 60_000))
-    }
-
     private func finish() {
         for task in running.values { task.cancel() }
         running.removeAll()
@@ -207,6 +207,6 @@ final class Connection: @unchecked Sendable {
             inbox.closed = true
             inbox.results.removeAll()
         }
-        close(fd)
+        Glibc.close(fd)
     }
 }

@@ -37,8 +37,10 @@ public protocol CallObserver: Sendable {
 /// services can be exercised with no socket at all (`Router.handle`).
 public struct Router: Sendable {
     public typealias RawHandler = @Sendable ([UInt8], CallContext) async -> Result<[UInt8], RPCError>
+    public typealias ImmediateHandler = @Sendable ([UInt8], CallContext) -> Result<[UInt8], RPCError>
 
     private var handlers: [String: RawHandler] = [:]
+    private var immediateHandlers: [String: ImmediateHandler] = [:]
     private let observer: (any CallObserver)?
 
     public init(observer: (any CallObserver)? = nil) {
@@ -56,33 +58,73 @@ public struct Router: Sendable {
         handlers[path] = { bytes, context in
             let started = MonotonicInstant.now()
             let request: Request
-            do {
-                request = try Request(serializedBytes: bytes)
-            } catch {
-                let failure = Result<[UInt8], RPCError>.failure(
-                    RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
-                CallLog.record(context: context, started: started, result: failure, request: nil)
-                observer?.callFinished(method: path, code: .internal, seconds: started.seconds(until: .now()))
-                return failure
+            switch Self.decode(Request.self, bytes) {
+            case let .success(decoded): request = decoded
+            case let .failure(error): return Self.finish(path, observer, context, started, .failure(error), request: nil)
             }
             let result: Result<[UInt8], RPCError>
             do {
-                let response = try await handler(request, context)
-                result = .success(try response.serializedBytes())
+                result = .success(try await handler(request, context).serializedBytes())
             } catch {
                 result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
             }
-            CallLog.record(context: context, started: started, result: result, request: request)
-            if let observer {
-                let code: StatusCode = switch result {
-                case .success: .ok
-                case let .failure(error): error.code
-                }
-                observer.callFinished(method: path, code: code, seconds: started.seconds(until: .now()))
-            }
-            return result
+            return Self.finish(path, observer, context, started, result, request: request)
         }
     }
+
+    /// Registers a method whose handler only computes from memory: it never
+    /// blocks, waits or does I/O. The server runs it on the connection's event
+    /// loop as the request arrives, with no task and no thread hop (Probe,
+    /// which liveness probes call every few seconds, and the capability calls).
+    public mutating func registerImmediate<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        _ path: String,
+        _ handler: @escaping @Sendable (Request, CallContext) throws -> Response
+    ) {
+        precondition(handlers[path] == nil, "method \(path) registered twice")
+        let observer = observer
+        let run: ImmediateHandler = { bytes, context in
+            let started = MonotonicInstant.now()
+            let request: Request
+            switch Self.decode(Request.self, bytes) {
+            case let .success(decoded): request = decoded
+            case let .failure(error): return Self.finish(path, observer, context, started, .failure(error), request: nil)
+            }
+            let result: Result<[UInt8], RPCError>
+            do {
+                result = .success(try handler(request, context).serializedBytes())
+            } catch {
+                result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+            }
+            return Self.finish(path, observer, context, started, result, request: request)
+        }
+        immediateHandlers[path] = run
+        handlers[path] = { bytes, context in run(bytes, context) }
+    }
+
+    private static func decode<Request: SwiftProtobuf.Message>(_: Request.Type, _ bytes: [UInt8]) -> Result<Request, RPCError> {
+        do {
+            return .success(try Request(serializedBytes: bytes))
+        } catch {
+            return .failure(RPCError(.internal, "grpc: error unmarshalling request: \(error)"))
+        }
+    }
+
+    /// The call's log line and its report to the observer.
+    private static func finish(_ path: String, _ observer: (any CallObserver)?, _ context: CallContext, _ started: MonotonicInstant,
+                               _ result: Result<[UInt8], RPCError>, request: (any SwiftProtobuf.Message)?) -> Result<[UInt8], RPCError> {
+        CallLog.record(context: context, started: started, result: result, request: request)
+        if let observer {
+            let code: StatusCode = switch result {
+            case .success: .ok
+            case let .failure(error): error.code
+            }
+            observer.callFinished(method: path, code: code, seconds: started.seconds(until: .now()))
+        }
+        return result
+    }
+
+    /// The handler to run inline for `path`, when it was registered immediate.
+    public func immediateHandler(for path: String) -> ImmediateHandler? { immediateHandlers[path] }
 
     public func handler(for path: String) -> RawHandler? { handlers[path] }
 
@@ -117,21 +159,24 @@ enum CallLog {
         context: CallContext, started: MonotonicInstant,
         result: Result<[UInt8], RPCError>, request: (any SwiftProtobuf.Message)?
     ) {
+        let level: Logger.Level = switch result {
+        case .success: .info
+        case let .failure(error): error.code == .internal || error.code == .unknown ? .error : .info
+        }
+        // A line the log level drops is not built (Probe every few seconds, at `warning`).
+        guard context.logger.logLevel <= level else { return }
         let elapsed = started.nanoseconds(until: .now())
         var metadata: Logger.Metadata = [
             "grpc.method": "\(context.method)",
             "grpc.duration_ms": "\(Double(elapsed / 1_000) / 1_000)",
         ]
-        let level: Logger.Level
         switch result {
         case .success:
             metadata["grpc.code"] = "OK"
-            level = .info
         case let .failure(error):
             metadata["grpc.code"] = "\(error.code)"
             metadata["grpc.message"] = "\(error.message)"
             if let cause = error.cause { metadata["grpc.cause"] = "\(cause)" }
-            level = error.code == .internal || error.code == .unknown ? .error : .info
         }
         // Request bodies only at debug level, and never with secret values.
         if context.logger.logLevel <= .debug, let request {

@@ -8,13 +8,13 @@ import Synchronization
 /// A unary gRPC server on one endpoint.
 ///
 /// `start` binds and returns at once; an accept thread hands each connection
-/// to an I/O thread of its own. `shutdown` stops accepting, removes the unix
+/// to one of a few event loops (one per core, at most four). `shutdown` stops accepting, removes the unix
 /// socket, sends GOAWAY, lets in-flight calls finish within a grace period,
 /// then cancels what is left. State changes happen under a lock and do no I/O.
 public final class Server: Sendable {
     private enum State {
         case idle
-        case running(listener: ListeningSocket, acceptThread: pthread_t)
+        case running(listener: ListeningSocket, acceptThread: pthread_t, loops: [EventLoop])
         case stopping
         case stopped
     }
@@ -70,9 +70,22 @@ public final class Server: Sendable {
             state.withLock { $0 = .idle }
             throw .listen(error)
         }
-        do {
-            let thread = try spawnThread(named: "grpc-accept") { [self] in acceptLoop(listener) }
-            state.withLock { $0 = .running(listener: listener, acceptThread: thread) }
+        do throws(SystemCallError) {
+            let cores = max(1, min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 4))
+            var started: [EventLoop] = []
+            do throws(SystemCallError) {
+                for index in 0..<cores {
+                    started.append(try EventLoop(named: "grpc-loop-\(index)", logger: logger) { [self] id in
+                        registry.withLock { _ = $0.connections.removeValue(forKey: id) }
+                    })
+                }
+                let loops = started
+                let thread = try spawnThread(named: "grpc-accept") { [self] in acceptLoop(listener, loops: loops) }
+                state.withLock { $0 = .running(listener: listener, acceptThread: thread, loops: loops) }
+            } catch {
+                for loop in started { loop.stop() }
+                throw error
+            }
         } catch {
             listener.close()
             state.withLock { $0 = .idle }
@@ -90,7 +103,7 @@ public final class Server: Sendable {
             if case .running = state { state = .stopping }
             return previous
         }
-        guard case let .running(listener, acceptThread) = previous else { return }
+        guard case let .running(listener, acceptThread, loops) = previous else { return }
 
         acceptWake.signal()
         pthread_join(acceptThread, nil)
@@ -103,6 +116,7 @@ public final class Server: Sendable {
             forEachConnection { $0.requestShutdown(.immediate) }
             _ = waitForConnections(until: .now().advanced(byNanoseconds: 5_000_000_000))
         }
+        for loop in loops { loop.stop() }
         state.withLock { $0 = .stopped }
         logger.info("stopped", metadata: ["grpc.endpoint": "\(listener.endpoint)"])
     }
@@ -111,7 +125,7 @@ public final class Server: Sendable {
 
     // MARK: - Threads
 
-    private func acceptLoop(_ listener: ListeningSocket) {
+    private func acceptLoop(_ listener: ListeningSocket, loops: [EventLoop]) {
         while true {
             var fds = [
                 pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0),
@@ -134,28 +148,18 @@ public final class Server: Sendable {
                     continue
                 }
             }
-            serve(fd)
+            serve(fd, loops: loops)
         }
     }
 
-    private func serve(_ fd: Int32) {
+    private func serve(_ fd: Int32, loops: [EventLoop]) {
         let id = registry.withLock { registry -> Int in
             registry.nextID += 1
             return registry.nextID
         }
-        do {
-            let connection = try Connection(id: id, fd: fd, router: router, limits: limits, logger: logger)
-            registry.withLock { $0.connections[id] = connection }
-            let thread = try spawnThread(named: "grpc-conn-\(id)") { [self] in
-                connection.run()
-                registry.withLock { _ = $0.connections.removeValue(forKey: id) }
-            }
-            pthread_detach(thread)
-        } catch {
-            registry.withLock { _ = $0.connections.removeValue(forKey: id) }
-            close(fd)
-            logger.error("cannot serve connection", metadata: ["error": "\(error)"])
-        }
+        let connection = Connection(id: id, fd: fd, router: router, limits: limits, logger: logger, loop: loops[id % loops.count])
+        registry.withLock { $0.connections[id] = connection }
+        loops[id % loops.count].add(connection)
     }
 
     private func forEachConnection(_ body: (Connection) -> Void) {

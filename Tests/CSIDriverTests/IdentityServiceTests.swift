@@ -9,7 +9,7 @@ import UnaryGRPC
 struct FixedCheck: ReadinessCheck {
     let name: String
     let reason: String?
-    func unreadyReason() async -> String? { reason }
+    func unreadyReason() -> String? { reason }
 }
 
 func call<Response: SwiftProtobuf.Message>(
@@ -82,13 +82,13 @@ final class FakeClock: Sendable {
     @Test func readyOnlyWithinTheWindowAfterASuccess() async {
         let clock = FakeClock()
         let check = RecentSuccess(name: "proxmox-api", maxAgeSeconds: 30) { clock.nanoseconds.load(ordering: .relaxed) }
-        #expect(await check.unreadyReason() == "has not answered yet")
+        #expect(check.unreadyReason() == "has not answered yet")
         check.recordSuccess()
         clock.advance(seconds: 29)
-        #expect(await check.unreadyReason() == nil)
+        #expect(check.unreadyReason() == nil)
         clock.advance(seconds: 2)
-        #expect(await check.unreadyReason()?.contains("has not answered for 31 s") == true)
+        #expect(check.unreadyReason()?.contains("has not answered for 31 s") == true)
         check.recordSuccess()
-        #expect(await check.unreadyReason() == nil)
+        #expect(check.unreadyReason() == nil)
     }
 }

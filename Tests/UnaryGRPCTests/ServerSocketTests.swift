@@ -99,6 +99,35 @@ func isSocket(_ path: String) -> Bool {
         }
     }
 
+    @Test func anImmediateHandlerRunsOnTheEventLoopAndAnAsyncOneBesideIt() throws {
+        let (server, bound) = try startServer(.unix(path: temporaryDirectory() + "/csi.sock"))
+        defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
+        let client = try SocketClient(bound)
+        let slow = client.h2.call("/test.Echo/Slow", message: milliseconds(30_000))
+        let inline = client.h2.call("/test.Echo/WhereAmI", message: stringValue(""))
+        let echo = client.h2.call("/test.Echo/Echo", message: stringValue("async"))
+        #expect(client.exchange(until: SocketClient.closed([inline, echo])))
+        #expect(decodeString(client.h2.responses[inline]?.message)?.hasPrefix("grpc-loop-") == true,
+                "\(decodeString(client.h2.responses[inline]?.message) ?? "no answer")")
+        #expect(decodeString(client.h2.responses[echo]?.message) == "async")
+        #expect(client.h2.responses[slow]?.closed != true)
+    }
+
+    @Test func manyConnectionsAreServedWithoutAThreadEach() throws {
+        let (server, bound) = try startServer(.unix(path: temporaryDirectory() + "/csi.sock"))
+        defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
+        let before = threadCount()
+        let clients = try (0..<150).map { _ in try SocketClient(bound) }
+        let calls = clients.enumerated().map { index, client in client.h2.call("/test.Echo/Echo", message: stringValue("c\(index)")) }
+        for (index, client) in clients.enumerated() {
+            #expect(client.exchange(until: SocketClient.closed([calls[index]])))
+            #expect(decodeString(client.h2.responses[calls[index]]?.message) == "c\(index)")
+        }
+        #expect(server.openConnectionCount == 150)
+        // A thread per connection would have added 150; other suites' servers may add a few.
+        #expect(threadCount() - before < 30, "threads \(before) -> \(threadCount())")
+    }
+
     @Test func deadlineCancelsTheHandlerAndAnswersDeadlineExceeded() throws {
         let probe = HandlerProbe()
         let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)

@@ -21,4 +21,12 @@ int CLinux_spawn_close_from(posix_spawn_file_actions_t *actions, int from);
    lands on writes its number (SA_RESTART: interrupted calls resume). Returns the
    read end, or -1. Called once. */
 int CLinux_signal_pipe(const int *signals, int count);
+/* epoll with the event struct kept on this side (it is packed on x86-64).
+   Interest: readable always, writable when asked. Wait fills `tokens` and
+   `flags` (1 readable, 2 writable, 4 hang-up or error); returns the count or -1. */
+int CLinux_epoll_create(void);
+int CLinux_epoll_add(int epoll, int fd, unsigned long long token, int writable);
+int CLinux_epoll_modify(int epoll, int fd, unsigned long long token, int writable);
+int CLinux_epoll_remove(int epoll, int fd);
+int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags, int capacity, int timeout_ms);
 #endif

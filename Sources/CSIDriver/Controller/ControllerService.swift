@@ -65,7 +65,7 @@ public struct ControllerService: Sendable {
         router.register("/csi.v1.Controller/ControllerGetVolume") { request, _ in try await getVolume(request) }
         registerSnapshots(into: &router)
         router.register("/csi.v1.Controller/ControllerModifyVolume") { request, _ in try await one.run(request.volumeID) { try await modify(request) } }
-        router.register("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
+        router.registerImmediate("/csi.v1.Controller/ControllerGetCapabilities") { (_: Csi_V1_ControllerGetCapabilitiesRequest, _) in
             Csi_V1_ControllerGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
             }

@@ -61,7 +61,7 @@ public struct NodeService: Sendable {
     }
 
     public func register(into router: inout Router) {
-        router.register("/csi.v1.Node/NodeGetCapabilities") { (_: Csi_V1_NodeGetCapabilitiesRequest, _) in
+        router.registerImmediate("/csi.v1.Node/NodeGetCapabilities") { (_: Csi_V1_NodeGetCapabilitiesRequest, _) in
             Csi_V1_NodeGetCapabilitiesResponse.with {
                 $0.capabilities = Self.capabilities.map { type in .with { $0.rpc.type = type } }
             }

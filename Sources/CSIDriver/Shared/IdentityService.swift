@@ -31,8 +31,8 @@ public struct IdentityService: Sendable {
         .with { $0.capabilities = capabilities }
     }
 
-    public func probe(_: Csi_V1_ProbeRequest, _ context: CallContext) async -> Csi_V1_ProbeResponse {
-        let reasons = await readiness.unreadyReasons()
+    public func probe(_: Csi_V1_ProbeRequest, _ context: CallContext) -> Csi_V1_ProbeResponse {
+        let reasons = readiness.unreadyReasons()
         if !reasons.isEmpty {
             context.logger.warning("not ready", metadata: ["csi.unready": "\(reasons.joined(separator: "; "))"])
         }
@@ -40,8 +40,9 @@ public struct IdentityService: Sendable {
     }
 
     public func register(into router: inout Router) {
-        router.register("/csi.v1.Identity/GetPluginInfo") { request, context in getPluginInfo(request, context) }
-        router.register("/csi.v1.Identity/GetPluginCapabilities") { request, context in getPluginCapabilities(request, context) }
-        router.register("/csi.v1.Identity/Probe") { request, context in await probe(request, context) }
+        // All three answer from memory: run inline on the connection's event loop.
+        router.registerImmediate("/csi.v1.Identity/GetPluginInfo") { request, context in getPluginInfo(request, context) }
+        router.registerImmediate("/csi.v1.Identity/GetPluginCapabilities") { request, context in getPluginCapabilities(request, context) }
+        router.registerImmediate("/csi.v1.Identity/Probe") { request, context in probe(request, context) }
     }
 }

@@ -6,7 +6,8 @@ public protocol ReadinessCheck: Sendable {
     /// Names the dependency in logs, e.g. "proxmox-api".
     var name: String { get }
     /// Nil when ready; otherwise why not, in words an operator can act on.
-    func unreadyReason() async -> String?
+    /// Must answer from memory at once: Probe runs it on the connection's event loop.
+    func unreadyReason() -> String?
 }
 
 /// The answer Probe gives: ready only when every check is.
@@ -18,10 +19,10 @@ public struct Readiness: Sendable {
     }
 
     /// The reasons of the checks that are not ready (empty when ready).
-    public func unreadyReasons() async -> [String] {
+    public func unreadyReasons() -> [String] {
         var reasons: [String] = []
         for check in checks {
-            if let reason = await check.unreadyReason() { reasons.append("\(check.name): \(reason)") }
+            if let reason = check.unreadyReason() { reasons.append("\(check.name): \(reason)") }
         }
         return reasons
     }
@@ -46,7 +47,7 @@ public final class RecentSuccess: ReadinessCheck {
         lastSuccess.store(now(), ordering: .relaxed)
     }
 
-    public func unreadyReason() async -> String? {
+    public func unreadyReason() -> String? {
         let last = lastSuccess.load(ordering: .relaxed)
         if last == 0 { return "has not answered yet" }
         let age = now() &- last

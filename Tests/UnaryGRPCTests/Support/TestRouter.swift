@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import SwiftProtobuf
 import Synchronization
@@ -31,7 +34,29 @@ func makeTestRouter(probe: HandlerProbe = HandlerProbe(), logger: Logger = silen
         }
         return request
     }
+    // Answers the name of the thread it ran on (an immediate handler runs on the connection's event loop).
+    router.registerImmediate("/test.Echo/WhereAmI") { (_: Google_Protobuf_StringValue, _) -> Google_Protobuf_StringValue in
+        probe.calls.add(1, ordering: .relaxed)
+        return Google_Protobuf_StringValue(threadName())
+    }
     return router
+}
+
+func threadName() -> String {
+    let fd = open("/proc/thread-self/comm", O_RDONLY)
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 32)
+    let count = read(fd, &buffer, buffer.count)
+    return String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
+}
+
+func threadCount() -> Int {
+    let fd = open("/proc/self/status", O_RDONLY)
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 8192)
+    let count = read(fd, &buffer, buffer.count)
+    let status = String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self)
+    return status.split(separator: "\n").first { $0.hasPrefix("Threads:") }.flatMap { Int($0.dropFirst(8).trimmingPrefix(while: \.isWhitespace)) } ?? 0
 }
 
 func bytes(_ message: some SwiftProtobuf.Message) -> [UInt8] {

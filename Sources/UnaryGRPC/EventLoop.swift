@@ -1,0 +1,176 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLinux
+import Logging
+import Synchronization
+
+/// One thread serving many connections with epoll: it reads what arrives,
+/// starts calls, delivers finished handlers' results and writes responses.
+///
+/// The server runs a few of these (one per core, at most four) instead of a
+/// thread per connection: a hundred idle kubelet and sidecar connections then
+/// cost a hundred sockets, not a hundred stacks and malloc arenas, and the
+/// threads that do the work are as many as the cores that can run them.
+final class EventLoop: @unchecked Sendable {
+    private struct Inbox {
+        var added: [Connection] = []
+        var notified: Set<Int> = []
+        var wakePending = false
+        var stopping = false
+    }
+
+    private static let wakeToken = UInt64.max
+
+    private let epoll: Int32
+    private let wake: WakeSignal
+    private let inbox = Mutex(Inbox())
+    private let logger: Logger
+    private let onClosed: @Sendable (Int) -> Void
+    private var thread: pthread_t?
+
+    // Owned by the loop's thread.
+    private var connections: [Int: Connection] = [:]
+
+    init(named name: String, logger: Logger, onClosed: @escaping @Sendable (Int) -> Void) throws(SystemCallError) {
+        self.logger = logger
+        self.onClosed = onClosed
+        epoll = try retryingOnInterrupt("epoll_create1") { CLinux_epoll_create() }
+        wake = try WakeSignal()
+        guard CLinux_epoll_add(epoll, wake.fd, Self.wakeToken, 0) == 0 else {
+            let error = SystemCallError(call: "epoll_ctl", errno: errno)
+            Glibc.close(epoll)
+            throw error
+        }
+        thread = try spawnThread(named: name) { [self] in run() }
+    }
+
+    deinit { Glibc.close(epoll) }
+
+    /// From any thread: serve `connection` on this loop.
+    func add(_ connection: Connection) {
+        signal { $0.added.append(connection) }
+    }
+
+    /// From any thread: `id` has results or a shutdown request waiting.
+    func notify(_ id: Int) {
+        signal { $0.notified.insert(id) }
+    }
+
+    /// Closes every connection still open and ends the thread.
+    func stop() {
+        signal { $0.stopping = true }
+        if let thread { pthread_join(thread, nil) }
+    }
+
+    private func signal(_ change: (inout Inbox) -> Void) {
+        let wakeNeeded = inbox.withLock { inbox -> Bool in
+            change(&inbox)
+            defer { inbox.wakePending = true }
+            return !inbox.wakePending
+        }
+        if wakeNeeded { wake.signal() }
+    }
+
+    // MARK: - The loop's thread
+
+    private func run() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        defer { buffer.deallocate() }
+        var tokens = [UInt64](repeating: 0, count: 64)
+        var flags = [UInt32](repeating: 0, count: 64)
+        var touched: Set<Int> = []
+
+        while true {
+            let count = CLinux_epoll_wait(epoll, &tokens, &flags, Int32(tokens.count), waitTimeout())
+            if count < 0 {
+                if errno == EINTR { continue }
+                logger.error("event loop stopped", metadata: ["error": "\(SystemCallError(call: "epoll_wait", errno: errno))"])
+                closeAll()
+                return
+            }
+            touched.removeAll(keepingCapacity: true)
+            for index in 0..<Int(count) {
+                if tokens[index] == Self.wakeToken {
+                    wake.drain()
+                    if takeInbox(into: &touched) {
+                        closeAll()
+                        return
+                    }
+                } else if let connection = connections[Int(tokens[index])] {
+                    if flags[index] & 5 != 0 { connection.onReadable(buffer: buffer) }
+                    touched.insert(connection.id)
+                }
+            }
+            let now = MonotonicInstant.now()
+            for (id, connection) in connections where connection.hasDeadline(dueBy: now) { touched.insert(id) }
+            for id in touched {
+                guard let connection = connections[id] else { continue }
+                if connection.settle() {
+                    watchWritability(connection)
+                } else {
+                    _ = CLinux_epoll_remove(epoll, connection.fd)
+                    connections[id] = nil
+                    onClosed(id)
+                }
+            }
+        }
+    }
+
+    /// Registers new connections and passes notifications on. True when the loop must stop.
+    private func takeInbox(into touched: inout Set<Int>) -> Bool {
+        let (added, notified, stopping) = inbox.withLock { inbox in
+            defer {
+                inbox.added.removeAll()
+                inbox.notified.removeAll()
+                inbox.wakePending = false
+            }
+            return (inbox.added, inbox.notified, inbox.stopping)
+        }
+        for connection in added {
+            if CLinux_epoll_add(epoll, connection.fd, UInt64(connection.id), 0) == 0 {
+                connections[connection.id] = connection
+                touched.insert(connection.id)  // its SETTINGS frame goes out now
+            } else {
+                logger.error("cannot watch connection", metadata: ["error": "\(SystemCallError(call: "epoll_ctl", errno: errno))"])
+                connection.close()
+                onClosed(connection.id)
+            }
+        }
+        for id in notified {
+            guard let connection = connections[id] else { continue }
+            connection.onNotified()
+            touched.insert(id)
+        }
+        return stopping
+    }
+
+    private func watchWritability(_ connection: Connection) {
+        let wanted = connection.hasPendingOutput
+        guard wanted != connection.watchesWritable else { return }
+        if CLinux_epoll_modify(epoll, connection.fd, UInt64(connection.id), wanted ? 1 : 0) == 0 {
+            connection.watchesWritable = wanted
+        }
+    }
+
+    /// Milliseconds until the earliest call deadline of any connection; -1 for none.
+    private func waitTimeout() -> Int32 {
+        var earliest: MonotonicInstant?
+        for connection in connections.values {
+            if let deadline = connection.nextDeadline(), earliest.map({ deadline < $0 }) ?? true { earliest = deadline }
+        }
+        guard let earliest else { return -1 }
+        let nanoseconds = MonotonicInstant.now().nanoseconds(until: earliest)
+        // Round up so a deadline is never checked a moment too early.
+        return Int32(min((nanoseconds + 999_999) / 1_000_000, 60_000))
+    }
+
+    private func closeAll() {
+        for (id, connection) in connections {
+            _ = CLinux_epoll_remove(epoll, connection.fd)
+            connection.close()
+            onClosed(id)
+        }
+        connections.removeAll()
+    }
+}
