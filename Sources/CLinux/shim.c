@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <linux/fs.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -88,3 +89,5 @@ int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags
     }
     return count;
 }
+
+int CLinux_malloc_trim(void) { return malloc_trim(0); }

@@ -31,6 +31,13 @@ final class EventLoop: @unchecked Sendable {
 
     // Owned by the loop's thread.
     private var connections: [Int: Connection] = [:]
+    /// Calls were served since memory was last handed back (see `idleTrim`).
+    private var busySinceTrim = false
+
+    /// How long a loop waits idle before handing freed memory back to the system:
+    /// a burst of calls leaves malloc holding its peak (output buffers, sessions of
+    /// connections since closed), which a node plugin would otherwise keep for good.
+    static let idleTrimMilliseconds: Int32 = 2_000
 
     init(named name: String, logger: Logger, onClosed: @escaping @Sendable (Int) -> Void) throws(SystemCallError) {
         self.logger = logger
@@ -89,6 +96,13 @@ final class EventLoop: @unchecked Sendable {
                 closeAll()
                 return
             }
+            if count == 0, busySinceTrim, connections.values.allSatisfy({ $0.nextDeadline() == nil }) {
+                // Idle since the last call: nothing in flight, so return what malloc holds free.
+                _ = CLinux_malloc_trim()
+                busySinceTrim = false
+                continue
+            }
+            if count > 0 { busySinceTrim = true }
             touched.removeAll(keepingCapacity: true)
             for index in 0..<Int(count) {
                 if tokens[index] == Self.wakeToken {
@@ -159,10 +173,12 @@ final class EventLoop: @unchecked Sendable {
         for connection in connections.values {
             if let deadline = connection.nextDeadline(), earliest.map({ deadline < $0 }) ?? true { earliest = deadline }
         }
-        guard let earliest else { return -1 }
+        let idle: Int32 = busySinceTrim ? Self.idleTrimMilliseconds : -1
+        guard let earliest else { return idle }
         let nanoseconds = MonotonicInstant.now().nanoseconds(until: earliest)
         // Round up so a deadline is never checked a moment too early.
-        return Int32(min((nanoseconds + 999_999) / 1_000_000, 60_000))
+        let untilDeadline = Int32(min((nanoseconds + 999_999) / 1_000_000, 60_000))
+        return idle < 0 ? untilDeadline : min(untilDeadline, idle)
     }
 
     private func closeAll() {

@@ -29,4 +29,6 @@ int CLinux_epoll_add(int epoll, int fd, unsigned long long token, int writable);
 int CLinux_epoll_modify(int epoll, int fd, unsigned long long token, int writable);
 int CLinux_epoll_remove(int epoll, int fd);
 int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags, int capacity, int timeout_ms);
+/* malloc_trim(0): hands memory malloc keeps free back to the system. */
+int CLinux_malloc_trim(void);
 #endif
