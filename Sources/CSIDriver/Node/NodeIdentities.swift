@@ -1,4 +1,5 @@
 import FoundationEssentials
+import TextSupport
 import ProxmoxDomain
 import Synchronization
 import UnaryGRPC
@@ -35,7 +36,7 @@ final class NodeIdentities: Sendable {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
                 let data = try JSONEncoder().encode(identity)
-                try data.write(to: URL(fileURLWithPath: path(of: identity.volumeID, in: directory)), options: .atomic)
+                try AtomicFile.replace(path(of: identity.volumeID, in: directory), with: Array(data))
             } catch {
                 throw RPCError(.internal, "cannot record the disk identity of volume \(identity.volumeID) in \(directory): \(error)")
             }
