@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockDevice
 import CSIProto
 import FoundationEssentials
@@ -135,9 +138,10 @@ extension NodeService {
             let parent = path.deletingLastPathComponent
             try manager.createDirectory(atPath: parent, withIntermediateDirectories: true)
             if asFile {
-                guard manager.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                    throw CocoaError(.fileWriteUnknown)
-                }
+                // open(O_EXCL), not FileManager.createFile: that links Foundation's temporary-file writer.
+                let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+                close(fd)
             } else {
                 try manager.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o750])
             }
