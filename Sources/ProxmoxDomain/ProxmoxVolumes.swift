@@ -56,14 +56,21 @@ public final class ProxmoxVolumes: Sendable {
     package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.
     package let cacheSeconds: Double
+    /// A scan (who else holds this volume?) trusts a VM config read this recently.
+    /// Every change the driver makes drops the VM's entry and the read that confirms
+    /// the change puts the new config back, so within this time a scan misses only
+    /// what someone else did to a VM; a holder a scan reports is read again before
+    /// anything is decided on it.
+    package let scanSeconds: Double
 
     package init(clusters: [(name: String, client: any ProxmoxCluster)], ownerVMID: Int, taskTimeout: Double,
-                 cacheSeconds: Double = 2) {
+                 cacheSeconds: Double = 2, scanSeconds: Double = 30) {
         clusterNames = clusters.map(\.name)
         clients = Dictionary(clusters.map { ($0.name, $0.client) }, uniquingKeysWith: { first, _ in first })
         self.ownerVMID = ownerVMID
         self.taskTimeout = taskTimeout
         self.cacheSeconds = cacheSeconds
+        self.scanSeconds = scanSeconds
     }
 
     package func client(_ cluster: String) throws(DomainError) -> any ProxmoxCluster {
@@ -173,10 +180,19 @@ public final class ProxmoxVolumes: Sendable {
     /// that started after this call, shared with concurrent callers).
     package func freshConfig(_ vm: VMRef) async throws -> VMConfig {
         let client = try client(vm.cluster)
+        let key = vm.key
+        let now = ProcessInfo.processInfo.systemUptime
+        let changes = scanned.withLock { $0.changes[key] ?? 0 }
         // Keyed by node too: a read another caller sent to the node a VM left must not answer for it.
-        return try await configReads.read("\(vm.key)@\(vm.node)", asked: ContinuousClock.now) {
+        let config = try await configReads.read("\(vm.key)@\(vm.node)", asked: ContinuousClock.now) {
             try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
         }
+        // Scans may use it (a confirm read after the driver's own change keeps them from rereading),
+        // unless a change of the driver's overlapped the read, which may then predate it.
+        scanned.withLock {
+            if $0.changes[key] ?? 0 == changes { $0.configs[key] = (now, config) }
+        }
+        return config
     }
 
     /// Runs a change of a VM's config while no other change of that VM runs
@@ -219,17 +235,11 @@ public final class ProxmoxVolumes: Sendable {
         return (target, try await freshConfig(target))
     }
 
-    /// A VM's config for a scan: at most `cacheSeconds` old, never older than the driver's own last change to it.
+    /// A VM's config for a scan: at most `scanSeconds` old, never older than the driver's own last change to it.
     package func scanConfig(_ vm: VMRef) async throws -> VMConfig {
-        let key = vm.key
         let now = ProcessInfo.processInfo.systemUptime
-        let (cached, changes) = scanned.withLock { ($0.configs[key], $0.changes[key] ?? 0) }
-        if let cached, now - cached.at < cacheSeconds { return cached.config }
-        let config = try await freshConfig(vm)
-        scanned.withLock {
-            if $0.changes[key] ?? 0 == changes { $0.configs[key] = (now, config) }
-        }
-        return config
+        if let cached = scanned.withLock({ $0.configs[vm.key] }), now - cached.at < scanSeconds { return cached.config }
+        return try await freshConfig(vm)
     }
 
     /// Configs of `vms` for a scan, read in parallel; VMs deleted meanwhile are left out.
@@ -262,8 +272,15 @@ public final class ProxmoxVolumes: Sendable {
                 && !ProxmoxVolumes.isSourceVM($0)
         }
         var found: [(VMRef, String)] = []
-        for (vm, vmConfig) in try await scanConfigs(candidates) {
-            found += Self.disks(holding: volid, in: vmConfig).map { (vm, $0) }
+        for (vm, vmConfig) in try await scanConfigs(candidates) where !Self.disks(holding: volid, in: vmConfig).isEmpty {
+            // A holder is read again: callers refuse, detach or release on it.
+            let now: VMConfig
+            do {
+                now = try await freshConfig(vm)
+            } catch ProxmoxError.notFound {
+                continue  // deleted since the listing
+            }
+            found += Self.disks(holding: volid, in: now).map { (vm, $0) }
         }
         return found
     }

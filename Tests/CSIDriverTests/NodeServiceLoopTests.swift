@@ -437,7 +437,7 @@ struct NodeServiceLoopTests {
         fake.addStorage("ceph", type: "rbd", shared: true, capacity: 100 << 30)
         fake.addVM(100, node: "pve1", name: "k8s-node-1", config: ["scsi0": "ceph:vm-100-disk-0,size=8G",
                                                                    "scsi7": "ceph:vm-9999-pvc-p,backup=0,iothread=1,wwn=\(wwn)"])
-        let volumes = ProxmoxVolumes(clusters: [("sim", fake)], ownerVMID: 9999, taskTimeout: 5, cacheSeconds: 0)
+        let volumes = ProxmoxVolumes(clusters: [("sim", fake)], ownerVMID: 9999, taskTimeout: 5, cacheSeconds: 0, scanSeconds: 0)
         let node = try NodeFixture(volumes: volumes)
         let disk = try node.disk("pvc-p", wwn: wwn)
         // What the plugin's NodeStage and NodePublish left: xfs, mounted at the staging path, bound into the pod.

@@ -10,13 +10,14 @@ struct Scene {
     let fake = FakeCluster()
     let volumes: ProxmoxVolumes
 
-    init(cacheSeconds: Double = 0) {
+    init(cacheSeconds: Double = 0, scanSeconds: Double? = nil) {
         fake.addStorage("local-lvm", type: "lvmthin")
         fake.addStorage("ceph", type: "rbd", shared: true)
         fake.addStorage("local", type: "dir")
         fake.addVM(100, node: "pve1", name: "worker-1", config: ["scsi0": "local-lvm:vm-100-disk-0,size=32G", "scsihw": "virtio-scsi-pci"])
         fake.addVM(101, node: "pve2", name: "worker-2", config: ["scsi0": "local-lvm:vm-101-disk-0,size=32G"])
-        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: cacheSeconds)
+        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: cacheSeconds,
+                                 scanSeconds: scanSeconds ?? cacheSeconds)
     }
 
     /// A volume of the driver's on `storage` (local to pve1 unless shared).

@@ -36,7 +36,7 @@ struct ControllerScene {
             tokenID: csi@pve!csi
             tokenSecret: s
         """ + profiles)
-        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: 0)
+        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: 0, scanSeconds: 0)
         var router = Router()
         service = ControllerService(volumes: volumes, config: config)
         service.register(into: &router)

@@ -1,0 +1,52 @@
+import FakeProxmox
+import ProxmoxAPI
+@testable import ProxmoxDomain
+import Testing
+
+/// Scans for a volume's holders trust configs the driver's own changes keep up to
+/// date, and read again any VM they report before anything is decided on it.
+@Suite struct ScanCacheTests {
+    func storage(_ scene: Scene) async throws -> StorageRef {
+        try #require(try await scene.volumes.storage("main", "ceph"))
+    }
+
+    @Test func aScanAfterTheDriversOwnAttachReadsNoConfig() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 3600)
+        let ceph = try await storage(scene)
+        let first = scene.volume("pvc-a", storage: "ceph", node: nil)
+        let other = scene.volume("pvc-b", storage: "ceph", node: nil)
+        _ = try await scene.volumes.attachments(of: first, storage: ceph)  // fills the cache: both VMs read
+        _ = try await scene.attach("ceph:\(first.volume)", to: 100)
+        let before = scene.fake.count(.pending)
+        #expect(try await scene.volumes.attachments(of: other, storage: ceph).isEmpty)
+        #expect(scene.fake.count(.pending) == before, "the confirm read of the attach left VM 100's config for scans")
+        // The attached volume is found, after one fresh read of the VM holding it.
+        let holders = try await scene.volumes.attachments(of: first, storage: ceph)
+        #expect(holders.map { $0.0.vmid } == [100])
+        #expect(scene.fake.count(.pending) == before + 1)
+    }
+
+    @Test func aHolderTheCacheNamesIsReadAgainAndDroppedWhenItLetGo() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 3600)
+        let ceph = try await storage(scene)
+        let handle = scene.volume("pvc-a", storage: "ceph", node: nil)
+        let slot = try await scene.attach("ceph:\(handle.volume)", to: 101)
+        #expect(try await scene.volumes.attachments(of: handle, storage: ceph).map { $0.1 } == [slot])
+        // Someone else detaches it behind the driver's back: the cache still has it.
+        scene.fake.state.withLock { state in
+            state.vms[101]!.values[slot] = nil
+            state.vms[101]!.changes += 1
+        }
+        #expect(try await scene.volumes.attachments(of: handle, storage: ceph).isEmpty)
+    }
+
+    @Test func withoutTheCacheEveryScanReadsEveryVM() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 0)
+        let ceph = try await storage(scene)
+        let handle = scene.volume("pvc-a", storage: "ceph", node: nil)
+        let before = scene.fake.count(.pending)
+        _ = try await scene.volumes.attachments(of: handle, storage: ceph)
+        _ = try await scene.volumes.attachments(of: handle, storage: ceph)
+        #expect(scene.fake.count(.pending) == before + 4)
+    }
+}
