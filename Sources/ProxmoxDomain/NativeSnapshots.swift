@@ -123,6 +123,39 @@ extension ProxmoxVolumes {
         }
     }
 
+    /// Every native snapshot, each source VM's list read at most `scanSeconds` ago and never
+    /// before the driver's own last snapshot change on it: CreateSnapshot's check that no other
+    /// volume has a snapshot of the name (it rereads a match before refusing). Reading every
+    /// source VM for every snapshot made a burst of N snapshots cost N² reads.
+    package func recentNativeSnapshots() async throws -> [NativeSnapshot] {
+        var out: [NativeSnapshot] = []
+        for cluster in clusterNames {
+            for vm in try await vms(cluster) where Self.isSourceVM(vm) {
+                let key = "\(vm.key)/\(vm.name)"
+                let now = ProcessInfo.processInfo.systemUptime
+                let (cached, changes) = snapshotScans.withLock { ($0.lists[key], $0.changes[key] ?? 0) }
+                if let cached, now - cached.at < scanSeconds {
+                    out += cached.snapshots
+                    continue
+                }
+                guard let source = try await sourceVM(vm) else { continue }
+                let snapshots = try await nativeSnapshots(of: source)
+                snapshotScans.withLock { if $0.changes[key] ?? 0 == changes { $0.lists[key] = (now, snapshots) } }
+                out += snapshots
+            }
+        }
+        return out
+    }
+
+    /// Forgets what the name check read of the source VM's snapshots: the driver just changed them.
+    func snapshotsChanged(_ vm: VMRef) {
+        let key = "\(vm.key)/\(vm.name)"
+        snapshotScans.withLock {
+            $0.lists[key] = nil
+            $0.changes[key, default: 0] &+= 1
+        }
+    }
+
     /// Every native snapshot, in every cluster.
     package func nativeSnapshots() async throws -> [NativeSnapshot] {
         var out: [NativeSnapshot] = []
@@ -170,6 +203,7 @@ extension ProxmoxVolumes {
             // A stopped VM takes the change at once; not owning the volume, removing it frees nothing
             // (qemu-server vmconfig_register_unused_drive registers only owned volumes).
             try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", volid)])
+            defer { self.snapshotsChanged(vm) }
             do {
                 try await client.createSnapshot(node: vm.node, vmid: vm.vmid, name: NativeSnapshot.snapname(csiName: csiName),
                                                 description: "name: \(csiName)\ncreated: \(createdAt)\nsize: \(bytes)\n")
@@ -190,6 +224,7 @@ extension ProxmoxVolumes {
         let source = snapshot.source
         let client = try client(source.vm.cluster)
         try await vmLocks.run("\(source.vm.cluster)/source/\(source.vm.name)") {
+            defer { self.snapshotsChanged(source.vm) }
             do {
                 try await client.deleteSnapshot(node: source.vm.node, vmid: source.vm.vmid, name: snapshot.snapname)
             } catch ProxmoxError.notFound {

@@ -52,6 +52,9 @@ public final class ProxmoxVolumes: Sendable {
     /// moved meanwhile) does not cache what it read, which may predate it.
     private let scanned = Mutex<(configs: [String: (at: Double, config: VMConfig)], changes: [String: UInt64])>(([:], [:]))
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
+    /// Native snapshot lists of source VMs as CreateSnapshot's name check last read them,
+    /// by "cluster/vmid/name"; the driver's own snapshot changes drop an entry and count.
+    let snapshotScans = Mutex<(lists: [String: (at: Double, snapshots: [NativeSnapshot])], changes: [String: UInt64])>(([:], [:]))
     /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
     package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.

@@ -50,3 +50,27 @@ import Testing
         #expect(scene.fake.count(.pending) == before + 4)
     }
 }
+
+/// CreateSnapshot's name check reads each source VM's snapshots once, not once per snapshot.
+@Suite struct SnapshotScanCacheTests {
+    @Test func theNameCheckRereadsOnlyWhatTheDriverChanged() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 3600)
+        var taken: [NativeSnapshot] = []
+        for name in ["pvc-a", "pvc-b", "pvc-c"] {
+            let handle = scene.volume(name)
+            taken.append(try await scene.volumes.takeNativeSnapshot("snap-\(name)", of: handle.description, volid: "local-lvm:\(handle.volume)",
+                                                                     bytes: 1 << 30, cluster: "main", node: "pve1"))
+        }
+        #expect(Set(try await scene.volumes.recentNativeSnapshots().map(\.csiName)) == ["snap-pvc-a", "snap-pvc-b", "snap-pvc-c"])
+        let before = scene.fake.count(.snapshots)
+        _ = try await scene.volumes.recentNativeSnapshots()
+        #expect(scene.fake.count(.snapshots) == before, "nothing changed: nothing reread")
+        try await scene.volumes.deleteNativeSnapshot(taken[1])
+        let after = try await scene.volumes.recentNativeSnapshots()
+        #expect(Set(after.map(\.csiName)) == ["snap-pvc-a", "snap-pvc-c"])
+        // The full listing ListSnapshots uses reads every source VM.
+        let listed = scene.fake.count(.snapshots)
+        _ = try await scene.volumes.nativeSnapshots()
+        #expect(scene.fake.count(.snapshots) - listed == after.count)
+    }
+}

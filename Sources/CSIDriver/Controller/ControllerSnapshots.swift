@@ -112,8 +112,9 @@ extension ControllerService {
                 return .with { $0.snapshot = message(copy, size: size) }
             }
             if try await takesNativeSnapshots(handle, storage: storage) {
-                if let other = try await volumes.nativeSnapshots().first(where: { $0.csiName == request.name }),
-                   other.source.source != request.sourceVolumeID {
+                if let cached = try await volumes.recentNativeSnapshots().first(where: {
+                       $0.csiName == request.name && $0.source.source != request.sourceVolumeID }),
+                   let other = try await volumes.nativeSnapshots(of: cached.source).first(where: { $0.csiName == request.name }) {
                     throw RPCError(.alreadyExists, "snapshot \(request.name) exists for another volume (\(other.source.source))")
                 }
                 let native = try await volumes.takeNativeSnapshot(request.name, of: request.sourceVolumeID, volid: volid, bytes: size,
