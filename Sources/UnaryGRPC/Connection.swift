@@ -151,7 +151,10 @@ final class Connection: @unchecked Sendable {
         for call in session.takeReadyCalls() {
             let context = CallContext(method: call.path, deadline: call.deadline, logger: logger)
             if let immediate = router.immediateHandler(for: call.path) {
-                session.respond(streamID: call.streamID, result: immediate(call.message, context))
+                let result = immediate(call.message, context)
+                // As for a task: an answer that comes after the deadline is DEADLINE_EXCEEDED.
+                session.respond(streamID: call.streamID, result: context.deadlinePassed
+                    ? .failure(RPCError(.deadlineExceeded, "deadline exceeded before the call finished")) : result)
                 continue
             }
             guard let handler = router.handler(for: call.path) else { continue }
