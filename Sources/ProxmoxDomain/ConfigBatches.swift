@@ -31,6 +31,54 @@ package struct ConfigDraft {
 
     /// Whether an edit earlier in this batch freed `key`: free for the next write.
     package func isFreedInThisBatch(_ key: String) -> Bool { values[key] == nil && read[key] != nil }
+
+    /// The config as a successful write of this draft leaves it, when that is
+    /// certain without reading it again; nil when it is not.
+    ///
+    /// qemu-server's update_vm_api (API2/Qemu.pm, `$updatefn`) hot-plugs each
+    /// key the write modified (QemuServer.pm vmconfig_hotplug_pending, or
+    /// vmconfig_apply_pending for a stopped VM) and raises every hot-plug error
+    /// at the end (`raise_param_exc($errors)`), which fails the write. A key is
+    /// left pending without an error only when it is skipped (`die "skip\n"`):
+    /// for a disk, when the VM's hotplug option leaves out disk
+    /// (vmconfig_update_disk, and the delete branch of vmconfig_hotplug_pending).
+    /// So with disk hot-plug on, a write that succeeded made every disk it
+    /// added current and removed every disk it deleted. Not modelled, and so
+    /// read again: a changed option of a disk already there (vmconfig_update_disk
+    /// skips what it cannot change live), any key but a disk's, and detaching a
+    /// volume the VM itself owns, which becomes `unusedN`
+    /// (vmconfig_delete_or_detach_drive → vmconfig_register_unused_drive).
+    package func written(set: [(String, String)], delete: [String], revert: [String], vmid: Int) -> VMConfig? {
+        guard config.hotplugWithoutDisk == nil,
+              (set.map(\.0) + delete + revert).allSatisfy(ProxmoxVolumes.isDiskKey),
+              set.allSatisfy({ config.values[$0.0] == nil }) else { return nil }
+        let ownPrefixes = ["vm-\(vmid)-", "base-\(vmid)-"]
+        for key in delete {
+            let volume = Volid.volumeName(of: ProxmoxVolumes.volid(of: config.held[key] ?? ""))
+            if ownPrefixes.contains(where: volume.hasPrefix) { return nil }
+        }
+        var after = config
+        after.digest = ""  // a hash of the file Proxmox wrote: unknown until read
+        for (key, value) in set {
+            after.values[key] = value
+            after.pending[key] = nil
+            after.pendingDelete.remove(key)
+        }
+        for key in delete { after.values[key] = nil }
+        for key in delete + revert {
+            after.pending[key] = nil
+            after.pendingDelete.remove(key)
+        }
+        return after
+    }
+}
+
+/// What a batch did to a VM: the VM as written to (on its new node if it
+/// migrated meanwhile) and its config as the write left it, when certain
+/// (`ConfigDraft.written`); nil asks the caller to read it.
+package struct ConfigOutcome: Sendable {
+    package var vm: VMRef
+    package var config: VMConfig?
 }
 
 /// One caller's change to a VM's config, made on the batch's draft. It throws
@@ -48,9 +96,9 @@ package typealias ConfigEdit = @Sendable (inout ConfigDraft) throws -> Void
 package final class ConfigBatches: Sendable {
     private struct Waiting {
         let edit: ConfigEdit
-        let continuation: CheckedContinuation<VMRef, any Error>
+        let continuation: CheckedContinuation<ConfigOutcome, any Error>
 
-        func resume(_ result: Result<VMRef, any Error>) { continuation.resume(with: result) }
+        func resume(_ result: Result<ConfigOutcome, any Error>) { continuation.resume(with: result) }
     }
 
     /// Edits not yet written, per VM. A key is present while a writer runs for
@@ -63,11 +111,10 @@ package final class ConfigBatches: Sendable {
     package struct NextWrite: Error {}
 
     /// Applies `edit` to the VM's config, together with whatever other edits
-    /// are waiting, and returns once the write that carried it is done, with
-    /// the VM as written to (on its new node if it migrated meanwhile).
-    package func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+    /// are waiting, and returns once the write that carried it is done.
+    package func apply(_ vm: VMRef, in volumes: ProxmoxVolumes, _ edit: @escaping ConfigEdit) async throws -> ConfigOutcome {
         let key = vm.key
-        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<VMRef, any Error>) in
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ConfigOutcome, any Error>) in
             let startsWriter = queued.withLock { queues in
                 defer { queues[key, default: []].append(Waiting(edit: edit, continuation: continuation)) }
                 return queues[key] == nil
@@ -81,7 +128,9 @@ package final class ConfigBatches: Sendable {
         while true {
             // The batch is whatever waits once the VM is free (a resize may hold it).
             let target = vm
-            if let written = try? await volumes.changingVM(target, {
+            // Not changingVM: a write that succeeded leaves its config in the
+            // scan cache (write(to:) does), which changingVM would drop again.
+            if let written = try? await volumes.vmLocks.run(key, {
                 let batch = self.queued.withLock { queues in
                     defer { queues[key] = [] }
                     return queues[key] ?? []
@@ -157,15 +206,22 @@ package final class ConfigBatches: Sendable {
             set.removeAll { revert.contains($0.0) }
             delete.removeAll(where: revert.contains)
             if set.isEmpty && delete.isEmpty && revert.isEmpty {
-                members.forEach { $0.resume(.success(vm)) }
+                let outcome = ConfigOutcome(vm: vm, config: config)  // nothing to write: the config just read stands
+                members.forEach { $0.resume(.success(outcome)) }
                 return (postponed, vm)
             }
             do {
-                try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, revert: revert,
-                                                digest: config.digest)
+                do {
+                    try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: set, delete: delete, revert: revert,
+                                                    digest: config.digest)
+                } catch {
+                    volumes.configChanged(vm)  // a failed write may still have changed some keys
+                    throw error
+                }
+                let outcome = ConfigOutcome(vm: vm, config: draft.written(set: set, delete: delete, revert: revert, vmid: vm.vmid))
                 // Before anyone hears of success, so no scan they start can see the old config.
-                volumes.configChanged(vm)
-                members.forEach { $0.resume(.success(vm)) }
+                volumes.configWritten(vm, outcome.config)
+                members.forEach { $0.resume(.success(outcome)) }
                 return (postponed, vm)
             } catch ProxmoxError.digestConflict where attempt < attempts {
                 continue  // someone else changed the config: decide again on the new one

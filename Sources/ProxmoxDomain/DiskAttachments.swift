@@ -54,14 +54,21 @@ extension ProxmoxVolumes {
         return try await confirmAttached(volid, to: written)
     }
 
+    /// The VM's config after a batch: as the write left it when that is
+    /// certain, else read again (a VM on no node is nil).
+    private func config(after outcome: ConfigOutcome) async throws -> (VMRef, VMConfig)? {
+        if let config = outcome.config { return (outcome.vm, config) }
+        return try await currentConfig(outcome.vm)
+    }
+
     /// Answers only once the disk is in the VM's current config, which the
     /// running VM has: Proxmox leaves an attach it could not hot-plug pending
     /// (qemu-server vmconfig_hotplug_pending), and the VM would get the disk
     /// only when it restarts. The way aws-ebs-csi-driver waits for the
     /// attachment state before answering.
-    private func confirmAttached(_ volid: String, to written: VMRef) async throws -> AttachedDisk {
-        guard let (vm, after) = try await currentConfig(written) else {
-            throw DomainError.notFound("VM \(written.vmid) (\(written.name)) is on no Proxmox node any more")
+    private func confirmAttached(_ volid: String, to written: ConfigOutcome) async throws -> AttachedDisk {
+        guard let (vm, after) = try await config(after: written) else {
+            throw DomainError.notFound("VM \(written.vm.vmid) (\(written.vm.name)) is on no Proxmox node any more")
         }
         let keys = Self.disks(holding: volid, in: after)
         if let attached = keys.first(where: { after.values[$0] != nil && after.isSettled($0) }) {
@@ -84,7 +91,7 @@ extension ProxmoxVolumes {
     /// Takes every disk holding `volid` out of the VM and answers once neither
     /// the current config nor a pending change holds it. A VM on no node holds nothing.
     package func detach(_ volid: String, from vm: VMRef) async throws {
-        let written: VMRef
+        let written: ConfigOutcome
         do {
             written = try await editConfig(vm) { draft in
                 for key in Self.disks(holding: volid, in: draft.config) { draft.values[key] = nil }
@@ -96,8 +103,8 @@ extension ProxmoxVolumes {
     }
 
     /// A detach Proxmox could not hot-unplug stays pending while the running VM keeps the disk.
-    private func confirmDetached(_ volid: String, from written: VMRef) async throws {
-        guard let (vm, after) = try await currentConfig(written) else { return }  // the VM is gone: nothing is attached
+    private func confirmDetached(_ volid: String, from written: ConfigOutcome) async throws {
+        guard let (vm, after) = try await config(after: written) else { return }  // the VM is gone: nothing is attached
         guard let key = Self.disks(holding: volid, in: after).first else { return }
         if after.values[key] != nil, let hotplug = after.hotplugWithoutDisk {
             throw DomainError.conflict("VM \(vm.vmid) (\(vm.name)) has hotplug \"\(hotplug)\", which leaves out disk: "

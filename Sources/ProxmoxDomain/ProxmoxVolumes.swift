@@ -207,19 +207,25 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Forgets what scans read of the VM's config: the driver just changed it.
-    package func configChanged(_ vm: VMRef) {
+    package func configChanged(_ vm: VMRef) { configWritten(vm, nil) }
+
+    /// A change of the driver's own whose result is known (`config`, nil when
+    /// it is not): scans use it as they would a read right after the change.
+    package func configWritten(_ vm: VMRef, _ config: VMConfig?) {
         let key = vm.key
+        let now = ProcessInfo.processInfo.systemUptime
         scanned.withLock {
-            $0.configs[key] = nil
+            $0.configs[key] = config.map { (now, $0) }
             $0.changes[key, default: 0] &+= 1
         }
     }
 
     /// Changes a VM's config with `edit`, in one write with the edits other
     /// callers make to that VM meanwhile; returns the VM as written to (a VM
-    /// that migrated is followed to its node; notFound means it is on none).
+    /// that migrated is followed to its node; notFound means it is on none)
+    /// and, when certain, its config as the write left it.
     @discardableResult
-    package func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> VMRef {
+    package func editConfig(_ vm: VMRef, _ edit: @escaping ConfigEdit) async throws -> ConfigOutcome {
         try await configBatches.apply(vm, in: self, edit)
     }
 

@@ -228,14 +228,28 @@ import Testing
         #expect(scene.fake.vm(100)!.values[slot] == nil && scene.fake.vm(100)!.pendingDelete.isEmpty)
     }
 
-    @Test func aDiskThatIsStillThereAfterTheWriteIsNotYetDetached() async throws {
+    @Test func aWriteProxmoxReportsDoneIsNotReadAgain() async throws {
         let scene = Scene()
-        _ = try await scene.attach("ceph:vm-9999-pvc-a", to: 100)
-        // Another writer puts it back between the driver's write and its check.
+        var before = scene.fake.count(.pending)
+        let slot = try await scene.attach("ceph:vm-9999-pvc-a", to: 100)
+        #expect(scene.fake.count(.pending) == before + 1, "only the read the write's digest comes from")
+        #expect(scene.fake.vm(100)!.values[slot] != nil)
+        before = scene.fake.count(.pending)
+        try await scene.volumes.detach("ceph:vm-9999-pvc-a", from: scene.vm(100))
+        #expect(scene.fake.count(.pending) == before + 1)
+        #expect(scene.fake.vm(100)!.values[slot] == nil)
+    }
+
+    @Test func aDiskThatIsStillThereAfterAnUncertainWriteIsNotYetDetached() async throws {
+        let scene = Scene()
+        // The VM's own volume: Proxmox keeps it as unusedN after the detach,
+        // which the driver does not model, so it reads the config again.
+        _ = try await scene.attach("ceph:vm-100-disk-7", to: 100)
+        // Another writer puts it back between the driver's write and that read.
         scene.fake.beforeNext(.update) { fake in
-            fake.beforeNext(.pending) { fake in fake.state.withLock { $0.vms[100]!.pending["scsi9"] = "ceph:vm-9999-pvc-a" } }
+            fake.beforeNext(.pending) { fake in fake.state.withLock { $0.vms[100]!.pending["scsi9"] = "ceph:vm-100-disk-7" } }
         }
-        let kind = await domainErrorKind { try await scene.volumes.detach("ceph:vm-9999-pvc-a", from: scene.vm(100)) }
+        let kind = await domainErrorKind { try await scene.volumes.detach("ceph:vm-100-disk-7", from: scene.vm(100)) }
         #expect(kind == "notYet")
     }
 
