@@ -67,6 +67,8 @@ public final class ProxmoxClient: Sendable {
     /// Called after every request the API answered: the controller's readiness.
     private let onAnswer: (@Sendable () -> Void)?
     private let observer: (any ProxmoxRequestObserver)?
+    /// What each task type took lately: when to read a task's status.
+    public let taskDurations = TaskDurations()
 
     /// Tickets live 2 h; renew well before.
     static let ticketRenewAfter = 3600.0
@@ -233,24 +235,32 @@ public final class ProxmoxClient: Sendable {
 
     // MARK: - Tasks
 
-    /// Waits for a task: quick first polls (most finish in well under a
-    /// second), then at most `maxPollInterval` apart, up to `timeout`.
+    /// Waits for a task: the first status read about when tasks of its type
+    /// lately ended (at once for a type not seen yet), then quick reads
+    /// backing off to at most `maxPollInterval` apart, up to `timeout`.
     /// `WARNINGS: N` counts as success. Returns the exit status.
     @discardableResult
     public func waitForTask(_ upid: String, timeout: Double = 600, maxPollInterval: Double = 2) async throws -> String {
         let node = UPID.node(of: upid)
+        let type = UPID.type(of: upid)
         let path = "/nodes/\(FormEncoding.pathSegment(node))/tasks/\(FormEncoding.pathSegment(upid))/status"
-        let deadline = now() + timeout
-        var interval = 0.05
+        let started = now()
+        let deadline = started + timeout
+        var wait = min(taskDurations.firstWait(type), timeout)
+        var interval = taskDurations.interval(type)
+        var reads = 0
         while true {
+            if wait > 0 { try await sleeper.sleep(seconds: wait) }
             let status = try await call("GET", path)
+            reads += 1
             if status["status"].string == "stopped" {
+                taskDurations.record(type, elapsed: now() - started, atFirstRead: reads == 1 && wait > 0)
                 let exit = status["exitstatus"].string ?? "unknown"
                 if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
                 throw ProxmoxError.taskFailed(upid: upid, exitStatus: exit)
             }
             if now() + interval > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }
-            try await sleeper.sleep(seconds: interval)
+            wait = interval
             interval = min(interval * 2, maxPollInterval)
         }
     }

@@ -5,4 +5,10 @@ public enum UPID {
     public static func node(of upid: String) -> String {
         upid.split(separator: ":", omittingEmptySubsequences: false).dropFirst().first.map(String.init) ?? ""
     }
+
+    /// The task's type (`qmcreate`, `imgdel`): "" when the id has none.
+    public static func type(of upid: String) -> String {
+        let fields = upid.split(separator: ":", omittingEmptySubsequences: false)
+        return fields.count > 5 ? String(fields[5]) : ""
+    }
 }

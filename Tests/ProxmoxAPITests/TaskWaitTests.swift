@@ -32,6 +32,34 @@ final class RecordingSleeper: Sleeper {
     }
 }
 
+/// Tasks that run `duration` seconds of the sleeper's clock from their `start`.
+final class TimedTasks: HTTPTransport {
+    let duration: Double
+    let sleeper: RecordingSleeper
+    let started = Mutex<[String: Double]>([:])
+    let polls = Atomic<Int>(0)
+
+    init(duration: Double, sleeper: RecordingSleeper) {
+        (self.duration, self.sleeper) = (duration, sleeper)
+    }
+
+    /// Starts the task `taskID(_, n)` names (its pid, unique in the percent-encoded URL).
+    func start(_ n: Int) {
+        let now = sleeper.clock.withLock { $0 }
+        started.withLock { $0["7770\(n)"] = now }
+    }
+
+    func send(_ request: HTTPRequest) async throws -> HTTPResponse {
+        polls.add(1, ordering: .relaxed)
+        let now = sleeper.clock.withLock { $0 }
+        let start = started.withLock { known in known.first { request.url.contains($0.key) }?.value } ?? now
+        let body = now - start < duration ? #"{"data":{"status":"running"}}"# : #"{"data":{"status":"stopped","exitstatus":"OK"}}"#
+        return HTTPResponse(status: 200, reason: "OK", body: Array(body.utf8))
+    }
+}
+
+func taskID(_ type: String, _ n: Int) -> String { "UPID:pve1:7770\(n):00005678:6B000000:\(type):100:csi@pve!csi:" }
+
 let upid = "UPID:pve1:00001234:00005678:6B000000:qmconfig:100:csi@pve!csi:"
 
 func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> ProxmoxClient {
@@ -64,5 +92,42 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
             try await taskClient(ScriptedTasks(runningPolls: 1_000_000, exitStatus: "OK"), sleeper).waitForTask(upid, timeout: 30)
         }
         #expect(sleeper.clock.withLock { $0 } <= 30)
+    }
+
+    @Test func aTaskTypeSeenBeforeIsFirstReadAboutWhenItEnds() async throws {
+        let sleeper = RecordingSleeper()
+        let tasks = TimedTasks(duration: 3, sleeper: sleeper)
+        let client = ProxmoxClient(endpoint: ClusterEndpoint(url: "https://pve:8006", credentials: .apiToken(id: "a@pve!b", secret: "s")),
+                                   transport: tasks, sleeper: sleeper, now: { sleeper.clock.withLock { $0 } })
+        tasks.start(1)
+        try await client.waitForTask(taskID("qmcreate", 1))
+        let firstReads = tasks.polls.load(ordering: .relaxed)
+        #expect(firstReads >= 6, "a new type is read on the quick schedule")
+        for n in 2...4 {
+            let before = (tasks.polls.load(ordering: .relaxed), sleeper.clock.withLock { $0 })
+            tasks.start(n)
+            try await client.waitForTask(taskID("qmcreate", n))
+            let reads = tasks.polls.load(ordering: .relaxed) - before.0
+            let waited = sleeper.clock.withLock { $0 } - before.1
+            #expect(reads <= 3, "task \(n): \(reads) status reads")
+            #expect(waited >= 3 && waited < 3.6, "task \(n) seen done \(waited - 3) s after it ended")
+        }
+        // Another type still starts on the quick schedule.
+        let before = tasks.polls.load(ordering: .relaxed)
+        tasks.start(9)
+        try await client.waitForTask(taskID("qmdestroy", 9))
+        #expect(tasks.polls.load(ordering: .relaxed) - before >= 6)
+    }
+
+    @Test func aTypeThatGotQuickerIsSoonWaitedOnLess() async throws {
+        let durations = TaskDurations()
+        durations.record("qmclone", elapsed: 4, atFirstRead: false)
+        // Quick ones now: each is seen done at its first read, and the first wait shrinks.
+        var waits: [Double] = []
+        for _ in 0..<6 {
+            waits.append(durations.firstWait("qmclone"))
+            durations.record("qmclone", elapsed: waits.last!, atFirstRead: true)
+        }
+        #expect(waits.first! > 3 && waits.last! < 1, "\(waits)")
     }
 }
