@@ -4,8 +4,11 @@ A loop device over a sparse 1 GiB file stands for the hot-plugged disk,
 described in a private sysfs tree the way virtio-blk shows it (a serial
 file), so the driver finds it exactly as on a Proxmox VM. Each round times,
 side by side:
-  first stage:   NodeStage of a blank disk  vs  mkfs + mount
-  restage:       NodeStage of a formatted disk  vs  mount (fsck.ext4 -p + mount for ext4)
+  first stage:   NodeStage of a blank disk  vs  mkfs + mount, and vs blkid -p + mkfs + mount
+  restage:       NodeStage of a formatted disk  vs  mount (fsck.ext4 -p + mount for ext4), and with blkid -p first
+The driver probes the device before it formats or mounts it (never format a
+disk that holds data), as Kubernetes' mount-utils SafeFormatAndMount does with
+`blkid -p`: the second ratio compares it with that same safe sequence done by hand.
 Run by scripts/benchmark-node (root and loop devices needed). ROUNDS=N sets the rounds.
 """
 import hashlib
@@ -33,6 +36,11 @@ SERIAL = "csi-" + hashlib.sha256(b"sim/ceph/vm-9999-pvc-bench").hexdigest()[:16]
 
 def run(*command):
     subprocess.run(command, check=True, capture_output=True)
+
+
+def probe(device):
+    """mount-utils' probe (exit 2: nothing found, a blank disk)."""
+    subprocess.run(["blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", device], capture_output=True)
 
 
 def timed(action):
@@ -85,7 +93,7 @@ def measure(node, fs, device, staging, bare):
                                            publish_context={"serial": SERIAL})
     unstage = csi_pb2.NodeUnstageVolumeRequest(volume_id=VOLUME_ID, staging_target_path=str(staging))
     options = ["-o", "nouuid"] if fs == "xfs" else []
-    times = {key: [] for key in ("stage", "mkfs+mount", "restage", "mount")}
+    times = {key: [] for key in ("stage", "mkfs+mount", "probe+mkfs+mount", "restage", "mount", "probe+mount")}
     run("wipefs", "-a", "-q", device)
     node.NodeStageVolume(stage, timeout=60)  # warm up: first process spawns, page cache
     node.NodeUnstageVolume(unstage, timeout=60)
@@ -98,6 +106,15 @@ def measure(node, fs, device, staging, bare):
         else:
             times["mount"].append(timed(lambda: run("mount", "-t", fs, *options, device, str(bare))))
         run("umount", str(bare))
+        run("wipefs", "-a", "-q", device)
+        times["probe+mkfs+mount"].append(timed(lambda: (probe(device), run(f"mkfs.{fs}", "-q", device),
+                                                        run("mount", "-t", fs, *options, device, str(bare)))))
+        run("umount", str(bare))
+        if fs == "ext4":
+            times["probe+mount"].append(timed(lambda: (probe(device), run("fsck.ext4", "-p", device), run("mount", "-t", fs, device, str(bare)))))
+        else:
+            times["probe+mount"].append(timed(lambda: (probe(device), run("mount", "-t", fs, *options, device, str(bare)))))
+        run("umount", str(bare))
 
         run("wipefs", "-a", "-q", device)
         times["stage"].append(timed(lambda: node.NodeStageVolume(stage, timeout=60)))
@@ -109,11 +126,16 @@ def measure(node, fs, device, staging, bare):
 
 def report(results):
     print(f"NodeStageVolume on a 1 GiB loop device, median of {ROUNDS} rounds (driver and bare commands in the same rounds)")
-    print(f"{'':8}{'first stage':>14}{'mkfs+mount':>12}{'ratio':>8}   {'restage':>9}{'mount':>9}{'ratio':>8}")
+    print(f"{'':6}{'first stage':>12}{'mkfs+mount':>12}{'ratio':>7}{'+blkid':>9}{'ratio':>7}   "
+          f"{'restage':>8}{'mount':>8}{'ratio':>7}{'+blkid':>8}{'ratio':>7}")
+    ms = lambda seconds: f"{seconds * 1000:.1f} ms"
     for fs, t in results.items():
-        print(f"{fs:8}{t['stage'] * 1000:>11.1f} ms{t['mkfs+mount'] * 1000:>9.1f} ms{t['stage'] / t['mkfs+mount']:>8.2f}   "
-              f"{t['restage'] * 1000:>6.1f} ms{t['mount'] * 1000:>6.1f} ms{t['restage'] / t['mount']:>8.2f}")
-    print("(ext4 restage includes fsck.ext4 -p on both sides, as the driver checks before a read-write mount)")
+        print(f"{fs:6}{ms(t['stage']):>12}{ms(t['mkfs+mount']):>12}{t['stage'] / t['mkfs+mount']:>7.2f}"
+              f"{ms(t['probe+mkfs+mount']):>9}{t['stage'] / t['probe+mkfs+mount']:>7.2f}   "
+              f"{ms(t['restage']):>8}{ms(t['mount']):>8}{t['restage'] / t['mount']:>7.2f}"
+              f"{ms(t['probe+mount']):>8}{t['restage'] / t['probe+mount']:>7.2f}")
+    print("(+blkid: the bare sequence with mount-utils' blkid -p probe first, as the driver probes before formatting;")
+    print(" ext4 restage includes fsck.ext4 -p on both sides, as the driver checks before a read-write mount)")
 
 
 if __name__ == "__main__":

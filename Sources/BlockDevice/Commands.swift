@@ -150,6 +150,10 @@ public struct ProcessRunner: CommandRunning {
         }
         close(readEnd)
         // A tool may close its output and still run: its exit is awaited against the same deadline.
+        // Its output ends a moment before it can be reaped: a pidfd wakes this thread at the
+        // exit itself, where a sleep would add a millisecond or more to every tool.
+        let exitWatch = outputEnded ? CLinux_pidfd_open(pid) : -1
+        defer { if exitWatch >= 0 { close(exitWatch) } }
         var status: Int32 = 0
         var exited = false
         var pause: UInt32 = 1_000
@@ -157,8 +161,13 @@ public struct ProcessRunner: CommandRunning {
             let reaped = waitpid(pid, &status, WNOHANG)
             if reaped == pid { exited = true; break }
             if reaped < 0, errno != EINTR { throw failure("waiting for \(executable)", errno) }
-            usleep(pause)
-            pause = min(pause * 2, 20_000)
+            if exitWatch >= 0 {
+                var ready = pollfd(fd: exitWatch, events: Int16(POLLIN), revents: 0)
+                _ = poll(&ready, 1, milliseconds(until: deadline))
+            } else {
+                usleep(pause)  // a kernel without pidfd_open
+                pause = min(pause * 2, 20_000)
+            }
         }
         guard exited else {
             // The kernel may hold a tool stuck on a dead disk past SIGKILL: a

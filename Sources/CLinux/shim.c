@@ -91,3 +91,9 @@ int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags
 }
 
 int CLinux_malloc_trim(void) { return malloc_trim(0); }
+
+#include <sys/syscall.h>
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+int CLinux_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

@@ -183,6 +183,19 @@ func sparseFile(_ path: String, bytes: Int64) throws {
         #expect(try await ProcessRunner().run("sh", ["-c", "kill -TERM $$"], timeout: 30).status == 128 + 15)
     }
 
+    @Test func aToolThatClosesItsOutputIsAwaitedToItsExit() throws {
+        // Output ends at once; the exit comes 0.3 s later and its status counts.
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "exec >/dev/null 2>&1; sleep 0.3; exit 4"], timeout: 30)
+        #expect(result.status == 4 && !result.timedOut)
+    }
+
+    @Test func aToolThatClosesItsOutputAndHangsIsKilledAtItsTimeout() throws {
+        let started = ContinuousClock.now
+        let result = try ProcessRunner.spawnAndWait("/bin/sh", ["-c", "exec >/dev/null 2>&1; sleep 30"], timeout: 1)
+        #expect(result.timedOut && result.status == 128 + SIGKILL)
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
     @Test func aToolOutsideTheSystemDirectoriesIsNotRun() async throws {
         let result = try await ProcessRunner().run("no-such-tool-xyz", [], timeout: 30)
         #expect(result.status == 127 && result.output.contains("not found in /usr/sbin:/usr/bin:/sbin:/bin"))

@@ -31,4 +31,8 @@ int CLinux_epoll_remove(int epoll, int fd);
 int CLinux_epoll_wait(int epoll, unsigned long long *tokens, unsigned int *flags, int capacity, int timeout_ms);
 /* malloc_trim(0): hands memory malloc keeps free back to the system. */
 int CLinux_malloc_trim(void);
+
+/* pidfd_open(2) (Linux 5.3): a descriptor that polls readable once the process
+   has exited; -1 with errno ENOSYS on older kernels. */
+int CLinux_pidfd_open(int pid);
 #endif
