@@ -21,13 +21,24 @@ public struct ClusterResource: Sendable, Equatable {
     public var maxDisk: Int64
     public var lock: String?
     public var template: Bool
+    /// A guest's tags. Unlike its name, which comes from pvestatd's last round
+    /// (pve-manager API2Tools.pm extract_vm_stats reads it from the rrd data, up
+    /// to ~10 s old, and a reused vmid can show its last owner's), `lock` and
+    /// `tags` are read from the config in pmxcfs at each call (API2/Cluster.pm
+    /// resources: get_guest_config_properties([lock tags]), since pve-manager 7.3).
+    public var tags: [String]
 
     public init(id: String, type: String, node: String, vmid: Int? = nil, name: String? = nil, status: String? = nil,
                 storage: String? = nil, pluginType: String? = nil, shared: Bool = false, content: [String] = [],
-                disk: Int64 = 0, maxDisk: Int64 = 0, lock: String? = nil, template: Bool = false) {
+                disk: Int64 = 0, maxDisk: Int64 = 0, lock: String? = nil, template: Bool = false, tags: [String] = []) {
         (self.id, self.type, self.node, self.vmid, self.name, self.status) = (id, type, node, vmid, name, status)
         (self.storage, self.pluginType, self.shared, self.content) = (storage, pluginType, shared, content)
-        (self.disk, self.maxDisk, self.lock, self.template) = (disk, maxDisk, lock, template)
+        (self.disk, self.maxDisk, self.lock, self.template, self.tags) = (disk, maxDisk, lock, template, tags)
+    }
+
+    /// A config's `tags` value as a list: pve-guest-common splits it on `;`, `,` and spaces.
+    public static func tagList(_ text: String) -> [String] {
+        text.split(whereSeparator: { $0 == ";" || $0 == "," || $0 == " " }).map(String.init)
     }
 
     init(_ json: JSONValue) {
@@ -45,6 +56,7 @@ public struct ClusterResource: Sendable, Equatable {
         maxDisk = json["maxdisk"].int ?? 0
         lock = json["lock"].string
         template = json["template"].bool ?? false
+        tags = Self.tagList(json["tags"].string ?? "")
     }
 }
 

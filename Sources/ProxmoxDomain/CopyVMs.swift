@@ -97,14 +97,8 @@ extension ProxmoxVolumes {
     /// The same, among VMs the caller listed already (one listing for several lookups).
     package func copyVM(_ kind: CopyVM.Kind, csiName: String, among candidates: [VMRef]) async throws -> CopyVM? {
         let name = CopyVM.vmName(kind, csiName: csiName)
-        guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
-        let vmConfig: VMConfig
-        do {
-            vmConfig = try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
-        } catch ProxmoxError.notFound {
-            return nil
-        }
-        guard var copy = CopyVM.parse(vm, config: vmConfig) else { return nil }
+        guard let (vm, vmConfig) = try await firstConfig(named: name, among: candidates),
+              var copy = CopyVM.parse(vm, config: vmConfig) else { return nil }
         if copy.volid == nil, !copy.copying {
             // No disk yet: an import is running, or an earlier attempt stopped before starting it.
             copy.copying = try await !client(vm.cluster).activeTasks(node: vm.node, vmid: vm.vmid).isEmpty
@@ -112,11 +106,37 @@ extension ProxmoxVolumes {
         return copy
     }
 
-    /// Every VM of the cluster, named as its config says now (one listing per node).
+    /// The lowest-vmid candidate named `name` whose config says that name now,
+    /// with its config. A listing's names may be stale (cluster resources' come
+    /// from pvestatd, and a clone carries its source's tags until it settles), so
+    /// the config decides; nil when no candidate's does.
+    package func firstConfig(named name: String, among candidates: [VMRef]) async throws -> (VMRef, VMConfig)? {
+        for vm in Set(candidates.filter { $0.name == name }).sorted(by: { $0.vmid < $1.vmid }) {
+            let config: VMConfig
+            do {
+                config = try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
+            } catch ProxmoxError.notFound {
+                continue
+            }
+            // An unnamed config (a create or clone still running) goes by the listing's name, as before.
+            guard config["name"] == nil || config["name"] == name else { continue }
+            return (vm, config)
+        }
+        return nil
+    }
+
+    /// Every VM of the cluster under the name its config gives it now. The
+    /// driver tags each VM it makes with its name (`createVM`, `settle`), and
+    /// cluster resources give tags as the config has them, so one fresh resources
+    /// read serves (`vmsByCurrentNames`). Until every driver VM of the cluster
+    /// carries its tag (VMs an earlier version made: `tagDriverVMs` adds them
+    /// once), the names come from each node's VM list, as their configs say them.
     package func vmsAsConfigured(_ cluster: String) async throws -> [VMRef] {
+        if taggedClusters.withLock({ $0.contains(cluster) }) { return try await vmsByCurrentNames(cluster) }
         let client = try client(cluster)
-        let nodes = Set(try await resources(cluster, fresh: true).filter { $0.type == "node" }.map(\.node)).sorted()
-        return try await withThrowingTaskGroup(of: [VMRef].self) { group in
+        let resources = try await resources(cluster, fresh: true)
+        let nodes = Set(resources.filter { $0.type == "node" }.map(\.node)).sorted()
+        let listed = try await withThrowingTaskGroup(of: [VMRef].self) { group in
             for node in nodes {
                 group.addTask {
                     try await client.vmList(node: node).map { VMRef(cluster: cluster, node: node, vmid: $0.vmid, name: $0.name ?? "") }
@@ -126,6 +146,79 @@ extension ProxmoxVolumes {
             for try await listed in group { all += listed }
             return all
         }
+        await tagDriverVMs(listed, resources: resources, cluster: cluster)
+        return listed
+    }
+
+    /// The VMs in fresh cluster resources, by name. A VM tagged with a driver name
+    /// that resources do not show as its name is read for its name: one made
+    /// within pvestatd's last round (its resources name is missing or a reused
+    /// vmid's), or a clone that still carries its source's tag (restoreNative,
+    /// until `settle` tags it). A settled driver VM's name is its tag: no read.
+    /// Nor is one still being created or cloned (`lock` create/clone, current in
+    /// resources): its config has no name until the task ends. A name read is
+    /// kept while the VM's node, lock and tags stay as they were (the driver never
+    /// renames a VM; settling retags it).
+    package func vmsByCurrentNames(_ cluster: String) async throws -> [VMRef] {
+        let client = try client(cluster)
+        var settled: [VMRef] = []
+        var unsure: [(vm: VMRef, signature: String)] = []
+        for resource in try await resources(cluster, fresh: true) where resource.type == "qemu" {
+            guard let vmid = resource.vmid else { continue }
+            var vm = VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "",
+                           isTemplate: resource.template, lock: resource.lock)
+            let driverTags = resource.tags.filter(Self.isDriverVMName)
+            let signature = "\(resource.node)|\(resource.lock ?? "")|\(resource.tags.joined(separator: ";"))"
+            if driverTags.isEmpty || driverTags == [vm.name] || ["create", "clone"].contains(resource.lock ?? "") {
+                settled.append(vm)
+            } else if let known = namesRead.withLock({ $0[vm.key] }), known.signature == signature {
+                vm.name = known.name
+                settled.append(vm)
+            } else {
+                unsure.append((vm, signature))
+            }
+        }
+        return try await withThrowingTaskGroup(of: VMRef?.self) { group in
+            for (vm, signature) in unsure {
+                group.addTask {
+                    do {
+                        let config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+                        var named = vm
+                        named.name = config["name"] ?? vm.name
+                        if let name = config["name"] { self.namesRead.withLock { $0[vm.key] = (signature, name) } }
+                        return named
+                    } catch ProxmoxError.notFound {
+                        return nil  // destroyed since the listing
+                    }
+                }
+            }
+            for try await named in group { if let named { settled.append(named) } }
+            return settled
+        }
+    }
+
+    /// Names the driver gives its own VMs (copies, records, snapshot sources).
+    package static func isDriverVMName(_ name: String) -> Bool {
+        [CopyVM.Kind.snapshot.rawValue, CopyVM.Kind.volume.rawValue, CopyVM.Kind.options.rawValue, SourceVM.prefix]
+            .contains { name.hasPrefix($0) }
+    }
+
+    /// Tags each driver VM in `listed` (names as configs say them) that resources show
+    /// without its name as a tag; once none is left, lookups read resources alone. A VM
+    /// that cannot be tagged now (locked) leaves the cluster to be swept again next time.
+    private func tagDriverVMs(_ listed: [VMRef], resources: [ClusterResource], cluster: String) async {
+        guard let client = try? client(cluster) else { return }
+        let tags = Dictionary(resources.compactMap { r in r.vmid.map { ($0, r.tags) } }, uniquingKeysWith: { first, _ in first })
+        var complete = true
+        for vm in listed where Self.isDriverVMName(vm.name) && !(tags[vm.vmid] ?? []).contains(vm.name) {
+            do {
+                let value = ((tags[vm.vmid] ?? []) + [vm.name]).joined(separator: ";")
+                try await client.updateVMConfigSync(node: vm.node, vmid: vm.vmid, set: [("tags", value)], delete: [])
+            } catch {
+                complete = false
+            }
+        }
+        if complete { taggedClusters.withLock { _ = $0.insert(cluster) } }
     }
 
     /// Reads one copy VM; nil when it vanished or is not one.
@@ -212,7 +305,8 @@ extension ProxmoxVolumes {
         }
         // Settle: the VM owns the copy, so detaching scsi0 leaves it as unused0
         // (qemu-server vmconfig_register_unused_drive); protection refuses destroying the VM.
-        try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1")], delete: ["scsi0"])
+        // The tag: a clone carries its source's until now (clone_vm copies the config), and lookups go by it.
+        try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1"), ("tags", vm.name)], delete: ["scsi0"])
         invalidate(vm.cluster)
         guard let settled = try await copyVM(vm) else {
             throw DomainError.inconsistent("the copy VM \(vm.vmid) for \(copy.csiName) vanished while it was being settled")
@@ -242,7 +336,7 @@ extension ProxmoxVolumes {
     /// registers a VM only once its create task runs), and it goes with the first.
     package func destroy(_ copy: CopyVM) async throws {
         var doomed = [copy.vm]
-        for vm in try await vms(copy.vm.cluster, fresh: true) where vm.name == copy.vm.name && vm.vmid != copy.vm.vmid {
+        for vm in try await vmsByCurrentNames(copy.vm.cluster) where vm.name == copy.vm.name && vm.vmid != copy.vm.vmid {
             if let twin = try await copyVM(vm), twin.kind == copy.kind, twin.csiName == copy.csiName { doomed.append(vm) }
         }
         for vm in doomed {

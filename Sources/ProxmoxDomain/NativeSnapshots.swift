@@ -100,8 +100,8 @@ extension ProxmoxVolumes {
     package func sourceVM(of volumeID: String, cluster: String, among listed: [VMRef]? = nil) async throws -> SourceVM? {
         let name = SourceVM.vmName(source: volumeID)
         let candidates = if let listed { listed } else { try await vmsAsConfigured(cluster) }
-        guard let vm = candidates.filter({ $0.name == name }).min(by: { $0.vmid < $1.vmid }) else { return nil }
-        return try await sourceVM(vm)
+        guard let (vm, config) = try await firstConfig(named: name, among: candidates) else { return nil }
+        return SourceVM.parse(vm, config: config)
     }
 
     package func sourceVM(_ vm: VMRef) async throws -> SourceVM? {

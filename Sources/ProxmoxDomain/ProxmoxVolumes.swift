@@ -55,6 +55,11 @@ public final class ProxmoxVolumes: Sendable {
     /// Native snapshot lists of source VMs as CreateSnapshot's name check last read them,
     /// by "cluster/vmid/name"; the driver's own snapshot changes drop an entry and count.
     let snapshotScans = Mutex<(lists: [String: (at: Double, snapshots: [NativeSnapshot])], changes: [String: UInt64])>(([:], [:]))
+    /// Clusters whose driver VMs all carry their name as a tag (`vmsAsConfigured`).
+    let taggedClusters = Mutex<Set<String>>([])
+    /// Names read from the configs of VMs whose tag is not their resources name, by
+    /// VM key, with the node, lock and tags they were read under (`vmsByCurrentNames`).
+    let namesRead = Mutex<[String: (signature: String, name: String)]>([:])
     /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
     package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.

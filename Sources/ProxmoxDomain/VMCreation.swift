@@ -15,7 +15,8 @@ extension ProxmoxVolumes {
     /// process is not making may be an earlier process's copy (CopyVMs).
     package func createVM(cluster: String, node: String, name: String, description: String, what: String) async throws -> Int {
         let client = try client(cluster)
-        let settings = [("name", name), ("memory", "64"), ("cores", "1"), ("description", description)]
+        // Tagged with its name: cluster resources show tags current, names only after pvestatd's next round.
+        let settings = [("name", name), ("memory", "64"), ("cores", "1"), ("description", description), ("tags", name)]
         let (vmid, upid) = try await vmLocks.run("\(cluster)/new-vmid") {
             for _ in 0..<5 {
                 let vmid = try await client.nextVMID()

@@ -99,6 +99,8 @@ package final class FakeCluster: ProxmoxCluster {
         package var runningImports: [(vmid: Int, key: String, value: String)] = []
         /// Creates that stay unfinished (no name, `lock: create`) until `finishCreates`.
         package var slowCreates = false
+        /// Names cluster resources show instead of the config's (pvestatd's last round): nil value, none yet.
+        package var resourceNames: [Int: String?] = [:]
         package var nextTask = 0
     }
 
@@ -189,9 +191,12 @@ package final class FakeCluster: ProxmoxCluster {
                 }
             }
             for vm in state.vms.values.sorted(by: { $0.vmid < $1.vmid }) {
-                out.append(ClusterResource(id: "qemu/\(vm.vmid)", type: "qemu", node: vm.node, vmid: vm.vmid, name: vm.name,
+                // The name from pvestatd's round, lock and tags from the config now (pve-manager API2/Cluster.pm resources).
+                let name = state.resourceNames[vm.vmid] ?? vm.name
+                out.append(ClusterResource(id: "qemu/\(vm.vmid)", type: "qemu", node: vm.node, vmid: vm.vmid, name: name,
                                            status: vm.running ? "running" : "stopped", lock: vm.creating ? "create" : nil,
-                                           template: vm.template))
+                                           template: vm.template,
+                                           tags: vm.creating ? [] : ClusterResource.tagList(vm.values["tags"] ?? "")))
             }
             return out
         }
@@ -345,6 +350,8 @@ package final class FakeCluster: ProxmoxCluster {
                 source = vm.values
             }
             var values: [String: String] = ["name": name, "description": description]
+            // clone_vm copies every other option, tags too (qemu-server API2/Qemu.pm clone_vm: "copy everything else").
+            if let tags = source["tags"] { values["tags"] = tags }
             for (key, value) in source.sorted(by: { $0.key < $1.key }) where Self.isDisk(key) {
                 let volid = Self.volid(of: value)
                 guard let sourceKey = Self.volumeKey(volid, node: node, in: state), let original = state.volumes[sourceKey] else {
@@ -498,6 +505,15 @@ package final class FakeCluster: ProxmoxCluster {
             let names = value.split(separator: ",").dropFirst().map { $0.split(separator: "=").first.map(String.init) ?? "" }
             if let twice = names.first(where: { name in names.filter { $0 == name }.count > 1 }) {
                 throw ProxmoxError.invalidParameters([key: "invalid format - duplicate key in comma-separated list property: \(twice)"])
+            }
+        }
+        // create_disks (qemu-server API2/Qemu.pm) sizes every drive it is given anew and
+        // dies "volume … does not exist" before anything is written.
+        // (`storage:N` is an allocation of N GiB, not a volume.)
+        for (key, value) in set where isDisk(key) && !isUnused(key) && (vm.values[key] ?? vm.pending[key]) != value
+            && Double(volid(of: value).split(separator: ":").last ?? "") == nil {
+            guard volumeKey(volid(of: value), node: vm.node, in: state) != nil else {
+                throw ProxmoxError.server(status: 500, message: "failed to update VM \(vmid): volume \(volid(of: value)) does not exist")
             }
         }
         state.writes.append(Write(vmid: vmid, set: Dictionary(set, uniquingKeysWith: { $1 }), delete: delete, revert: revert))

@@ -115,6 +115,7 @@ import Testing
     @Test func aVMThatMigratedIsFollowedToItsNode() async throws {
         let scene = Scene()
         let stale = scene.vm(100)
+        scene.fake.addVolume("ceph:vm-9999-pvc-a", node: nil, owner: 9999)
         scene.fake.migrate(100, to: "pve2")
         let slot = try await scene.volumes.attach("ceph:vm-9999-pvc-a", as: "ceph:vm-9999-pvc-a", readonly: false, bus: .scsi, to: stale).slot
         #expect(slot == "scsi1")

@@ -34,8 +34,13 @@ struct Scene {
     }
 
     /// Attaches `volid` to VM `vmid` the way ControllerPublish does.
+    /// Attaches `volid`, which is made first when the fake has no such volume (Proxmox refuses a disk whose volume is not there).
     func attach(_ volid: String, to vmid: Int, bus: DiskBus = .scsi, readonly: Bool = false) async throws -> String {
-        try await volumes.attach(volid, as: volid + (readonly ? ",ro=1" : ""), readonly: readonly, bus: bus, to: vm(vmid)).slot
+        if fake.volume(volid) == nil {
+            let owner = volid.split(separator: "-").dropFirst().first.flatMap { Int($0) } ?? 9999
+            fake.addVolume(volid, node: volid.hasPrefix("local") ? vm(vmid).node : nil, owner: owner)
+        }
+        return try await volumes.attach(volid, as: volid + (readonly ? ",ro=1" : ""), readonly: readonly, bus: bus, to: vm(vmid)).slot
     }
 
     /// The VM's disk slots of a bus that hold something, current or pending.

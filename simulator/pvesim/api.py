@@ -47,6 +47,11 @@ class Api:
                     entry["name"] = vm.name
                 if vm.lock:
                     entry["lock"] = vm.lock
+                # lock and tags come from the config at each call (pve-manager API2/Cluster.pm resources:
+                # get_guest_config_properties([lock tags])); the name from pvestatd's rrd data, which
+                # this simulator does not delay (see FIDELITY.md).
+                if vm.config.get("tags") and vm.name is not None:
+                    entry["tags"] = vm.config["tags"]
                 out.append(entry)
         if kind in (None, "storage"):
             for node in c.nodes:

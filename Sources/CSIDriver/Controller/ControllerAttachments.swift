@@ -16,7 +16,10 @@ extension ControllerService {
         try CapabilityCheck.require([request.volumeCapability], field: "volume_capability")
         let what = "ControllerPublishVolume \(request.volumeID) to \(request.nodeID)"
         do {
-            guard let (handle, storage, size) = try await volumes.existing(request.volumeID) else {
+            // Whether the volume exists is asked only if the attach fails: qemu-server refuses
+            // a disk whose volume is not there (API2/Qemu.pm create_disks: "volume … does not
+            // exist", before anything is written), so a read before every attach is not needed.
+            guard let (handle, storage) = try await volumes.locate(request.volumeID) else {
                 throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
             }
             guard let vm = try await volumes.vm(forNodeID: request.nodeID) else {
@@ -47,10 +50,18 @@ extension ControllerService {
             if let (other, key) = elsewhere.first {
                 throw RPCError(.failedPrecondition, "volume is attached to VM \(other.vmid) (\(other.name)) as \(key)")
             }
-            let disk = try await attach(handle, storage: storage, to: vm, bus: parameters.bus, readonly: request.readonly,
+            let disk: AttachedDisk
+            do {
+                disk = try await attach(handle, storage: storage, to: vm, bus: parameters.bus, readonly: request.readonly,
                                         options: parameters.diskOptions)
+            } catch let error as ProxmoxError {
+                if try await volumes.size(of: handle, storage: storage) == nil {
+                    throw RPCError(.notFound, "volume \(request.volumeID) does not exist")
+                }
+                throw error
+            }
             var publishContext = Self.publishContext(for: disk)
-            if let owed = parameters.resizeSizeBytes, owed > size {
+            if let owed = parameters.resizeSizeBytes, owed > (try await volumes.size(of: handle, storage: storage) ?? owed) {
                 try await grow(disk, of: vm, to: owed, cluster: handle.cluster)
                 publishContext["resizeRequired"] = "true"
             }

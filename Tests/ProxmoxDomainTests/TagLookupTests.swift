@@ -1,0 +1,73 @@
+import FakeProxmox
+import ProxmoxAPI
+@testable import ProxmoxDomain
+import Testing
+
+/// The driver finds its own VMs by the tag it gives them: cluster resources show
+/// tags as the config has them now, but names only as pvestatd last saw them.
+@Suite struct TagLookupTests {
+    func snapshotCopy(_ scene: Scene, name: String) async throws -> CopyVM {
+        try await scene.volumes.ensureCopyVM(.snapshot, csiName: name, source: "main/pve1/local-lvm/vm-9999-pvc-a", cluster: "main",
+                                             node: "pve1", storage: "local-lvm", sourceVolid: "local-lvm:vm-9999-pvc-a", wait: 5)
+    }
+
+    @Test func aVMTheDriverMadeIsTaggedWithItsName() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        #expect(scene.fake.vm(copy.vm.vmid)?.values["tags"] == copy.vm.name)
+    }
+
+    @Test func onceTaggedALookupReadsResourcesNotEveryNodesList() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        _ = try await scene.volumes.vmsAsConfigured("main")  // the first lookup lists every node once
+        let lists = scene.fake.count(.vmList)
+        // pvestatd has not seen the copy's name yet: resources show it unnamed.
+        scene.fake.state.withLock { $0.resourceNames[copy.vm.vmid] = .some(nil) }
+        let found = try await scene.volumes.copyVM(.snapshot, csiName: "snap-1", cluster: "main")
+        #expect(found?.vm.vmid == copy.vm.vmid)
+        #expect(scene.fake.count(.vmList) == lists, "found by its tag, without a node's VM list")
+    }
+
+    @Test func aVMAnEarlierVersionMadeWithoutATagIsTaggedByTheFirstLookup() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        scene.fake.state.withLock { $0.vms[copy.vm.vmid]!.values["tags"] = "backup" }  // as an older driver left it, with a user's tag
+        let other = ProxmoxVolumes(clusters: [("main", scene.fake)], ownerVMID: 9999, taskTimeout: 60)  // a new process
+        #expect(try await other.copyVM(.snapshot, csiName: "snap-1", cluster: "main")?.vm.vmid == copy.vm.vmid)
+        #expect(scene.fake.vm(copy.vm.vmid)?.values["tags"] == "backup;\(copy.vm.name)")
+        let lists = scene.fake.count(.vmList)
+        _ = try await other.copyVM(.snapshot, csiName: "snap-1", cluster: "main")
+        #expect(scene.fake.count(.vmList) == lists)
+    }
+
+    @Test func aVMCarryingAnotherDriverVMsTagIsKnownByItsConfigsName() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        _ = try await scene.volumes.vmsAsConfigured("main")
+        // A clone of it (a restore before it settles) carries its tag, and has the lower vmid.
+        scene.fake.state.withLock { state in
+            var clone = state.vms[copy.vm.vmid]!
+            clone.vmid = 90
+            clone.values["name"] = "csi-vol-000000000000000000000000"
+            clone.values["description"] = "proxmox-csi volume\nname: pvc-r\nsource: x\ncreated: 1\n"
+            state.vms[90] = clone
+            state.resourceNames[90] = .some(nil)
+        }
+        let named = try await scene.volumes.vmsByCurrentNames("main")
+        #expect(named.first { $0.vmid == 90 }?.name == "csi-vol-000000000000000000000000")
+        // Its name is read once while its tags stay; a new tag has it read again.
+        var reads = scene.fake.count(.config)
+        _ = try await scene.volumes.vmsByCurrentNames("main")
+        #expect(scene.fake.count(.config) == reads)
+        scene.fake.state.withLock { $0.vms[90]!.values["tags"] = "csi-vol-000000000000000000000000;x" }
+        reads = scene.fake.count(.config)
+        _ = try await scene.volumes.vmsByCurrentNames("main")
+        #expect(scene.fake.count(.config) == reads + 1)
+        #expect(try await scene.volumes.copyVM(.snapshot, csiName: "snap-1", cluster: "main")?.vm.vmid == copy.vm.vmid)
+    }
+}
