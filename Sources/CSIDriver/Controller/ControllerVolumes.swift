@@ -31,6 +31,21 @@ extension ControllerService {
             }
             let format = parameters.fileFormat(on: storage.type)
             let name = VolumeNaming.volumeName(forCSIName: request.name, ownerVMID: config.ownerVMID, storageType: storage.type, format: format)
+            // On shared storage the allocation comes first, saving a listing per volume: Proxmox
+            // refuses a name that exists (pve-storage: each plugin's alloc_image), so the retry of
+            // an attempt that made it fails here and finds it below. A local volume may have been
+            // made on another node than this attempt would choose: looked for first.
+            var refused: ProxmoxError?
+            if storage.shared {
+                let node = try chooseNode(storage, cluster: cluster, requirements: request.accessibilityRequirements, bytes: bytes)
+                let handle = VolumeHandle(cluster: cluster, node: nil, storage: storage.id, volume: name)
+                do {
+                    try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes, format: format)
+                    return createdVolume(handle, bytes: bytes, storage: storage, parameters: parameters)
+                } catch let error as ProxmoxError {
+                    refused = error
+                }
+            }
             // A retry must find what an earlier attempt created, on whichever node.
             let candidates = storage.shared ? [nil] : storage.available.keys.sorted().map(Optional.some)
             for node in candidates {
@@ -47,6 +62,7 @@ extension ControllerService {
                     return createdVolume(handle, bytes: existing, storage: storage, parameters: parameters)
                 }
             }
+            if let refused { throw refused }
             let node = try chooseNode(storage, cluster: cluster, requirements: request.accessibilityRequirements, bytes: bytes)
             let handle = VolumeHandle(cluster: cluster, node: storage.shared ? nil : node, storage: storage.id, volume: name)
             try await volumes.allocate(handle, storage: storage, node: node, bytes: bytes, format: format)

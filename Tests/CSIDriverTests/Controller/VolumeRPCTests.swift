@@ -26,6 +26,16 @@ import UnaryGRPC
         #expect(scene.fake.count(.allocate) == 1)
     }
 
+    @Test func aSharedVolumeIsAllocatedWithoutAListingAndARetryFindsIt() async throws {
+        let scene = ControllerScene()
+        let first = try await scene.create("pvc-a", storage: "ceph")
+        #expect(scene.fake.count(.volumes) == 0, "Proxmox refuses a name that exists: no listing before the allocation")
+        // The retry's allocation is refused; the listing after it finds the first attempt's volume.
+        #expect(try await scene.create("pvc-a", storage: "ceph") == first)
+        #expect(scene.fake.count(.volumes) == 1)
+        await #expect { try await scene.create("pvc-a", storage: "ceph", bytes: 2 << 30) } throws: { ($0 as? RPCError)?.code == .alreadyExists }
+    }
+
     @Test func aVolumeOfTheNameWithAnotherSizeAlreadyExists() async throws {
         let scene = ControllerScene()
         _ = try await scene.create("pvc-a", bytes: 1 << 30)
