@@ -132,7 +132,10 @@ extension ProxmoxVolumes {
     /// carries its tag (VMs an earlier version made: `tagDriverVMs` adds them
     /// once), the names come from each node's VM list, as their configs say them.
     package func vmsAsConfigured(_ cluster: String) async throws -> [VMRef] {
-        if taggedClusters.withLock({ $0.contains(cluster) }) { return try await vmsByCurrentNames(cluster) }
+        // Resources as cached (at most cacheSeconds old): they cannot predate a VM this process
+        // made (createVM, settle and restoreNative drop the cache when they end), and one another
+        // process makes meanwhile is no less missed by a read that starts now.
+        if taggedClusters.withLock({ $0.contains(cluster) }) { return try await vmsByCurrentNames(cluster, fresh: false) }
         let client = try client(cluster)
         let resources = try await resources(cluster, fresh: true)
         let nodes = Set(resources.filter { $0.type == "node" }.map(\.node)).sorted()
@@ -159,11 +162,11 @@ extension ProxmoxVolumes {
     /// resources): its config has no name until the task ends. A name read is
     /// kept while the VM's node, lock and tags stay as they were (the driver never
     /// renames a VM; settling retags it).
-    package func vmsByCurrentNames(_ cluster: String) async throws -> [VMRef] {
+    package func vmsByCurrentNames(_ cluster: String, fresh: Bool = true) async throws -> [VMRef] {
         let client = try client(cluster)
         var settled: [VMRef] = []
         var unsure: [(vm: VMRef, signature: String)] = []
-        for resource in try await resources(cluster, fresh: true) where resource.type == "qemu" {
+        for resource in try await resources(cluster, fresh: fresh) where resource.type == "qemu" {
             guard let vmid = resource.vmid else { continue }
             var vm = VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "",
                            isTemplate: resource.template, lock: resource.lock)

@@ -52,6 +52,8 @@ public final class ProxmoxVolumes: Sendable {
     /// moved meanwhile) does not cache what it read, which may predate it.
     private let scanned = Mutex<(configs: [String: (at: Double, config: VMConfig)], changes: [String: UInt64])>(([:], [:]))
     private let cache = Mutex<[String: (at: Double, resources: [ClusterResource])]>([:])
+    /// How often each cluster's cache was dropped: a read that overlapped a drop is not cached.
+    private let cacheGenerations = Mutex<[String: UInt64]>([:])
     /// Native snapshot lists of source VMs as CreateSnapshot's name check last read them,
     /// by "cluster/vmid/name"; the driver's own snapshot changes drop an entry and count.
     let snapshotScans = Mutex<(lists: [String: (at: Double, snapshots: [NativeSnapshot])], changes: [String: UInt64])>(([:], [:]))
@@ -98,12 +100,17 @@ public final class ProxmoxVolumes: Sendable {
         // Callers that miss together share one request (one started after they asked when fresh is wanted).
         let client = try client(cluster)
         let asked = fresh ? ContinuousClock.now : nil
+        let generation = cacheGenerations.withLock { $0[cluster] ?? 0 }
         let resources = try await resourceReads.read(cluster, asked: asked) { try await client.clusterResources() }
-        cache.withLock { $0[cluster] = (now, resources) }
+        // Not kept when the driver changed the cluster meanwhile: the read may predate the change.
+        if cacheGenerations.withLock({ $0[cluster] ?? 0 }) == generation {
+            cache.withLock { $0[cluster] = (now, resources) }
+        }
         return resources
     }
 
     package func invalidate(_ cluster: String) {
+        cacheGenerations.withLock { $0[cluster, default: 0] &+= 1 }
         cache.withLock { _ = $0.removeValue(forKey: cluster) }
     }
 
