@@ -1,3 +1,4 @@
+import FoundationEssentials
 import ProxmoxAPI
 import Synchronization
 
@@ -172,7 +173,10 @@ package final class ConfigBatches: Sendable {
         for attempt in 1...attempts {
             let config: VMConfig
             do {
+                let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
                 config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
+                // Scans see it too: it may hold what another tool changed since their last read.
+                volumes.configRead(vm, config, at: at, changesBefore: changes)
             } catch ProxmoxError.notFound where attempt < attempts {
                 if let found = await moved() { vm = found; continue }
                 (members + postponed).forEach { $0.resume(.failure(ProxmoxError.notFound("VM \(vm.vmid) is on no node"))) }

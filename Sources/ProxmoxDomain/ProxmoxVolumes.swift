@@ -197,17 +197,29 @@ public final class ProxmoxVolumes: Sendable {
         let client = try client(vm.cluster)
         let key = vm.key
         let now = ProcessInfo.processInfo.systemUptime
-        let changes = scanned.withLock { $0.changes[key] ?? 0 }
+        let changes = scanChanges(vm)
         // Keyed by node too: a read another caller sent to the node a VM left must not answer for it.
-        let config = try await configReads.read("\(vm.key)@\(vm.node)", asked: ContinuousClock.now) {
+        let config = try await configReads.read("\(key)@\(vm.node)", asked: ContinuousClock.now) {
             try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
         }
-        // Scans may use it (a confirm read after the driver's own change keeps them from rereading),
-        // unless a change of the driver's overlapped the read, which may then predate it.
-        scanned.withLock {
-            if $0.changes[key] ?? 0 == changes { $0.configs[key] = (now, config) }
-        }
+        // Scans may use it (a confirm read after the driver's own change keeps them from rereading).
+        configRead(vm, config, at: now, changesBefore: changes)
         return config
+    }
+
+    /// How often the driver changed the VM's config: taken before a read, it tells
+    /// `configRead` whether the read may predate one of those changes.
+    package func scanChanges(_ vm: VMRef) -> UInt64 {
+        scanned.withLock { $0.changes[vm.key] ?? 0 }
+    }
+
+    /// Keeps a config just read (started at `at`) for scans, unless a change of the
+    /// driver's overlapped the read, which may then predate it. Every read of a VM's
+    /// config comes here, so what another tool changed is seen from the next read on.
+    package func configRead(_ vm: VMRef, _ config: VMConfig, at: Double, changesBefore: UInt64) {
+        scanned.withLock {
+            if $0.changes[vm.key] ?? 0 == changesBefore { $0.configs[vm.key] = (at, config) }
+        }
     }
 
     /// Runs a change of a VM's config while no other change of that VM runs
@@ -264,12 +276,12 @@ public final class ProxmoxVolumes: Sendable {
     }
 
     /// Configs of `vms` for a scan, read in parallel; VMs deleted meanwhile are left out.
-    package func scanConfigs(_ vms: [VMRef]) async throws -> [(VMRef, VMConfig)] {
+    package func scanConfigs(_ vms: [VMRef], fresh: Bool = false) async throws -> [(VMRef, VMConfig)] {
         try await withThrowingTaskGroup(of: (VMRef, VMConfig)?.self) { group in
             for vm in vms {
                 group.addTask {
                     do {
-                        return (vm, try await self.scanConfig(vm))
+                        return (vm, fresh ? try await self.freshConfig(vm) : try await self.scanConfig(vm))
                     } catch ProxmoxError.notFound {
                         return nil  // deleted since the listing
                     }
@@ -286,14 +298,16 @@ public final class ProxmoxVolumes: Sendable {
     /// driver's snapshot and record VMs never hold another volume, and a
     /// snapshot source VM names one only while its snapshot is taken (never
     /// running), so they are not read.
-    package func attachments(of handle: VolumeHandle, storage: StorageRef) async throws -> [(VMRef, String)] {
+    /// `fresh` reads every config now, for a decision another tool's change of the
+    /// last `scanSeconds` must not mislead.
+    package func attachments(of handle: VolumeHandle, storage: StorageRef, fresh: Bool = false) async throws -> [(VMRef, String)] {
         let volid = handle.volid(ownerVMID: ownerVMID, storageType: storage.type)
         let candidates = try await vms(handle.cluster).filter {
             (handle.node == nil || $0.node == handle.node) && $0.vmid != handle.ownerVMID && !ProxmoxVolumes.isCopyVM($0)
                 && !ProxmoxVolumes.isSourceVM($0)
         }
         var found: [(VMRef, String)] = []
-        for (vm, vmConfig) in try await scanConfigs(candidates) where !Self.disks(holding: volid, in: vmConfig).isEmpty {
+        for (vm, vmConfig) in try await scanConfigs(candidates, fresh: fresh) where !Self.disks(holding: volid, in: vmConfig).isEmpty {
             // A holder is read again: callers refuse, detach or release on it.
             let now: VMConfig
             do {

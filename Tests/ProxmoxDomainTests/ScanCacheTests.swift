@@ -40,6 +40,21 @@ import Testing
         #expect(try await scene.volumes.attachments(of: handle, storage: ceph).isEmpty)
     }
 
+    @Test func aDiskAnotherToolAttachedIsSeenByScansOnceAnAttachHasReadTheConfig() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 3600)
+        let ceph = try await storage(scene)
+        let handle = scene.volume("pvc-a", storage: "ceph", node: nil)
+        #expect(try await scene.volumes.attachments(of: handle, storage: ceph).isEmpty)  // VM 100 cached without it
+        // proxmox-csi-plugin attached it (a migration): the cache does not know.
+        scene.fake.state.withLock { state in
+            state.vms[100]!.values["scsi1"] = "ceph:\(handle.volume),wwn=0x5056432d49443031"
+            state.vms[100]!.changes += 1
+        }
+        // The publish of the switch finds it there and writes nothing; what it read is what scans now trust.
+        #expect(try await scene.attach("ceph:\(handle.volume)", to: 100) == "scsi1")
+        #expect(try await scene.volumes.attachments(of: handle, storage: ceph).map { $0.1 } == ["scsi1"])
+    }
+
     @Test func withoutTheCacheEveryScanReadsEveryVM() async throws {
         let scene = Scene(cacheSeconds: 0, scanSeconds: 0)
         let ceph = try await storage(scene)

@@ -36,8 +36,13 @@ extension ControllerService {
             }
             let size = "\(bytes >> 20)M"
             let client = try volumes.client(handle.cluster)
-            let attachments = try await volumes.releaseFromHolders(handle, storage: storage,
-                                                                   attachments: volumes.attachments(of: handle, storage: storage))
+            var found = try await volumes.attachments(of: handle, storage: storage)
+            if found.isEmpty {
+                // Grown offline, a VM running it would never learn the new size (only an online
+                // resize tells QEMU): a disk another tool attached lately must not be missed.
+                found = try await volumes.attachments(of: handle, storage: storage, fresh: true)
+            }
+            let attachments = try await volumes.releaseFromHolders(handle, storage: storage, attachments: found)
             if let (vm, key) = attachments.first {
                 try await volumes.changingVM(vm) {
                     try await client.resize(node: vm.node, vmid: vm.vmid, disk: key, size: size)

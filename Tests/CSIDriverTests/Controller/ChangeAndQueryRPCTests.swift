@@ -28,6 +28,19 @@ import UnaryGRPC
         #expect(scene.fake.vms(named: "proxmox-csi-holder-pve1").isEmpty)
     }
 
+    @Test func aVolumeAnotherToolAttachedSinceTheLastScanGrowsThroughItsVM() async throws {
+        let scene = ControllerScene(scanSeconds: 3600)
+        let volume = try await scene.create("pvc-a", storage: "ceph")
+        let _: Csi_V1_ControllerGetVolumeResponse = try await scene.call("ControllerGetVolume",
+                                                                         Csi_V1_ControllerGetVolumeRequest.with { $0.volumeID = volume.volumeID })
+        // proxmox-csi-plugin attaches it (the switch of a migration): the scans read before do not hold it.
+        scene.fake.touch(101, set: "scsi5", to: "ceph:vm-9999-pvc-a,wwn=0x5056432d49443035")
+        _ = try await expand(scene, volume.volumeID, to: 3 << 30)
+        #expect(scene.fake.vms(named: "proxmox-csi-holder-pve2").isEmpty && scene.fake.vms(named: "proxmox-csi-holder-pve1").isEmpty,
+                "grown offline, the running VM would never see the new size")
+        #expect(scene.fake.volume("ceph:vm-9999-pvc-a")?.size == 3 << 30)
+    }
+
     @Test func aDetachedVolumeGrowsThroughTheHolderAndLeavesIt() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a")

@@ -20,7 +20,8 @@ struct ControllerScene {
     /// The same service the router calls, for what is no RPC (the volume move).
     let service: ControllerService
 
-    init(profiles: String = "") {
+    /// `scanSeconds`: how long scans trust a config read (0: every scan reads again).
+    init(profiles: String = "", scanSeconds: Double = 0) {
         fake.addStorage("local-lvm", type: "lvmthin", capacity: 100 << 30)
         fake.addStorage("ceph", type: "rbd", shared: true, capacity: 500 << 30)
         fake.addStorage("local", type: "dir", capacity: 50 << 30)
@@ -36,7 +37,7 @@ struct ControllerScene {
             tokenID: csi@pve!csi
             tokenSecret: s
         """ + profiles)
-        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: 0, scanSeconds: 0)
+        volumes = ProxmoxVolumes(clusters: [("main", fake)], ownerVMID: Self.owner, taskTimeout: 60, cacheSeconds: 0, scanSeconds: scanSeconds)
         var router = Router()
         service = ControllerService(volumes: volumes, config: config)
         service.register(into: &router)
