@@ -185,7 +185,10 @@ extension ProxmoxVolumes {
             for (vm, signature) in unsure {
                 group.addTask {
                     do {
-                        let config = try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+                        // Concurrent lookups that see the VM alike share one read.
+                        let config = try await self.nameReads.read("\(vm.key)|\(signature)", asked: nil) {
+                            try await client.vmConfig(node: vm.node, vmid: vm.vmid)
+                        }
                         var named = vm
                         named.name = config["name"] ?? vm.name
                         if let name = config["name"] { self.namesRead.withLock { $0[vm.key] = (signature, name) } }

@@ -62,6 +62,8 @@ public final class ProxmoxVolumes: Sendable {
     /// Names read from the configs of VMs whose tag is not their resources name, by
     /// VM key, with the node, lock and tags they were read under (`vmsByCurrentNames`).
     let namesRead = Mutex<[String: (signature: String, name: String)]>([:])
+    /// Those name reads in flight, by VM key and signature.
+    let nameReads = CoalescedReads<String, VMConfig>()
     /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
     package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.

@@ -94,6 +94,8 @@ package final class FakeCluster: ProxmoxCluster {
         package var before: [Call: [@Sendable (FakeCluster) -> Void]] = [:]
         /// VMs whose hot-plugs fail ("hotplug problem"): the change stays pending.
         package var failingHotplug: Set<Int> = []
+        /// How long a GET …/config takes to answer (nil: at once), so concurrent readers overlap.
+        package var configLatency: Duration?
         /// Imports that outlast the caller's wait: they run on until `finishImports`.
         package var slowImports = false
         package var runningImports: [(vmid: Int, key: String, value: String)] = []
@@ -233,6 +235,7 @@ package final class FakeCluster: ProxmoxCluster {
 
     package func vmConfig(node: String, vmid: Int) async throws -> VMConfig {
         try enter(.config)
+        if let latency = state.withLock({ $0.configLatency }) { try await Task.sleep(for: latency) }
         return try state.withLock { state in
             let vm = try Self.vm(vmid, on: node, in: state)
             // GET …/config answers the pending values applied.

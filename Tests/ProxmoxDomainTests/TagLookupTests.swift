@@ -70,4 +70,27 @@ import Testing
         #expect(scene.fake.count(.config) == reads + 1)
         #expect(try await scene.volumes.copyVM(.snapshot, csiName: "snap-1", cluster: "main")?.vm.vmid == copy.vm.vmid)
     }
+
+    @Test func concurrentLookupsThatSeeAVMAlikeReadItsNameOnce() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        _ = try await scene.volumes.vmsAsConfigured("main")
+        // A restore's clone, still carrying its source's tag: each lookup must learn its name.
+        scene.fake.state.withLock { state in
+            var clone = state.vms[copy.vm.vmid]!
+            clone.vmid = 90
+            clone.values["name"] = "csi-vol-000000000000000000000000"
+            state.vms[90] = clone
+            state.resourceNames[90] = .some(nil)
+            state.configLatency = .milliseconds(50)
+        }
+        let reads = scene.fake.count(.config)
+        let names = try await withThrowingTaskGroup(of: String?.self) { group in
+            for _ in 0..<6 { group.addTask { try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == 90 }?.name } }
+            return try await group.reduce(into: [String?]()) { $0.append($1) }
+        }
+        #expect(names == Array(repeating: "csi-vol-000000000000000000000000", count: 6))
+        #expect(scene.fake.count(.config) == reads + 1)
+    }
 }
