@@ -112,17 +112,33 @@ extension ProxmoxVolumes {
     /// the config decides; nil when no candidate's does.
     package func firstConfig(named name: String, among candidates: [VMRef]) async throws -> (VMRef, VMConfig)? {
         for vm in Set(candidates.filter { $0.name == name }).sorted(by: { $0.vmid < $1.vmid }) {
-            let config: VMConfig
-            do {
-                config = try await client(vm.cluster).vmConfig(node: vm.node, vmid: vm.vmid)
-            } catch ProxmoxError.notFound {
-                continue
-            }
+            guard let (found, config) = try await configFollowingMigration(vm) else { continue }
             // An unnamed config (a create or clone still running) goes by the listing's name, as before.
             guard config["name"] == nil || config["name"] == name else { continue }
-            return (vm, config)
+            return (found, config)
         }
         return nil
+    }
+
+    /// The VM's config, read on the node a listing gave; a VM that migrated since
+    /// (qemu-server answers notFound there) is read on the node fresh resources give.
+    /// Nil when it is on no node: destroyed since the listing.
+    private func configFollowingMigration(_ vm: VMRef) async throws -> (VMRef, VMConfig)? {
+        let client = try client(vm.cluster)
+        do {
+            return (vm, try await client.vmConfig(node: vm.node, vmid: vm.vmid))
+        } catch ProxmoxError.notFound {
+            guard let moved = try await vms(vm.cluster, fresh: true).first(where: { $0.vmid == vm.vmid }), moved.node != vm.node else {
+                return nil
+            }
+            var followed = vm
+            (followed.node, followed.lock) = (moved.node, moved.lock)
+            do {
+                return (followed, try await client.vmConfig(node: moved.node, vmid: vm.vmid))
+            } catch ProxmoxError.notFound {
+                return nil
+            }
+        }
     }
 
     /// Every VM of the cluster under the name its config gives it now. The

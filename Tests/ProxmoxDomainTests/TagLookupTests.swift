@@ -93,4 +93,16 @@ import Testing
         #expect(names == Array(repeating: "csi-vol-000000000000000000000000", count: 6))
         #expect(scene.fake.count(.config) == reads + 1)
     }
+
+    @Test func aVMThatMigratedSinceTheListingIsFoundOnItsNewNode() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        let listed = try await scene.volumes.vmsAsConfigured("main")
+        #expect(listed.first { $0.vmid == copy.vm.vmid }?.node == "pve1")
+        // The move's record VM reached pve2 after the listing (qemu-server: not found on pve1 now).
+        scene.fake.migrate(copy.vm.vmid, to: "pve2")
+        let found = try await scene.volumes.copyVM(.snapshot, csiName: "snap-1", among: listed)
+        #expect(found?.vm.vmid == copy.vm.vmid && found?.vm.node == "pve2", "a copy missed here is made a second time")
+    }
 }

@@ -168,6 +168,8 @@ extension ControllerService {
     private func migrate(vm vmid: Int, from node: String, to target: String, cluster: String, started: Bool,
                          deadline: ContinuousClock.Instant) async throws {
         let client = try volumes.client(cluster)
+        // The next step looks the VM up on its new node: cached resources still have it on the old one.
+        defer { volumes.invalidate(cluster) }
         let left = max(1, Double(ContinuousClock.now.duration(to: deadline).components.seconds))
         if started || node == target {
             // The lock outlives the run that asked; the task is Proxmox's and goes on.
