@@ -176,15 +176,12 @@ package final class ConfigBatches: Sendable {
                   found.node != vm.node else { return nil }
             return found
         }
-        var usedRecentRead = false
         for attempt in 1...attempts {
             let config: VMConfig
             do {
                 if attempt == 1, let recent = volumes.lastRead(vm, within: min(volumes.scanSeconds, Self.recentReadSeconds)) {
                     config = recent
-                    usedRecentRead = true
                 } else {
-                    usedRecentRead = false
                     let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
                     config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
                     // Scans see it too: it may hold what another tool changed since their last read.
@@ -200,7 +197,6 @@ package final class ConfigBatches: Sendable {
             }
             var draft = ConfigDraft(config: config)
             var accepted: [Waiting] = []
-            var refused: [(Waiting, any Error)] = []
             let candidates = members + postponed
             postponed = []
             for member in candidates {
@@ -212,9 +208,10 @@ package final class ConfigBatches: Sendable {
                 } catch is NextWrite {
                     postponed.append(member)
                 } catch {
-                    refused.append((member, error))
+                    member.resume(.failure(error))
                 }
             }
+            members = accepted
             var (set, delete) = difference(from: draft.read, to: draft.values)
             for key in draft.resend.sorted() where !set.contains(where: { $0.0 == key }) {
                 if let value = draft.values[key] { set.append((key, value)) }
@@ -222,16 +219,7 @@ package final class ConfigBatches: Sendable {
             let revert = draft.revert.sorted()
             set.removeAll { revert.contains($0.0) }
             delete.removeAll(where: revert.contains)
-            let nothingToWrite = set.isEmpty && delete.isEmpty && revert.isEmpty
-            if usedRecentRead && (nothingToWrite || !refused.isEmpty) {
-                // A refusal, or "already so", would rest on that earlier read alone (no digest
-                // guards an answer that writes nothing): decided again on a read made now.
-                (members, postponed) = (candidates, [])
-                continue
-            }
-            refused.forEach { $0.0.resume(.failure($0.1)) }
-            members = accepted
-            if nothingToWrite {
+            if set.isEmpty && delete.isEmpty && revert.isEmpty {
                 let outcome = ConfigOutcome(vm: vm, config: config)  // nothing to write: the config just read stands
                 members.forEach { $0.resume(.success(outcome)) }
                 return (postponed, vm)
