@@ -107,12 +107,6 @@ package final class ConfigBatches: Sendable {
     private let queued = Mutex<[String: [Waiting]]>([:])
     /// How often a write is redone when the config changed under it.
     package static let attempts = 5
-    /// A batch's first attempt decides on a config read this recently (a detach
-    /// right after the scan that found the disk) instead of reading it again.
-    /// The write carries that read's digest, and qemu-server refuses a write whose
-    /// digest is not the file's (API2/Qemu.pm update_vm_api, `$load_and_check_config`:
-    /// "checksum mismatch"), so a config changed meanwhile costs a retry on a fresh read, never a wrong write.
-    static let recentReadSeconds = 2.0
 
     /// Thrown by an edit that can be made once this batch's write is done.
     package struct NextWrite: Error {}
@@ -179,14 +173,10 @@ package final class ConfigBatches: Sendable {
         for attempt in 1...attempts {
             let config: VMConfig
             do {
-                if attempt == 1, let recent = volumes.lastRead(vm, within: min(volumes.scanSeconds, Self.recentReadSeconds)) {
-                    config = recent
-                } else {
-                    let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
-                    config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
-                    // Scans see it too: it may hold what another tool changed since their last read.
-                    volumes.configRead(vm, config, at: at, changesBefore: changes)
-                }
+                let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
+                config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
+                // Scans see it too: it may hold what another tool changed since their last read.
+                volumes.configRead(vm, config, at: at, changesBefore: changes)
             } catch ProxmoxError.notFound where attempt < attempts {
                 if let found = await moved() { vm = found; continue }
                 (members + postponed).forEach { $0.resume(.failure(ProxmoxError.notFound("VM \(vm.vmid) is on no node"))) }

@@ -209,15 +209,6 @@ public final class ProxmoxVolumes: Sendable {
         return config
     }
 
-    /// A config read (not one a write left: that has no digest) at most `seconds`
-    /// old, and so later than the driver's last change to the VM; nil when none.
-    package func lastRead(_ vm: VMRef, within seconds: Double) -> VMConfig? {
-        let now = ProcessInfo.processInfo.systemUptime
-        guard let cached = scanned.withLock({ $0.configs[vm.key] }), !cached.config.digest.isEmpty,
-              now - cached.at < seconds else { return nil }
-        return cached.config
-    }
-
     /// How often the driver changed the VM's config: taken before a read, it tells
     /// `configRead` whether the read may predate one of those changes.
     package func scanChanges(_ vm: VMRef) -> UInt64 {
