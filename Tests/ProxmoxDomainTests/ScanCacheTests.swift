@@ -55,6 +55,23 @@ import Testing
         #expect(try await scene.volumes.attachments(of: handle, storage: ceph).map { $0.1 } == ["scsi1"])
     }
 
+    @Test func anAttachAReadOfAMomentAgoSaysIsDoneIsCheckedOnAReadMadeNow() async throws {
+        let scene = Scene(cacheSeconds: 0, scanSeconds: 3600)
+        let ceph = try await storage(scene)
+        let handle = scene.volume("pvc-a", storage: "ceph", node: nil)
+        let slot = try await scene.attach("ceph:\(handle.volume)", to: 100)
+        _ = try await scene.volumes.attachments(of: handle, storage: ceph)  // a read that shows it attached
+        // Another tool detaches it: only a read made now knows.
+        scene.fake.state.withLock { state in
+            state.vms[100]!.values[slot] = nil
+            state.vms[100]!.changes += 1
+        }
+        let writes = scene.fake.writes.count
+        #expect(try await scene.attach("ceph:\(handle.volume)", to: 100) == slot)
+        #expect(scene.fake.vm(100)!.values[slot] != nil, "attached again, not answered from the earlier read")
+        #expect(scene.fake.writes.count == writes + 1)
+    }
+
     @Test func withoutTheCacheEveryScanReadsEveryVM() async throws {
         let scene = Scene(cacheSeconds: 0, scanSeconds: 0)
         let ceph = try await storage(scene)
