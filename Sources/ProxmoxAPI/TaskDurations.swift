@@ -10,43 +10,32 @@ public final class TaskDurations: Sendable {
     /// The longest first wait: a task much quicker than its type's last ones
     /// (a small clone after a large one) is never waited on much longer than this.
     static let longestFirstWait = 5.0
-    /// Per type: the expected duration, and how many tasks in a row were seen done at their first read.
-    private let expected = Mutex<[String: (seconds: Double, doneAtFirstRead: Int)]>([:])
+    private let expected = Mutex<[String: Double]>([:])
 
     public init() {}
 
     /// How long to wait before the first status read of a task of `type` (0: at once, the type is new).
-    /// About when the last ones ended: most tasks are then seen done at the first read.
     package func firstWait(_ type: String) -> Double {
-        guard let known = expected.withLock({ $0[type] }) else { return 0 }
-        return min(known.seconds, Self.longestFirstWait)
+        guard let seconds = expected.withLock({ $0[type] }) else { return 0 }
+        return min(seconds * 0.9, Self.longestFirstWait)
     }
 
-    /// The reads after the first: a twentieth of the expected time apart (0.05 s for a new type), then backing off.
+    /// The reads after the first: a tenth of the expected time apart (0.05 s for a new type), then backing off.
     package func interval(_ type: String) -> Double {
-        guard let known = expected.withLock({ $0[type] }) else { return 0.05 }
-        return min(max(known.seconds / 20, 0.05), 0.5)
+        guard let seconds = expected.withLock({ $0[type] }) else { return 0.05 }
+        return min(max(seconds / 10, 0.05), 0.5)
     }
 
     /// A task of `type` was seen stopped `elapsed` seconds after it started.
-    /// Seen running first, it took about `elapsed`: the estimate moves halfway
-    /// there (one slow task does not set the next ones' waits). Stopped at the
-    /// first read, it may have ended long before: the estimate comes down by 3 %,
-    /// twice that for each such task in a row, so a type that got quicker is soon
-    /// waited on less while one that stays the same is read about once.
+    /// Stopped at the first read, it may have ended long before: the estimate
+    /// comes down, so a type that got quicker is soon waited on less.
     package func record(_ type: String, elapsed: Double, atFirstRead: Bool) {
+        let sample = atFirstRead ? elapsed / 2 : elapsed
         expected.withLock { known in
-            guard let last = known[type] else { known[type] = (elapsed, 0); return }
-            if atFirstRead {
-                let inARow = last.doneAtFirstRead + 1
-                let cut = min(0.5, 0.03 * Double(1 << min(inARow - 1, 5)))
-                known[type] = (last.seconds * (1 - cut), inARow)
-            } else {
-                known[type] = ((last.seconds + elapsed) / 2, 0)
-            }
+            known[type] = known[type].map { ($0 + sample) / 2 } ?? sample
         }
     }
 
     /// What a task of `type` is expected to take, nil before one was seen.
-    public func expectedSeconds(_ type: String) -> Double? { expected.withLock { $0[type]?.seconds } }
+    public func expectedSeconds(_ type: String) -> Double? { expected.withLock { $0[type] } }
 }
