@@ -202,12 +202,15 @@ extension ProxmoxVolumes {
                 group.addTask {
                     do {
                         // Concurrent lookups that see the VM alike share one read.
-                        let config = try await self.nameReads.read("\(vm.key)|\(signature)", asked: nil) {
+                        let incarnation = self.vmidIncarnations.withLock { $0[vm.key] ?? 0 }
+                        let config = try await self.nameReads.read("\(vm.key)#\(incarnation)|\(signature)", asked: nil) {
                             try await client.vmConfig(node: vm.node, vmid: vm.vmid)
                         }
                         var named = vm
                         named.name = config["name"] ?? vm.name
-                        if let name = config["name"] { self.namesRead.withLock { $0[vm.key] = (signature, name) } }
+                        if let name = config["name"], self.vmidIncarnations.withLock({ $0[vm.key] ?? 0 }) == incarnation {
+                            self.namesRead.withLock { $0[vm.key] = (signature, name) }
+                        }
                         return named
                     } catch ProxmoxError.notFound {
                         return nil  // destroyed since the listing
@@ -365,6 +368,7 @@ extension ProxmoxVolumes {
             do {
                 // Protection (set when the copy settled) refuses destroy_vm until lifted.
                 try await client(vm.cluster).updateVMConfigSync(node: vm.node, vmid: vm.vmid, delete: ["protection"])
+                defer { forgetName(cluster: vm.cluster, vmid: vm.vmid) }
                 try await client(vm.cluster).destroyVM(node: vm.node, vmid: vm.vmid, timeout: taskTimeout)
             } catch ProxmoxError.notFound {
                 // Already gone.

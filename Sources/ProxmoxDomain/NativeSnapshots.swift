@@ -273,6 +273,7 @@ extension ProxmoxVolumes {
         }
         do {
             // The volume is not the VM's own: destroy_vm leaves it (and it holds no snapshot of it any more).
+            defer { self.forgetName(cluster: source.vm.cluster, vmid: source.vm.vmid) }
             try await client.destroyVM(node: source.vm.node, vmid: source.vm.vmid, timeout: taskTimeout)
         } catch ProxmoxError.notFound {
             // Already gone.
@@ -299,6 +300,7 @@ extension ProxmoxVolumes {
             let description = CopyVM.description(.volume, csiName: csiName, source: snapshot.id, createdAt: Int64(Date().timeIntervalSince1970))
             let (vmid, upid) = try await self.vmLocks.run("\(cluster)/new-vmid") {
                 let vmid = try await client.nextVMID()
+                self.forgetName(cluster: cluster, vmid: vmid)
                 self.creating.withLock { _ = $0.insert("\(cluster)/\(vmid)") }
                 do {
                     let upid = try await client.startClone(node: source.node, vmid: source.vmid, newID: vmid, name: name,

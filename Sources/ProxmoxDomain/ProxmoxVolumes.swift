@@ -62,8 +62,19 @@ public final class ProxmoxVolumes: Sendable {
     /// Names read from the configs of VMs whose tag is not their resources name, by
     /// VM key, with the node, lock and tags they were read under (`vmsByCurrentNames`).
     let namesRead = Mutex<[String: (signature: String, name: String)]>([:])
-    /// Those name reads in flight, by VM key and signature.
+    /// Those name reads in flight, by VM key, incarnation and signature.
     let nameReads = CoalescedReads<String, VMConfig>()
+    /// Per VM key, how often this process made or destroyed a VM with that vmid: a
+    /// reused vmid (a restore's clone made again after a failed try carries the same
+    /// node, lock and tags) must not get the name read of the VM that had it before.
+    let vmidIncarnations = Mutex<[String: UInt64]>([:])
+
+    /// The driver made or destroyed a VM under this vmid: what was read of its name is forgotten.
+    package func forgetName(cluster: String, vmid: Int) {
+        let key = "\(cluster)/\(vmid)"
+        vmidIncarnations.withLock { $0[key, default: 0] &+= 1 }
+        namesRead.withLock { _ = $0.removeValue(forKey: key) }
+    }
     /// VMs this process is creating ("cluster/vmid"): an unnamed VM in `lock: create` is ours only if listed here.
     package let creating = Mutex<Set<String>>([])
     /// Cluster resources are reread after this many seconds.

@@ -21,6 +21,7 @@ extension ProxmoxVolumes {
             for _ in 0..<5 {
                 let vmid = try await client.nextVMID()
                 self.creating.withLock { _ = $0.insert("\(cluster)/\(vmid)") }
+                self.forgetName(cluster: cluster, vmid: vmid)
                 do {
                     let upid = try await client.startCreateVM(node: node, vmid: vmid, settings: settings)
                     self.invalidate(cluster)
