@@ -11,6 +11,19 @@ import Testing
                                              node: "pve1", storage: "local-lvm", sourceVolid: "local-lvm:vm-9999-pvc-a", wait: 5)
     }
 
+    /// A restore's clone of `copy` as vmid 90, before it settles: it carries the copy's tag,
+    /// and resources show it unnamed (pvestatd has not seen it yet).
+    func cloneAt90(_ scene: Scene, of copy: CopyVM, named name: String, description: String? = nil) {
+        scene.fake.state.withLock { state in
+            var clone = state.vms[copy.vm.vmid]!
+            clone.vmid = 90
+            clone.values["name"] = name
+            if let description { clone.values["description"] = description }
+            state.vms[90] = clone
+            state.resourceNames[90] = .some(nil)
+        }
+    }
+
     @Test func aVMTheDriverMadeIsTaggedWithItsName() async throws {
         let scene = Scene()
         scene.volume("pvc-a")
@@ -50,14 +63,8 @@ import Testing
         let copy = try await snapshotCopy(scene, name: "snap-1")
         _ = try await scene.volumes.vmsAsConfigured("main")
         // A clone of it (a restore before it settles) carries its tag, and has the lower vmid.
-        scene.fake.state.withLock { state in
-            var clone = state.vms[copy.vm.vmid]!
-            clone.vmid = 90
-            clone.values["name"] = "csi-vol-000000000000000000000000"
-            clone.values["description"] = "proxmox-csi volume\nname: pvc-r\nsource: x\ncreated: 1\n"
-            state.vms[90] = clone
-            state.resourceNames[90] = .some(nil)
-        }
+        cloneAt90(scene, of: copy, named: "csi-vol-000000000000000000000000",
+                  description: "proxmox-csi volume\nname: pvc-r\nsource: x\ncreated: 1\n")
         let named = try await scene.volumes.vmsByCurrentNames("main")
         #expect(named.first { $0.vmid == 90 }?.name == "csi-vol-000000000000000000000000")
         // Its name is read once while its tags stay; a new tag has it read again.
@@ -77,14 +84,8 @@ import Testing
         let copy = try await snapshotCopy(scene, name: "snap-1")
         _ = try await scene.volumes.vmsAsConfigured("main")
         // A restore's clone, still carrying its source's tag: each lookup must learn its name.
-        scene.fake.state.withLock { state in
-            var clone = state.vms[copy.vm.vmid]!
-            clone.vmid = 90
-            clone.values["name"] = "csi-vol-000000000000000000000000"
-            state.vms[90] = clone
-            state.resourceNames[90] = .some(nil)
-            state.configLatency = .milliseconds(200)
-        }
+        cloneAt90(scene, of: copy, named: "csi-vol-000000000000000000000000")
+        scene.fake.state.withLock { $0.configLatency = .milliseconds(200) }
         let reads = scene.fake.count(.config)
         let names = try await withThrowingTaskGroup(of: String?.self) { group in
             for _ in 0..<6 { group.addTask { try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == 90 }?.name } }
@@ -112,20 +113,11 @@ import Testing
         scene.volume("pvc-a")
         let copy = try await snapshotCopy(scene, name: "snap-1")
         _ = try await scene.volumes.vmsAsConfigured("main")
-        func restoreClone(named name: String) {
-            scene.fake.state.withLock { state in
-                var clone = state.vms[copy.vm.vmid]!
-                clone.vmid = 90
-                clone.values["name"] = name
-                state.vms[90] = clone
-                state.resourceNames[90] = .some(nil)
-            }
-        }
-        restoreClone(named: "csi-vol-aaaaaaaaaaaaaaaaaaaaaaaa")
+        cloneAt90(scene, of: copy, named: "csi-vol-aaaaaaaaaaaaaaaaaaaaaaaa")
         #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == 90 }?.name == "csi-vol-aaaaaaaaaaaaaaaaaaaaaaaa")
         // A failed restore's clone is destroyed and the next try gets vmid 90 again, alike in node, lock and tags.
         scene.volumes.forgetName(cluster: "main", vmid: 90)
-        restoreClone(named: "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
+        cloneAt90(scene, of: copy, named: "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
         #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == 90 }?.name == "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
     }
 }
