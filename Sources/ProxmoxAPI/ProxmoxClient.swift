@@ -187,7 +187,7 @@ public final class ProxmoxClient: Sendable {
             if let lock = detail.firstMatch(of: /VM is locked \(([^)]+)\)/).map({ String($0.1) }) {
                 throw .vmLocked(vmid: vmid(inPath: path), lock: lock)
             }
-            if detail.contains("checksum mismatch") || detail.contains("detected modified configuration") {
+            if isDigestMismatch(detail) {
                 throw .digestConflict(message)
             }
             if detail.contains("can't lock file"), detail.contains("got timeout") {
@@ -233,6 +233,12 @@ public final class ProxmoxClient: Sendable {
         return Ticket(ticket: value, csrf: csrf, issuedAt: now())
     }
 
+    /// qemu-server's words for a config changed since the digest was read
+    /// (update_vm_api "checksum mismatch", guest-common "detected modified configuration").
+    static func isDigestMismatch(_ text: String) -> Bool {
+        text.contains("checksum mismatch") || text.contains("detected modified configuration")
+    }
+
     // MARK: - Tasks
 
     /// Waits for a task: the first status read about when tasks of its type
@@ -257,6 +263,10 @@ public final class ProxmoxClient: Sendable {
                 taskDurations.record(type, elapsed: now() - started, atFirstRead: reads == 1 && wait > 0)
                 let exit = status["exitstatus"].string ?? "unknown"
                 if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
+                // update_vm_api checks the digest again in its worker, under the
+                // VM's lock: a change made after the call was accepted fails the
+                // task, and the caller decides again as on an early mismatch.
+                if Self.isDigestMismatch(exit) { throw ProxmoxError.digestConflict(exit) }
                 throw ProxmoxError.taskFailed(upid: upid, exitStatus: exit)
             }
             if now() + interval > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }

@@ -86,6 +86,14 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         }
     }
 
+    @Test func aWorkerThatFoundTheConfigChangedIsADigestConflict() async {
+        // update_vm_api's worker checks the digest again under the VM's lock.
+        let exit = "checksum mismatch (file change by other user?)"
+        await #expect(throws: ProxmoxError.digestConflict(exit)) {
+            try await taskClient(ScriptedTasks(runningPolls: 1, exitStatus: exit), RecordingSleeper()).waitForTask(upid)
+        }
+    }
+
     @Test func givesUpAtTheDeadline() async {
         let sleeper = RecordingSleeper()
         await #expect(throws: ProxmoxError.taskTimedOut(upid: upid)) {

@@ -6,6 +6,7 @@ and driver (SIM_URL is set by csi-sanity/run)."""
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 
@@ -115,6 +116,27 @@ def test_a_detach_the_vm_cannot_hot_unplug_is_failed_precondition_while_it_holds
     assert not simulator("GET", "/_sim/state")["vms"][str(VMID)]["pending_delete"]
     simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,disk,usb")
     assert unpublish(controller, vol)[0] == grpc.StatusCode.OK and holders(vol) == []
+
+
+def test_a_hotplug_change_while_the_detach_task_runs_is_never_an_ok_unpublish(controller, volume):
+    """The fault run's hotplug toggles landed while a detach task ran. qemu-server's
+    worker checks the digest again under the VM's lock, so the task fails and the
+    driver decides again on the config as it now is, which keeps the disk."""
+    vol = volume()
+    assert publish(controller, vol)[0] == grpc.StatusCode.OK
+    simulator("PUT", "/_sim/task-seconds", qmconfig=1.5)
+    try:
+        outcome = []
+        detaching = threading.Thread(target=lambda: outcome.append(unpublish(controller, vol)))
+        detaching.start()
+        time.sleep(0.5)
+        simulator("PUT", "/_sim/vm-config", vmid=VMID, key="hotplug", value="network,usb")
+        detaching.join()
+    finally:
+        simulator("PUT", "/_sim/task-seconds", qmconfig=0.02)
+    code, details = outcome[0]
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "until the VM restarts" in details, (code, details)
+    assert holders(vol) == [VMID]
 
 
 def test_a_migrated_vm_is_found_on_its_new_node(controller, volume):

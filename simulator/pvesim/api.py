@@ -234,6 +234,13 @@ class Api:
         force = bool(p.get("force", False))
 
         def effect():
+            # The worker loads the config again under the VM's lock and checks
+            # the digest and the lock once more (update_vm_api: $updatefn calls
+            # $load_and_check_config->(1)), so a change made after the request
+            # was accepted (another user's `qm set --hotplug`) fails the task.
+            if p.get("digest") and p["digest"] != vm.digest():
+                raise PVEError("checksum mismatch (file change by other user?)")
+            self._check_unlocked(vm, p)
             modified = set()
             for key in reverts:
                 if DISK_KEY.match(key) and key in vm.pending:

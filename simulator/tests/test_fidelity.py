@@ -45,6 +45,23 @@ def test_without_disk_hotplug_an_attach_stays_pending_and_the_task_succeeds(sim,
     assert api.ok("GET", "/nodes/pve1/qemu/100/config")["digest"] != before
 
 
+def test_a_change_by_another_user_while_the_write_waits_for_its_worker_fails_the_task(sim, api):
+    """update_vm_api checks the digest before forking and again in the worker
+    under the VM's lock: a `qm set --hotplug` that lands between the two fails
+    the write, which would otherwise leave its detach pending in silence."""
+    volid = make_disk(api)
+    attach(api, "scsi1", volid)
+    digest = api.ok("GET", "/nodes/pve1/qemu/100/config")["digest"]
+    sim.cluster.task_seconds["qmconfig"] = 0.3
+    upid = api.ok("POST", "/nodes/pve1/qemu/100/config", delete="scsi1", digest=digest)
+    control(sim, "PUT", "/_sim/vm-config", vmid=100, key="hotplug", value="network,usb")
+    status = api.wait(upid)
+    assert status["exitstatus"] == "checksum mismatch (file change by other user?)"
+    # Nothing of the write happened: the disk is current and no delete is pending.
+    assert api.ok("GET", "/nodes/pve1/qemu/100/config", current=1)["scsi1"].startswith(volid)
+    assert not any(item.get("delete") for item in api.ok("GET", "/nodes/pve1/qemu/100/pending"))
+
+
 def test_a_stopped_vm_takes_every_change_at_once(sim, api):
     volid = make_disk(api)
     control(sim, "PUT", "/_sim/vm-status", vmid=100, status="stopped")
