@@ -254,13 +254,13 @@ public final class ProxmoxClient: Sendable {
         let deadline = started + timeout
         var wait = min(taskDurations.firstWait(type), timeout)
         var interval = taskDurations.interval(type)
-        var reads = 0
+        var lastRunning: Double?
         while true {
             if wait > 0 { try await sleeper.sleep(seconds: wait) }
+            let readAt = now() - started
             let status = try await call("GET", path)
-            reads += 1
             if status["status"].string == "stopped" {
-                taskDurations.record(type, elapsed: now() - started, atFirstRead: reads == 1 && wait > 0)
+                taskDurations.record(type, elapsed: now() - started, lastRunning: lastRunning)
                 let exit = status["exitstatus"].string ?? "unknown"
                 if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
                 // update_vm_api checks the digest again in its worker, under the
@@ -269,6 +269,7 @@ public final class ProxmoxClient: Sendable {
                 if Self.isDigestMismatch(exit) { throw ProxmoxError.digestConflict(exit) }
                 throw ProxmoxError.taskFailed(upid: upid, exitStatus: exit)
             }
+            lastRunning = readAt
             if now() + interval > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }
             wait = interval
             interval = min(interval * 2, maxPollInterval)

@@ -10,6 +10,13 @@ public final class TaskDurations: Sendable {
     /// The longest first wait: a task much quicker than its type's last ones
     /// (a small clone after a large one) is never waited on much longer than this.
     static let longestFirstWait = 5.0
+    /// After a task outlasted the first wait, the next first wait is the time it
+    /// was seen done plus this margin: tasks of one length are then read once.
+    static let margin = 1.05
+    /// Each task seen done at its first read brings the first wait down by this
+    /// factor, so a type that got quicker is waited on less, and one of a steady
+    /// length is read twice only every few tasks (when the wait dips under it).
+    static let decay = 0.97
     private let expected = Mutex<[String: Double]>([:])
 
     public init() {}
@@ -17,7 +24,7 @@ public final class TaskDurations: Sendable {
     /// How long to wait before the first status read of a task of `type` (0: at once, the type is new).
     package func firstWait(_ type: String) -> Double {
         guard let seconds = expected.withLock({ $0[type] }) else { return 0 }
-        return min(seconds * 0.9, Self.longestFirstWait)
+        return min(seconds, Self.longestFirstWait)
     }
 
     /// The reads after the first: a tenth of the expected time apart (0.05 s for a new type), then backing off.
@@ -26,13 +33,17 @@ public final class TaskDurations: Sendable {
         return min(max(seconds / 10, 0.05), 0.5)
     }
 
-    /// A task of `type` was seen stopped `elapsed` seconds after it started.
-    /// Stopped at the first read, it may have ended long before: the estimate
-    /// comes down, so a type that got quicker is soon waited on less.
-    package func record(_ type: String, elapsed: Double, atFirstRead: Bool) {
-        let sample = atFirstRead ? elapsed / 2 : elapsed
+    /// A task of `type` was seen stopped `elapsed` seconds after it started, and
+    /// last seen running at `lastRunning` (nil: stopped at the first read, so it
+    /// may have ended long before).
+    package func record(_ type: String, elapsed: Double, lastRunning: Double?) {
         expected.withLock { known in
-            known[type] = known[type].map { ($0 + sample) / 2 } ?? sample
+            switch (known[type], lastRunning) {
+            case (nil, nil): known[type] = elapsed
+            case let (nil, running?): known[type] = (running + elapsed) / 2  // the first one: the middle of what is known
+            case let (old?, nil): known[type] = old * Self.decay
+            case (let old?, _?): known[type] = max(old, elapsed) * Self.margin
+            }
         }
     }
 

@@ -107,6 +107,12 @@ package final class ConfigBatches: Sendable {
     private let queued = Mutex<[String: [Waiting]]>([:])
     /// How often a write is redone when the config changed under it.
     package static let attempts = 5
+    /// A batch's first attempt decides on a config read this recently (a detach
+    /// right after the scan that found the disk) instead of reading it again.
+    /// The write carries that read's digest, and qemu-server refuses a write whose
+    /// digest is not the file's (API2/Qemu.pm update_vm_api, `$load_and_check_config`:
+    /// "checksum mismatch"), so a config changed meanwhile costs a retry on a fresh read, never a wrong write.
+    static let recentReadSeconds = 2.0
 
     /// Thrown by an edit that can be made once this batch's write is done.
     package struct NextWrite: Error {}
@@ -170,13 +176,20 @@ package final class ConfigBatches: Sendable {
                   found.node != vm.node else { return nil }
             return found
         }
+        var usedRecentRead = false
         for attempt in 1...attempts {
             let config: VMConfig
             do {
-                let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
-                config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
-                // Scans see it too: it may hold what another tool changed since their last read.
-                volumes.configRead(vm, config, at: at, changesBefore: changes)
+                if attempt == 1, let recent = volumes.lastRead(vm, within: min(volumes.scanSeconds, Self.recentReadSeconds)) {
+                    config = recent
+                    usedRecentRead = true
+                } else {
+                    usedRecentRead = false
+                    let (at, changes) = (ProcessInfo.processInfo.systemUptime, volumes.scanChanges(vm))
+                    config = try await client.vmConfigWithPending(node: vm.node, vmid: vm.vmid)
+                    // Scans see it too: it may hold what another tool changed since their last read.
+                    volumes.configRead(vm, config, at: at, changesBefore: changes)
+                }
             } catch ProxmoxError.notFound where attempt < attempts {
                 if let found = await moved() { vm = found; continue }
                 (members + postponed).forEach { $0.resume(.failure(ProxmoxError.notFound("VM \(vm.vmid) is on no node"))) }
@@ -187,6 +200,7 @@ package final class ConfigBatches: Sendable {
             }
             var draft = ConfigDraft(config: config)
             var accepted: [Waiting] = []
+            var refused: [(Waiting, any Error)] = []
             let candidates = members + postponed
             postponed = []
             for member in candidates {
@@ -198,10 +212,9 @@ package final class ConfigBatches: Sendable {
                 } catch is NextWrite {
                     postponed.append(member)
                 } catch {
-                    member.resume(.failure(error))
+                    refused.append((member, error))
                 }
             }
-            members = accepted
             var (set, delete) = difference(from: draft.read, to: draft.values)
             for key in draft.resend.sorted() where !set.contains(where: { $0.0 == key }) {
                 if let value = draft.values[key] { set.append((key, value)) }
@@ -209,7 +222,16 @@ package final class ConfigBatches: Sendable {
             let revert = draft.revert.sorted()
             set.removeAll { revert.contains($0.0) }
             delete.removeAll(where: revert.contains)
-            if set.isEmpty && delete.isEmpty && revert.isEmpty {
+            let nothingToWrite = set.isEmpty && delete.isEmpty && revert.isEmpty
+            if usedRecentRead && (nothingToWrite || !refused.isEmpty) {
+                // A refusal, or "already so", would rest on that earlier read alone (no digest
+                // guards an answer that writes nothing): decided again on a read made now.
+                (members, postponed) = (candidates, [])
+                continue
+            }
+            refused.forEach { $0.0.resume(.failure($0.1)) }
+            members = accepted
+            if nothingToWrite {
                 let outcome = ConfigOutcome(vm: vm, config: config)  // nothing to write: the config just read stands
                 members.forEach { $0.resume(.success(outcome)) }
                 return (postponed, vm)

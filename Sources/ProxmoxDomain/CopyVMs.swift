@@ -259,7 +259,7 @@ extension ProxmoxVolumes {
     package func copyVMs(_ kind: CopyVM.Kind) async throws -> [CopyVM] {
         var out: [CopyVM] = []
         for cluster in clusterNames {
-            for vm in try await vms(cluster, fresh: true) where vm.name.hasPrefix(kind.rawValue) {
+            for vm in try await vmsByCurrentNames(cluster) where vm.name.hasPrefix(kind.rawValue) {
                 if let copy = try await copyVM(vm) { out.append(copy) }
             }
         }

@@ -13,11 +13,13 @@ extension ProxmoxVolumes {
     /// The node's holder VM, created on first use.
     package func holder(cluster: String, node: String) async throws -> VMRef {
         let name = Self.holderPrefix + node
-        if let existing = try await vms(cluster).first(where: { $0.name == name && $0.node == node }) {
+        // By current names: resources name a VM only after pvestatd's next round, and a
+        // holder made a moment ago must not be made twice.
+        if let existing = try await vmsByCurrentNames(cluster, fresh: false).first(where: { $0.name == name && $0.node == node }) {
             return existing
         }
         return try await vmLocks.run("\(cluster)/holder/\(node)") {
-            if let existing = try await self.vms(cluster, fresh: true).first(where: { $0.name == name && $0.node == node }) {
+            if let existing = try await self.vmsByCurrentNames(cluster).first(where: { $0.name == name && $0.node == node }) {
                 return existing
             }
             let vmid = try await self.createVM(

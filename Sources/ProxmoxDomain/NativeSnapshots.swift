@@ -130,7 +130,7 @@ extension ProxmoxVolumes {
     package func recentNativeSnapshots() async throws -> [NativeSnapshot] {
         var out: [NativeSnapshot] = []
         for cluster in clusterNames {
-            for vm in try await vms(cluster) where Self.isSourceVM(vm) {
+            for vm in try await vmsByCurrentNames(cluster, fresh: false) where Self.isSourceVM(vm) {
                 let key = "\(vm.key)/\(vm.name)"
                 let now = ProcessInfo.processInfo.systemUptime
                 let (cached, changes) = snapshotScans.withLock { ($0.lists[key], $0.changes[key] ?? 0) }
@@ -160,7 +160,7 @@ extension ProxmoxVolumes {
     package func nativeSnapshots() async throws -> [NativeSnapshot] {
         var out: [NativeSnapshot] = []
         for cluster in clusterNames {
-            for vm in try await vms(cluster, fresh: true) where Self.isSourceVM(vm) {
+            for vm in try await vmsByCurrentNames(cluster) where Self.isSourceVM(vm) {
                 if let source = try await sourceVM(vm) { out += try await nativeSnapshots(of: source) }
             }
         }
@@ -171,7 +171,8 @@ extension ProxmoxVolumes {
     package func nativeSnapshot(_ id: String) async throws -> NativeSnapshot? {
         let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 3, clusterNames.contains(parts[0]), let vmid = Int(parts[1]), NativeSnapshot.isSnapname(parts[2]),
-              let vm = try await vms(parts[0], fresh: true).first(where: { $0.vmid == vmid && Self.isSourceVM($0) }),
+              // By current names: resources name a VM only after pvestatd's next round.
+              let vm = try await vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && Self.isSourceVM($0) }),
               let source = try await sourceVM(vm) else { return nil }
         return try await nativeSnapshots(of: source).first { $0.snapname == parts[2] }
     }
@@ -183,26 +184,29 @@ extension ProxmoxVolumes {
         let client = try client(cluster)
         let name = SourceVM.vmName(source: volumeID)
         return try await vmLocks.run("\(cluster)/source/\(name)") {
-            var source: SourceVM
+            let source: SourceVM
             if let found = try await self.sourceVM(of: volumeID, cluster: cluster) {
                 source = found
+                if let taken = try await self.nativeSnapshots(of: source).first(where: { $0.csiName == csiName }) {
+                    if source.leftoverDrive { try await client.updateVMConfig(node: source.vm.node, vmid: source.vm.vmid, delete: ["scsi0"]) }
+                    return taken
+                }
+                // A stopped VM takes the change at once.
+                try await client.updateVMConfig(node: source.vm.node, vmid: source.vm.vmid, set: [("scsi0", volid)])
             } else {
+                // Made naming the volume already, and with no snapshot yet to look for: a
+                // crash before the snapshot leaves the drive, which the next try finds (leftoverDrive).
                 try await self.requireNoUnnamedCreation(cluster, mayBe: name)
                 let vmid = try await self.createVM(cluster: cluster, node: node, name: name,
                                                    description: SourceVM.description(source: volumeID, volid: volid, deleted: false),
-                                                   what: "the snapshot source VM of \(volumeID)")
+                                                   disks: [("scsi0", volid)], what: "the snapshot source VM of \(volumeID)")
                 source = SourceVM(vm: VMRef(cluster: cluster, node: node, vmid: vmid, name: name), source: volumeID, volid: volid,
-                                  deleted: false, leftoverDrive: false)
-            }
-            if let taken = try await self.nativeSnapshots(of: source).first(where: { $0.csiName == csiName }) {
-                if source.leftoverDrive { try await client.updateVMConfig(node: source.vm.node, vmid: source.vm.vmid, delete: ["scsi0"]) }
-                return taken
+                                  deleted: false, leftoverDrive: true)
             }
             let vm = source.vm
             let createdAt = Int64(Date().timeIntervalSince1970)
-            // A stopped VM takes the change at once; not owning the volume, removing it frees nothing
+            // Not owning the volume, removing the drive afterwards frees nothing
             // (qemu-server vmconfig_register_unused_drive registers only owned volumes).
-            try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("scsi0", volid)])
             defer { self.snapshotsChanged(vm) }
             do {
                 try await client.createSnapshot(node: vm.node, vmid: vm.vmid, name: NativeSnapshot.snapname(csiName: csiName),
@@ -218,19 +222,32 @@ extension ProxmoxVolumes {
         }
     }
 
-    /// Deletes the snapshot (its storage snapshot goes with it); the last one of a
-    /// volume DeleteVolume already came for frees the volume, then the source VM goes.
-    package func deleteNativeSnapshot(_ snapshot: NativeSnapshot) async throws {
-        let source = snapshot.source
-        let client = try client(source.vm.cluster)
-        try await vmLocks.run("\(source.vm.cluster)/source/\(source.vm.name)") {
-            defer { self.snapshotsChanged(source.vm) }
-            do {
-                try await client.deleteSnapshot(node: source.vm.node, vmid: source.vm.vmid, name: snapshot.snapname)
-            } catch ProxmoxError.notFound {
-                // Already gone.
+    /// Deletes the native snapshot an id names (its storage snapshot goes with it);
+    /// false when the id names no source VM. The last snapshot of a volume
+    /// DeleteVolume already came for frees the volume, then the source VM goes.
+    /// The source VM's config and snapshots are read once, under its lock, where
+    /// no other snapshot change of this driver's can come between.
+    package func deleteNativeSnapshot(id: String) async throws -> Bool {
+        let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3, clusterNames.contains(parts[0]), let vmid = Int(parts[1]), NativeSnapshot.isSnapname(parts[2]),
+              // By current names: resources name a VM only after pvestatd's next round.
+              let vm = try await vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && Self.isSourceVM($0) })
+        else { return false }
+        let client = try client(vm.cluster)
+        return try await vmLocks.run("\(vm.cluster)/source/\(vm.name)") {
+            guard let source = try await self.sourceVM(vm) else { return false }
+            defer { self.snapshotsChanged(vm) }
+            var remaining = try await client.snapshots(node: vm.node, vmid: vm.vmid)
+            if remaining.contains(where: { $0.name == parts[2] }) {
+                do {
+                    try await client.deleteSnapshot(node: vm.node, vmid: vm.vmid, name: parts[2])
+                } catch ProxmoxError.notFound {
+                    // Already gone.
+                }
+                remaining.removeAll { $0.name == parts[2] }
             }
-            try await self.retireSourceVMIfUnused(source)
+            if remaining.isEmpty { try await self.retire(source) }
+            return true
         }
     }
 
@@ -262,11 +279,19 @@ extension ProxmoxVolumes {
     /// Without snapshots a source VM has no job: it goes, and with it the volume DeleteVolume came for.
     private func retireSourceVMIfUnused(_ source: SourceVM) async throws {
         let client = try client(source.vm.cluster)
-        guard try await client.snapshots(node: source.vm.node, vmid: source.vm.vmid).isEmpty else { return }
-        if let fresh = try await sourceVM(source.vm), fresh.deleted {
-            let storage = Volid.storage(of: fresh.volid)
+        guard try await client.snapshots(node: source.vm.node, vmid: source.vm.vmid).isEmpty,
+              let fresh = try await sourceVM(source.vm) else { return }
+        try await retire(fresh)
+    }
+
+    /// Frees the volume of a source VM that has no snapshots left, when DeleteVolume
+    /// came for it (`source` read under the source VM's lock), and destroys the VM.
+    private func retire(_ source: SourceVM) async throws {
+        let client = try client(source.vm.cluster)
+        if source.deleted {
+            let storage = Volid.storage(of: source.volid)
             do {
-                try await client.deleteVolume(node: source.vm.node, storage: storage, volid: fresh.volid)
+                try await client.deleteVolume(node: source.vm.node, storage: storage, volid: source.volid)
             } catch ProxmoxError.notFound {
                 // Already gone.
             }

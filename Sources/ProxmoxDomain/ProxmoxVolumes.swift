@@ -182,7 +182,8 @@ public final class ProxmoxVolumes: Sendable {
               clusterNames.contains(handle.cluster),
               let storage = try await storage(handle.cluster, handle.storage) else { return nil }
         if let owner = handle.ownerVMID, owner != ownerVMID {
-            let records = try await vms(handle.cluster).filter { $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }
+            // By current names: resources name a VM only after pvestatd's next round.
+            let records = try await vmsByCurrentNames(handle.cluster, fresh: false).filter { $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }
             guard records.contains(where: { $0.vmid == owner }) else { return nil }
         }
         return (handle, storage)
@@ -218,6 +219,15 @@ public final class ProxmoxVolumes: Sendable {
         // Scans may use it (a confirm read after the driver's own change keeps them from rereading).
         configRead(vm, config, at: now, changesBefore: changes)
         return config
+    }
+
+    /// A config read (not one a write left: that has no digest) at most `seconds`
+    /// old, and so later than the driver's last change to the VM; nil when none.
+    package func lastRead(_ vm: VMRef, within seconds: Double) -> VMConfig? {
+        let now = ProcessInfo.processInfo.systemUptime
+        guard let cached = scanned.withLock({ $0.configs[vm.key] }), !cached.config.digest.isEmpty,
+              now - cached.at < seconds else { return nil }
+        return cached.config
     }
 
     /// How often the driver changed the VM's config: taken before a read, it tells

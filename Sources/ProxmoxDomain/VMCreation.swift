@@ -13,10 +13,14 @@ extension ProxmoxVolumes {
     /// While it runs, the vmid is in `creating`: qemu-server writes the name
     /// only when the create ends, and an unnamed VM being created that this
     /// process is not making may be an earlier process's copy (CopyVMs).
-    package func createVM(cluster: String, node: String, name: String, description: String, what: String) async throws -> Int {
+    ///
+    /// `disks` are drives of existing volumes the VM names from the start
+    /// (create_vm's create_disks takes an existing volid as update_vm does).
+    package func createVM(cluster: String, node: String, name: String, description: String, disks: [(String, String)] = [],
+                          what: String) async throws -> Int {
         let client = try client(cluster)
         // Tagged with its name: cluster resources show tags current, names only after pvestatd's next round.
-        let settings = [("name", name), ("memory", "64"), ("cores", "1"), ("description", description), ("tags", name)]
+        let settings = [("name", name), ("memory", "64"), ("cores", "1"), ("description", description), ("tags", name)] + disks
         let (vmid, upid) = try await vmLocks.run("\(cluster)/new-vmid") {
             for _ in 0..<5 {
                 let vmid = try await client.nextVMID()

@@ -258,14 +258,20 @@ def snapshot_request(name, vol):
     return csi_pb2.CreateSnapshotRequest(name=name, source_volume_id=vol.volume_id)
 
 
-def test_a_restored_volume_is_in_no_drive_of_its_copy_vm_once_published(controller, volume):
-    source = volume()
+def snapshot_and_restore(controller, source):
+    """A ready snapshot of `source` and a ceph volume restored from it."""
     snap = controller.CreateSnapshot(snapshot_request(f"snap-{uuid.uuid4()}", source), timeout=60).snapshot
     assert snap.ready_to_use
     restored = controller.CreateVolume(csi_pb2.CreateVolumeRequest(
         name=f"pvc-{uuid.uuid4()}", volume_capabilities=[WRITER], parameters={"storage": "ceph"},
         volume_content_source=csi_pb2.VolumeContentSource(snapshot=csi_pb2.VolumeContentSource.SnapshotSource(
             snapshot_id=snap.snapshot_id))), timeout=60).volume
+    return snap, restored
+
+
+def test_a_restored_volume_is_in_no_drive_of_its_copy_vm_once_published(controller, volume):
+    source = volume()
+    snap, restored = snapshot_and_restore(controller, source)
     try:
         assert publish(controller, restored)[0] == grpc.StatusCode.OK
         state = simulator("GET", "/_sim/state")
@@ -281,6 +287,25 @@ def test_a_restored_volume_is_in_no_drive_of_its_copy_vm_once_published(controll
         controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
     assert not [v for s in simulator("GET", "/_sim/state")["storages"].values() for v in s["volumes"]
                 if v == volid(restored)]
+
+
+def test_what_the_driver_made_before_pvestatd_named_it_is_found(controller, volume):
+    """Cluster resources name a VM only after pvestatd's next round (10 s on Proxmox):
+    a snapshot restored, a restored volume deleted and a snapshot deleted right after
+    they were made must find the VMs the driver just made (by their tags), not miss them."""
+    source = volume()
+    simulator("PUT", "/_sim/name-round", seconds=600)  # one round now, the next long after this test
+    try:
+        snap, restored = snapshot_and_restore(controller, source)
+        assert copy_vms("csi-vol-")
+        controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id), timeout=60)
+        controller.DeleteSnapshot(csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id), timeout=60)
+    finally:
+        simulator("PUT", "/_sim/name-round", seconds=0)
+    state = simulator("GET", "/_sim/state")
+    assert not copy_vms("csi-vol-") and not copy_vms("csi-src-")
+    assert state["storages"]["ceph"]["volumes"][volid(source)]["snapshots"] == []
+    assert volid(restored) not in state["storages"]["ceph"]["volumes"]
 
 
 def test_a_slow_copy_is_made_once_whatever_the_retries(controller, volume):

@@ -47,6 +47,8 @@ def main(argv=None):
     parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     parser.add_argument("--task-seconds", default="", help="per task type, e.g. qmconfig=0.5,resize=1; qmconfig-each=0.1 adds that per disk beyond the first a config change hot-plugs")
     parser.add_argument("--default-task-seconds", type=float, default=0.02)
+    parser.add_argument("--name-round-seconds", type=float, default=0.0,
+                        help="cluster resources name VMs as of pvestatd's last round, this often (Proxmox: 10); 0 names them at once")
     parser.add_argument("--auth-failure-delay", type=float, default=3.0, help="seconds before a 401 (Proxmox: 3)")
     parser.add_argument("--ticket-lifetime", type=float, default=7200, help="seconds a ticket is valid")
     parser.add_argument("--data-dir", help="back every volume with a sparse file here")
@@ -66,6 +68,7 @@ def main(argv=None):
         task_seconds[kind] = float(seconds)
     cluster, schema, users, tokens = load_scenario(args.scenario, task_seconds, args.default_task_seconds,
                                                    args.data_dir)
+    cluster.name_round_seconds = args.name_round_seconds
     simulator = Simulator(cluster, schema, tokens, users, args.auth_failure_delay, args.ticket_lifetime)
     simulator.faults = json.loads(args.faults)
     for rule in simulator.faults:

@@ -43,13 +43,14 @@ class Api:
             for vm in sorted(c.vms.values(), key=lambda v: v.vmid):
                 entry = {"id": f"qemu/{vm.vmid}", "type": "qemu", "node": vm.node, "vmid": vm.vmid,
                          "status": vm.status, "template": int(vm.template), "maxdisk": 0, "disk": 0}
-                if vm.name is not None:  # none while being created
-                    entry["name"] = vm.name
+                name = c.resource_name(vm)
+                if name is not None:  # none while being created, or before pvestatd's round
+                    entry["name"] = name
                 if vm.lock:
                     entry["lock"] = vm.lock
                 # lock and tags come from the config at each call (pve-manager API2/Cluster.pm resources:
-                # get_guest_config_properties([lock tags])); the name from pvestatd's rrd data, which
-                # this simulator does not delay (see FIDELITY.md).
+                # get_guest_config_properties([lock tags])); the name from pvestatd's rrd data, as of
+                # its last round (Cluster.resource_name; no delay unless name_round_seconds is set).
                 if vm.config.get("tags") and vm.name is not None:
                     entry["tags"] = vm.config["tags"]
                 out.append(entry)

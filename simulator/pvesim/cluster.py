@@ -373,6 +373,24 @@ class Cluster:
         self.extra_task_seconds = 0.0  # set by a fault rule for the task the current request starts
         # qcow2 snapshots taken while another running VM had the image open (see create_snapshot).
         self.unsafe_snapshots = []
+        # pvestatd's round: cluster resources name a VM from the rrd data pvestatd
+        # broadcasts every round (pve-manager API2/Cluster.pm resources →
+        # PVE::API2Tools::extract_vm_stats: `name` from pve2-vm/<vmid>), not from
+        # its config. 0 names every VM as its config does now.
+        self.name_round_seconds = 0.0
+        self.status_names = {}  # vmid -> name as of the last round; kept after a VM goes, as rrd data is
+        self.last_name_round = 0.0
+
+    def resource_name(self, vm):
+        """The name cluster resources show for the VM: none for one made since the
+        last round, a reused vmid's old name, a renamed VM's previous one."""
+        if not self.name_round_seconds:
+            return vm.name
+        now = time.time()
+        if now - self.last_name_round >= self.name_round_seconds:
+            self.status_names.update({v.vmid: v.name for v in self.vms.values() if v.name is not None})
+            self.last_name_round = now
+        return self.status_names.get(vm.vmid)
 
     # A full copy (import-from, full clone) moves its bytes at this rate unless the task
     # durations say otherwise (`import-per-gib`): 2 s per GiB is 512 MiB/s, an SSD pool's

@@ -377,6 +377,12 @@ class Handler(BaseHTTPRequestHandler):
             with sim.cluster.lock:
                 sim.cluster.task_seconds.update({k: float(v) for k, v in params.items()})
             return self.reply(200, "OK", {"data": None})
+        if path == "/_sim/name-round" and method == "PUT":
+            # pvestatd's round in seconds (0: resources name VMs as their configs do); a round starts now.
+            with sim.cluster.lock:
+                sim.cluster.name_round_seconds = float(params["seconds"])
+                sim.cluster.last_name_round = 0.0
+            return self.reply(200, "OK", {"data": None})
         if path == "/_sim/vm-config" and method == "PUT":
             # Sets a key of a VM's current config as an administrator would (e.g. `hotplug`).
             with sim.cluster.lock:

@@ -2,6 +2,7 @@
 where they differ from what the driver first believed (simulator/FIDELITY.md
 names the sub each one follows)."""
 import json
+import time
 
 import pytest
 
@@ -60,6 +61,25 @@ def test_a_change_by_another_user_while_the_write_waits_for_its_worker_fails_the
     # Nothing of the write happened: the disk is current and no delete is pending.
     assert api.ok("GET", "/nodes/pve1/qemu/100/config", current=1)["scsi1"].startswith(volid)
     assert not any(item.get("delete") for item in api.ok("GET", "/nodes/pve1/qemu/100/pending"))
+
+
+def test_resources_name_a_vm_only_from_pvestatds_next_round(sim, api):
+    """pve-manager's resources take `name` from the rrd data pvestatd broadcasts
+    each round (extract_vm_stats), `tags` and `lock` from the config at once."""
+    def resource(vmid):
+        return next((r for r in api.ok("GET", "/cluster/resources", type="vm") if r["vmid"] == vmid), None)
+    control(sim, "PUT", "/_sim/name-round", seconds=0.4)
+    assert resource(100)["name"] == "k8s-node-1"  # the round that starts now
+    api.wait(api.ok("POST", "/nodes/pve1/qemu", vmid=150, name="fresh", tags="fresh", memory=64))
+    assert "name" not in resource(150) and resource(150)["tags"] == "fresh"
+    time.sleep(0.5)
+    assert resource(150)["name"] == "fresh"
+    # A vmid used again shows the VM that had it until the next round.
+    api.wait(api.ok("DELETE", "/nodes/pve1/qemu/150"))
+    api.wait(api.ok("POST", "/nodes/pve1/qemu", vmid=150, name="second", memory=64))
+    assert resource(150)["name"] == "fresh"
+    control(sim, "PUT", "/_sim/name-round", seconds=0)
+    assert resource(150)["name"] == "second"
 
 
 def test_a_stopped_vm_takes_every_change_at_once(sim, api):

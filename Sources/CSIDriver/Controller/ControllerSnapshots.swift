@@ -31,7 +31,7 @@ extension ControllerService {
         let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 3, config.clusters.contains(where: { $0.name == parts[0] }), let vmid = Int(parts[1]),
               parts[2].hasPrefix(CopyVM.Kind.snapshot.rawValue),
-              let vm = try await volumes.vms(parts[0], fresh: true).first(where: { $0.vmid == vmid && $0.name == parts[2] })
+              let vm = try await volumes.vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && $0.name == parts[2] })
         else { return nil }
         return try await volumes.copyVM(vm)
     }
@@ -138,8 +138,8 @@ extension ControllerService {
         do {
             if let copy = try await snapshot(request.snapshotID) {
                 try await volumes.destroy(copy)
-            } else if let native = try await volumes.nativeSnapshot(request.snapshotID) {
-                try await volumes.deleteNativeSnapshot(native)
+            } else if try await volumes.deleteNativeSnapshot(id: request.snapshotID) {
+                // Deleted, or already gone, under its source VM.
             } else if let (handle, storage, _) = try await pluginSnapshot(request.snapshotID) {
                 if let (vm, key) = try await volumes.attachments(of: handle, storage: storage).first {
                     throw RPCError(.failedPrecondition, "snapshot \(request.snapshotID) is attached to VM \(vm.vmid) as \(key); detach it first")
@@ -301,7 +301,7 @@ extension ControllerService {
     func recordVM(of handle: VolumeHandle, among listed: [VMRef]? = nil) async throws -> CopyVM? {
         guard let owner = handle.ownerVMID, owner != config.ownerVMID else { return nil }
         // Fresh: a record VM made by a clone is named only when its copy ends, after a cached listing may have been taken.
-        let candidates = if let listed { listed } else { try await volumes.vms(handle.cluster, fresh: true) }
+        let candidates = if let listed { listed } else { try await volumes.vmsByCurrentNames(handle.cluster) }
         guard let vm = candidates.first(where: { $0.vmid == owner && $0.name.hasPrefix(CopyVM.Kind.volume.rawValue) }) else { return nil }
         return try await volumes.copyVM(vm)
     }

@@ -213,6 +213,51 @@ import UnaryGRPC
         #expect(scene.fake.count(.createSnapshot) == 1)
     }
 
+    @Test func aVolumesFirstSnapshotMakesItsSourceVMNamingTheVolumeAndWritesOnlyToDropIt() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        let (updates, lists) = (scene.fake.count(.update), scene.fake.count(.snapshots))
+        _ = try await scene.snapshot("snap-1", of: volume.volumeID)
+        // create_vm took scsi0 with the VM; a VM just made has no snapshot to look for.
+        #expect(scene.fake.writes.suffix(scene.fake.count(.update) - updates).map(\.delete) == [["scsi0"]])
+        #expect(scene.fake.count(.snapshots) == lists)
+        #expect(sourceVMs(scene).map { $0.values["scsi0"] } == [nil])
+        // The second snapshot of it attaches to the source VM it finds, as before.
+        _ = try await scene.snapshot("snap-2", of: volume.volumeID)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a")?.snapshots.count == 2)
+        #expect(sourceVMs(scene).map { $0.values["scsi0"] } == [nil])
+    }
+
+    @Test func aSnapshotThatFailedRightAfterItsSourceVMWasMadeIsTakenByTheRetry() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        scene.fake.failNext(.createSnapshot, with: .server(status: 500, message: "injected"))
+        #expect(await scene.code("CreateSnapshot", Csi_V1_CreateSnapshotRequest.with {
+            $0.name = "snap-1"
+            $0.sourceVolumeID = volume.volumeID
+        }) != nil)
+        #expect(sourceVMs(scene).count == 1)
+        let snapshot = try await scene.snapshot("snap-1", of: volume.volumeID)
+        #expect(snapshot.readyToUse && scene.fake.volume("local-lvm:vm-9999-pvc-a")?.snapshots.count == 1)
+        #expect(sourceVMs(scene).count == 1 && sourceVMs(scene)[0].values["scsi0"] == nil)
+    }
+
+    @Test func deletingASnapshotReadsItsSourceVMOnce() async throws {
+        let scene = ControllerScene()
+        let volume = try await scene.create("pvc-a")
+        let kept = try await scene.snapshot("s1", of: volume.volumeID)
+        let gone = try await scene.snapshot("s2", of: volume.volumeID)
+        let (configs, lists) = (scene.fake.count(.config), scene.fake.count(.snapshots))
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = gone.snapshotID }) == nil)
+        #expect(scene.fake.count(.config) - configs == 1 && scene.fake.count(.snapshots) - lists == 1)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a")?.snapshots.count == 1 && sourceVMs(scene).count == 1)
+        // A snapshot already gone is done, and leaves the other one alone.
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = gone.snapshotID }) == nil)
+        #expect(scene.fake.volume("local-lvm:vm-9999-pvc-a")?.snapshots.count == 1 && sourceVMs(scene).count == 1)
+        #expect(await scene.code("DeleteSnapshot", Csi_V1_DeleteSnapshotRequest.with { $0.snapshotID = kept.snapshotID }) == nil)
+        #expect(sourceVMs(scene).isEmpty)
+    }
+
     @Test func anAttachedVolumeIsSnapshottedAndStaysAttached() async throws {
         let scene = ControllerScene()
         let volume = try await scene.create("pvc-a")
