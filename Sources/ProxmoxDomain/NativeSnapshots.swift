@@ -169,12 +169,18 @@ extension ProxmoxVolumes {
 
     /// The native snapshot an id names; nil when it names none.
     package func nativeSnapshot(_ id: String) async throws -> NativeSnapshot? {
+        guard let (vm, snapname) = try await sourceVMRef(ofSnapshotID: id), let source = try await sourceVM(vm) else { return nil }
+        return try await nativeSnapshots(of: source).first { $0.snapname == snapname }
+    }
+
+    /// The source VM and the VM snapshot's name a native snapshot id names; nil when it names no source VM.
+    private func sourceVMRef(ofSnapshotID id: String) async throws -> (VMRef, String)? {
         let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 3, clusterNames.contains(parts[0]), let vmid = Int(parts[1]), NativeSnapshot.isSnapname(parts[2]),
               // By current names: resources name a VM only after pvestatd's next round.
-              let vm = try await vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && Self.isSourceVM($0) }),
-              let source = try await sourceVM(vm) else { return nil }
-        return try await nativeSnapshots(of: source).first { $0.snapname == parts[2] }
+              let vm = try await vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && Self.isSourceVM($0) })
+        else { return nil }
+        return (vm, parts[2])
     }
 
     /// Takes the snapshot `csiName` of the volume (or finds it taken): the
@@ -228,23 +234,19 @@ extension ProxmoxVolumes {
     /// The source VM's config and snapshots are read once, under its lock, where
     /// no other snapshot change of this driver's can come between.
     package func deleteNativeSnapshot(id: String) async throws -> Bool {
-        let parts = id.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 3, clusterNames.contains(parts[0]), let vmid = Int(parts[1]), NativeSnapshot.isSnapname(parts[2]),
-              // By current names: resources name a VM only after pvestatd's next round.
-              let vm = try await vmsByCurrentNames(parts[0]).first(where: { $0.vmid == vmid && Self.isSourceVM($0) })
-        else { return false }
+        guard let (vm, snapname) = try await sourceVMRef(ofSnapshotID: id) else { return false }
         let client = try client(vm.cluster)
         return try await vmLocks.run("\(vm.cluster)/source/\(vm.name)") {
             guard let source = try await self.sourceVM(vm) else { return false }
             defer { self.snapshotsChanged(vm) }
             var remaining = try await client.snapshots(node: vm.node, vmid: vm.vmid)
-            if remaining.contains(where: { $0.name == parts[2] }) {
+            if remaining.contains(where: { $0.name == snapname }) {
                 do {
-                    try await client.deleteSnapshot(node: vm.node, vmid: vm.vmid, name: parts[2])
+                    try await client.deleteSnapshot(node: vm.node, vmid: vm.vmid, name: snapname)
                 } catch ProxmoxError.notFound {
                     // Already gone.
                 }
-                remaining.removeAll { $0.name == parts[2] }
+                remaining.removeAll { $0.name == snapname }
             }
             if remaining.isEmpty { try await self.retire(source) }
             return true
