@@ -15,7 +15,6 @@ let package = Package(
     dependencies: [
         // No traits: the default BinaryDelimitedStreams trait links all of Foundation (and ICU) for streams we never use.
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
@@ -63,6 +62,8 @@ let package = Package(
             dependencies: ["CBlkid", "CLinux", "TextSupport"],
             swiftSettings: strict
         ),
+        // Command lines of subcommands and --options, with help text. Knows no CSI.
+        .target(name: "CommandLineOptions", swiftSettings: strict),
         // Prometheus metrics: counters, histograms, the text format and a small HTTP endpoint.
         .target(
             name: "Metrics",
@@ -82,13 +83,13 @@ let package = Package(
         .executableTarget(
             name: "proxmox-csi",
             dependencies: [
-                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics", "BlockDevice", "TextSupport",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "CSIDriver", "UnaryGRPC", "ProxmoxAPI", "ProxmoxDomain", "Metrics", "BlockDevice", "TextSupport", "CommandLineOptions",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
 
+        .testTarget(name: "CommandLineOptionsTests", dependencies: ["CommandLineOptions"], swiftSettings: strict),
         .testTarget(name: "CModulesTests", dependencies: ["CNGHTTP2", "CCurl", "CBlkid"], swiftSettings: strict),
         // An in-memory Proxmox cluster for the domain's and the controller's unit tests, and test TLS certificates.
         .target(name: "FakeProxmox", dependencies: ["ProxmoxAPI", "ProxmoxDomain"], path: "Tests/FakeProxmox", swiftSettings: strict),

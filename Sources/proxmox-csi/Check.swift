@@ -1,24 +1,31 @@
-import ArgumentParser
+import CommandLineOptions
 import CSIDriver
 import FoundationEssentials
 import ProxmoxAPI
 import TextSupport
 
 /// Connects to every cluster in the config and reports what the driver would see.
-struct Check: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Connect to the Proxmox clusters in a config file and report version, storages, the driver's volumes and missing privileges.")
+struct Check: DriverCommand {
+    static let spec = CommandSpec(
+        name: "check",
+        abstract: "Connect to the Proxmox clusters in a config file and report version, storages, the driver's volumes and missing privileges.",
+        options: [
+            .option("config", help: "The driver's config file."),
+            .option("cluster", help: "Only this cluster (by name)."),
+        ])
 
-    @Option(help: "The driver's config file.")
-    var config: String
+    let config: String
+    let cluster: String?
 
-    @Option(help: "Only this cluster (by name).")
-    var cluster: String?
+    init(_ options: ParsedOptions) throws {
+        config = try options.required("config")
+        cluster = options.value("cluster")
+    }
 
     func run() async throws {
         let loaded = try loadConfig(config)
         let clusters = loaded.clusters.filter { cluster == nil || $0.name == cluster }
-        guard !clusters.isEmpty else { throw ValidationError("--cluster: no cluster named \"\(cluster ?? "")\" in \(config)") }
+        guard !clusters.isEmpty else { throw UsageError("--cluster: no cluster named \"\(cluster ?? "")\" in \(config)") }
         for warning in loaded.warnings { print("warning: \(warning)") }
         var healthy = true
         for cluster in clusters {
@@ -28,7 +35,7 @@ struct Check: AsyncParsableCommand {
             print(render(report, ownerVMID: loaded.ownerVMID), terminator: "")
             healthy = healthy && report.isHealthy
         }
-        if !healthy { throw ExitCode(1) }
+        if !healthy { throw ExitStatus(code: 1) }
     }
 
     func render(_ report: ClusterReport, ownerVMID: Int) -> String {

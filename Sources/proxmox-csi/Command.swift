@@ -1,45 +1,74 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
+import CommandLineOptions
 import CSIDriver
 import Logging
+import Synchronization
 import UnaryGRPC
 
-@main
-struct ProxmoxCSI: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "proxmox-csi",
-        abstract: "Kubernetes CSI driver for Proxmox VE.",
-        version: DriverInfo.version,
-        subcommands: [Serve.self, Check.self, MoveVolume.self],
-        defaultSubcommand: Serve.self
-    )
+/// A subcommand: built from its parsed options (throwing UsageError for a bad value), then run.
+protocol DriverCommand: Sendable {
+    static var spec: CommandSpec { get }
+    init(_ options: ParsedOptions) throws
+    func run() async throws
+}
 
-    /// Usage and configuration errors end with one line on stderr and exit
-    /// code 2; help and --version print as usual and exit 0.
-    static func main() async {
+let program = CommandLineProgram(
+    name: "proxmox-csi", abstract: "Kubernetes CSI driver for Proxmox VE.",
+    commands: [Serve.spec, Check.spec, MoveVolume.spec], defaultCommand: Serve.spec.name)
+
+/// Usage and configuration errors end with one line on stderr and exit code 2; a failure
+/// that is not the user's input exits 1; help and --version print and exit 0.
+// The main thread waits while the command runs on the cooperative pool: Swift's async main
+// would end it with pthread_exit, whose forced unwind walks the binary's unwind tables
+// (about 0.7 MiB that then stays resident for nothing).
+@main
+enum ProxmoxCSI {
+    static func main() {
         do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
+            switch try program.parse(Array(CommandLine.arguments.dropFirst())) {
+            case .help(let text):
+                print(text, terminator: "")
+            case .version:
+                print(DriverInfo.version)
+            case .run(let options):
+                let commands: [any DriverCommand.Type] = [Serve.self, Check.self, MoveVolume.self]
+                let type = commands.first { $0.spec.name == options.command }!
+                try runOnThePool(try type.init(options))
             }
+            Glibc.exit(0)
+        } catch let failure as ExitStatus {
+            Glibc.exit(failure.code)
         } catch {
-            let code = exitCode(for: error)
-            if let exit = error as? ExitCode, exit != .validationFailure {
-                Glibc.exit(exit.rawValue)
-            }
-            if code == .success {
-                print(fullMessage(for: error))
-                Glibc.exit(0)
-            }
-            let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            let message = "\(error)".split(separator: "\n").first.map(String.init) ?? ""
             FileHandleStandardError.write("proxmox-csi: \(message)\n")
             Glibc.exit(error is RuntimeFailure ? 1 : 2)
         }
     }
+}
+
+/// Runs an async command to its end on the cooperative pool; the calling thread waits.
+func runOnThePool(_ command: any DriverCommand) throws {
+    let outcome = Mutex<Result<Void, any Error>?>(nil)
+    let finished = OneShotSignal()
+    Task.detached {
+        let result: Result<Void, any Error>
+        do { try await command.run(); result = .success(()) } catch { result = .failure(error) }
+        outcome.withLock { $0 = result }
+        finished.signal()
+    }
+    finished.wait()
+    try outcome.withLock { $0 }!.get()
+}
+
+/// A one-shot signal between threads (a POSIX semaphore).
+final class OneShotSignal: @unchecked Sendable {
+    private let semaphore = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    init() { sem_init(semaphore, 0, 0) }
+    deinit { sem_destroy(semaphore); semaphore.deallocate() }
+    func signal() { sem_post(semaphore) }
+    func wait() { while sem_wait(semaphore) != 0 && errno == EINTR {} }
 }
 
 /// The config a subcommand names; a config that does not load is the user's input to fix (exit 2).
@@ -47,8 +76,13 @@ func loadConfig(_ path: String) throws -> DriverConfig {
     do {
         return try DriverConfig.load(path: path)
     } catch {
-        throw ValidationError("\(error)")
+        throw UsageError("\(error)")
     }
+}
+
+/// A command's verdict that is not an error message (check found problems: exit 1).
+struct ExitStatus: Error {
+    let code: Int32
 }
 
 /// An error that is not the user's input (the socket cannot be bound, ...): exit 1.

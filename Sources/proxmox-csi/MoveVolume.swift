@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
+import CommandLineOptions
 import CSIDriver
 import FoundationEssentials
 import ProxmoxDomain
@@ -11,9 +11,9 @@ import UnaryGRPC
 /// Moves a PVC's volume (or a bare volume) to another Proxmox node: the
 /// Proxmox side through VolumeMove, the Kubernetes side through ClaimMove.
 /// Safe to run again after any interruption: each side goes on from where it stands.
-struct MoveVolume: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "move-volume",
+struct MoveVolume: DriverCommand {
+    static let spec = CommandSpec(
+        name: "move-volume",
         abstract: "Move a detached volume on local storage to another Proxmox node, and rebind its PVC there.",
         discussion: """
         Needs a Proxmox token with the driver's privileges and VM.Migrate, and (with --pvc) a Kubernetes \
@@ -21,42 +21,49 @@ struct MoveVolume: AsyncParsableCommand {
         patch PersistentVolumes and list pods and VolumeAttachments. Run it in the controller's pod, or \
         outside with --kube-api and --kube-token-file. Every change is printed as it is made; \
         --dry-run prints them and changes nothing.
-        """)
+        """,
+        options: [
+            .option("config", help: "The driver's config file (the Proxmox clusters and the token)."),
+            .option("to-node", help: "The Proxmox node to move the volume to."),
+            .option("pvc", help: "The claim to move, as NAMESPACE/NAME."),
+            .option("volume-id", help: "A volume with no claim, by its CSI volume id."),
+            .flag("dry-run", help: "Print every change, make none."),
+            .option("timeout", help: "Seconds the whole move may take (a large volume copies twice).", default: "10800"),
+            .option("driver-name", help: "The CSI driver name the PersistentVolumes carry.", default: DriverInfo.defaultName),
+            .option("kube-api", help: "The Kubernetes API server (default: in-cluster)."),
+            .option("kube-token-file", help: "A bearer token for --kube-api."),
+            .option("kube-ca", help: "The CA of --kube-api."),
+        ])
 
-    @Option(help: "The driver's config file (the Proxmox clusters and the token).")
-    var config: String
+    let config: String
+    let target: String
+    let pvc: String?
+    let volumeID: String?
+    let dryRun: Bool
+    let timeout: Double
+    let driverName: String
+    let kubeAPI: String?
+    let kubeTokenFile: String?
+    let kubeCA: String?
 
-    @Option(name: .customLong("to-node"), help: "The Proxmox node to move the volume to.")
-    var target: String
-
-    @Option(help: "The claim to move, as NAMESPACE/NAME.")
-    var pvc: String?
-
-    @Option(name: .customLong("volume-id"), help: "A volume with no claim, by its CSI volume id.")
-    var volumeID: String?
-
-    @Flag(name: .customLong("dry-run"), help: "Print every change, make none.")
-    var dryRun = false
-
-    @Option(help: "Seconds the whole move may take (a large volume copies twice).")
-    var timeout: Double = 10_800
-
-    @Option(name: .customLong("driver-name"), help: "The CSI driver name the PersistentVolumes carry.")
-    var driverName = DriverInfo.defaultName
-
-    @Option(name: .customLong("kube-api"), help: "The Kubernetes API server (default: in-cluster).")
-    var kubeAPI: String?
-
-    @Option(name: .customLong("kube-token-file"), help: "A bearer token for --kube-api.")
-    var kubeTokenFile: String?
-
-    @Option(name: .customLong("kube-ca"), help: "The CA of --kube-api.")
-    var kubeCA: String?
+    init(_ options: ParsedOptions) throws {
+        config = try options.required("config")
+        target = try options.required("to-node")
+        pvc = options.value("pvc")
+        volumeID = options.value("volume-id")
+        dryRun = options.flag("dry-run")
+        timeout = try options.number("timeout", default: 10_800)
+        driverName = options.value("driver-name") ?? DriverInfo.defaultName
+        kubeAPI = options.value("kube-api")
+        kubeTokenFile = options.value("kube-token-file")
+        kubeCA = options.value("kube-ca")
+        try validate()
+    }
 
     func validate() throws {
-        guard (pvc == nil) != (volumeID == nil) else { throw ValidationError("give --pvc NAMESPACE/NAME or --volume-id, one of them") }
-        if let pvc, pvc.split(separator: "/").count != 2 { throw ValidationError("--pvc: \"\(pvc)\" is not NAMESPACE/NAME") }
-        if kubeAPI != nil, kubeTokenFile == nil { throw ValidationError("--kube-api needs --kube-token-file") }
+        guard (pvc == nil) != (volumeID == nil) else { throw UsageError("give --pvc NAMESPACE/NAME or --volume-id, one of them") }
+        if let pvc, pvc.split(separator: "/").count != 2 { throw UsageError("--pvc: \"\(pvc)\" is not NAMESPACE/NAME") }
+        if kubeAPI != nil, kubeTokenFile == nil { throw UsageError("--kube-api needs --kube-token-file") }
     }
 
     func run() async throws {

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ArgumentParser
 import BlockDevice
+import CommandLineOptions
 import CSIDriver
 import Logging
 import Metrics
@@ -10,74 +10,75 @@ import ProxmoxDomain
 import Synchronization
 import UnaryGRPC
 
-extension DriverMode: ExpressibleByArgument {}
-extension LogFormat: ExpressibleByArgument {}
-extension Logger.Level: @retroactive ExpressibleByArgument {
-    public static var allValueStrings: [String] { allCases.map(\.rawValue) }
-}
-
 /// Serves the CSI services until SIGTERM or SIGINT.
-struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serve the CSI services on a socket (the default command).")
+struct Serve: DriverCommand {
+    static let spec = CommandSpec(name: "serve", abstract: "Serve the CSI services on a socket (the default command).", options: [
+        .option("mode", help: "Services to serve: controller (Identity + Controller), node (Identity + Node), or all.",
+                default: "all", choices: DriverMode.allCases.map(\.rawValue)),
+        .option("endpoint", help: "unix:///path/csi.sock, a bare socket path, or tcp://HOST:PORT. Default: $CSI_ENDPOINT, else unix:///csi/csi.sock."),
+        .option("config", help: "The driver's config file (Proxmox clusters and storage profiles)."),
+        .option("node-id", help: "This node's name as Kubernetes knows it. Default: $NODE_NAME, else the host name."),
+        .option("driver-name", help: "The CSI driver name (the CSIDriver object's name).", default: DriverInfo.defaultName),
+        .option("log-level", help: "How much to log.", default: "info", choices: Logger.Level.allCases.map(\.rawValue)),
+        .option("log-format", help: "One line per record, as text or json.", default: "text", choices: LogFormat.allCases.map(\.rawValue)),
+        .option("shutdown-grace", help: "Seconds in-flight calls get to finish after SIGTERM.", default: "10"),
+        .option("metrics-address", help: "Serve Prometheus metrics at http://HOST:PORT/metrics (\":9809\" = every address). Default: off."),
+        .option("kubelet-dir", help: "Node: staging and target paths must lie inside this directory.", default: "/var/lib/kubelet"),
+        .option("sys-root", help: "Node: where sysfs is (disks are found under <sys-root>/block).", default: "/sys"),
+        .option("dev-root", help: "Node: where device nodes are.", default: "/dev"),
+        .option("device-wait", help: "Node: seconds NodeStageVolume waits for a hot-plugged disk to appear.", default: "60"),
+        .option("region", help: "Node: topology region (the Proxmox cluster) when the node has no config to ask Proxmox. Default: $NODE_REGION."),
+        .option("zone", help: "Node: topology zone (the Proxmox node) when the node has no config to ask Proxmox. Default: $NODE_ZONE."),
+    ])
 
-    @Option(help: "Services to serve: controller (Identity + Controller), node (Identity + Node), or all.")
-    var mode: DriverMode = .all
+    let mode: DriverMode
+    let endpoint: String?
+    let config: String?
+    let nodeID: String?
+    let driverName: String
+    let logLevel: Logger.Level
+    let logFormat: LogFormat
+    let shutdownGrace: Double
+    let metricsAddress: String?
+    let kubeletDir: String
+    let sysRoot: String
+    let devRoot: String
+    let deviceWait: Double
+    let region: String?
+    let zone: String?
 
-    @Option(help: "unix:///path/csi.sock, a bare socket path, or tcp://HOST:PORT. Default: $CSI_ENDPOINT, else unix:///csi/csi.sock.")
-    var endpoint: String?
-
-    @Option(help: "The driver's config file (Proxmox clusters and storage profiles).")
-    var config: String?
-
-    @Option(name: .customLong("node-id"), help: "This node's name as Kubernetes knows it. Default: $NODE_NAME, else the host name.")
-    var nodeID: String?
-
-    @Option(name: .customLong("driver-name"), help: "The CSI driver name (the CSIDriver object's name).")
-    var driverName: String = DriverInfo.defaultName
-
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: Logger.Level = .info
-
-    @Option(name: .customLong("log-format"), help: "text or json.")
-    var logFormat: LogFormat = .text
-
-    @Option(name: .customLong("shutdown-grace"), help: "Seconds in-flight calls get to finish after SIGTERM.")
-    var shutdownGrace: Double = 10
-
-    @Option(name: .customLong("metrics-address"), help: "Serve Prometheus metrics at http://HOST:PORT/metrics (\":9809\" = every address). Default: off.")
-    var metricsAddress: String?
-
-    @Option(name: .customLong("kubelet-dir"), help: "Node: staging and target paths must lie inside this directory.")
-    var kubeletDir: String = "/var/lib/kubelet"
-
-    @Option(name: .customLong("sys-root"), help: "Node: where sysfs is (disks are found under <sys-root>/block).")
-    var sysRoot: String = "/sys"
-
-    @Option(name: .customLong("dev-root"), help: "Node: where device nodes are.")
-    var devRoot: String = "/dev"
-
-    @Option(name: .customLong("device-wait"), help: "Node: seconds NodeStageVolume waits for a hot-plugged disk to appear.")
-    var deviceWait: Double = 60
-
-    @Option(help: "Node: topology region (the Proxmox cluster) when the node has no config to ask Proxmox. Default: $NODE_REGION.")
-    var region: String?
-
-    @Option(help: "Node: topology zone (the Proxmox node) when the node has no config to ask Proxmox. Default: $NODE_ZONE.")
-    var zone: String?
+    init(_ options: ParsedOptions) throws {
+        mode = try options.choice("mode", default: .all)
+        endpoint = options.value("endpoint")
+        config = options.value("config")
+        nodeID = options.value("node-id")
+        driverName = options.value("driver-name") ?? DriverInfo.defaultName
+        logLevel = try options.choice("log-level", default: .info)
+        logFormat = try options.choice("log-format", default: .text)
+        shutdownGrace = try options.number("shutdown-grace", default: 10)
+        metricsAddress = options.value("metrics-address")
+        kubeletDir = options.value("kubelet-dir") ?? "/var/lib/kubelet"
+        sysRoot = options.value("sys-root") ?? "/sys"
+        devRoot = options.value("dev-root") ?? "/dev"
+        deviceWait = try options.number("device-wait", default: 60)
+        region = options.value("region")
+        zone = options.value("zone")
+        try validate()
+    }
 
     func validate() throws {
         _ = try resolvedEndpoint()
         if let problem = DriverInfo.problem(withName: driverName) {
-            throw ValidationError("invalid --driver-name \"\(driverName)\": \(problem)")
+            throw UsageError("invalid --driver-name \"\(driverName)\": \(problem)")
         }
         guard shutdownGrace >= 0, shutdownGrace <= 3600 else {
-            throw ValidationError("--shutdown-grace must be between 0 and 3600 seconds")
+            throw UsageError("--shutdown-grace must be between 0 and 3600 seconds")
         }
         if let config { try checkConfigFile(config) }
         if metricsAddress != nil { _ = try metricsEndpoint() }
-        guard deviceWait > 0, deviceWait <= 600 else { throw ValidationError("--device-wait must be between 0 and 600 seconds") }
+        guard deviceWait > 0, deviceWait <= 600 else { throw UsageError("--device-wait must be between 0 and 600 seconds") }
         for (flag, path) in [("--kubelet-dir", kubeletDir), ("--sys-root", sysRoot), ("--dev-root", devRoot)] where !path.hasPrefix("/") {
-            throw ValidationError("\(flag) must be an absolute path, not \"\(path)\"")
+            throw UsageError("\(flag) must be an absolute path, not \"\(path)\"")
         }
     }
 
@@ -88,7 +89,7 @@ struct Serve: AsyncParsableCommand {
         do {
             return try Endpoint(parsing: "tcp://" + text)
         } catch {
-            throw ValidationError("--metrics-address \"\(address)\": expected HOST:PORT or :PORT")
+            throw UsageError("--metrics-address \"\(address)\": expected HOST:PORT or :PORT")
         }
     }
 
@@ -112,7 +113,7 @@ struct Serve: AsyncParsableCommand {
         do {
             return try Endpoint(parsing: text)
         } catch {
-            throw ValidationError("--endpoint: \(error)")
+            throw UsageError("--endpoint: \(error)")
         }
     }
 
@@ -120,7 +121,7 @@ struct Serve: AsyncParsableCommand {
         do {
             _ = try DriverConfig.load(path: path)
         } catch {
-            throw ValidationError("\(error)")
+            throw UsageError("\(error)")
         }
     }
 
@@ -130,7 +131,7 @@ struct Serve: AsyncParsableCommand {
         let level = logLevel
         LoggingSystem.bootstrap { label in LineLogHandler(label: label, level: level, format: format) }
         var logger = Logger(label: "proxmox-csi")
-        logger[metadataKey: "csi.mode"] = "\(mode)"
+        logger[metadataKey: "csi.mode"] = "\(mode.rawValue)"
 
         let nodeName = nodeID ?? environment("NODE_NAME") ?? hostName()
         // The controller depends on Proxmox: Probe says ready only while its API answers.

@@ -197,7 +197,8 @@ def test_helm_renders_what_the_renderer_renders():
     assert {(d["kind"], d["metadata"]["name"]): d for d in documents(built)} == objects(render.render())
 
 
-SWIFT_RUNTIME = ("libswift", "libFoundation", "lib_Foundation", "libdispatch", "libBlocksRuntime")
+# Linked into the image's binary (deploy/release-build), shared in a debug build.
+LINKED_IN = ("libswift", "libFoundation", "lib_Foundation", "libdispatch", "libBlocksRuntime", "libstdc++")
 # In every Debian image: the C library and its companions.
 ESSENTIAL = {"libc6", "libgcc-s1"}
 
@@ -219,16 +220,27 @@ def owner_package(path):
     return ""
 
 
-@pytest.mark.skipif(not (os.path.exists(os.environ.get("DRIVER_BIN", "/nonexistent")) and shutil.which("dpkg")),
-                    reason="needs DRIVER_BIN and dpkg")
+def binary_under_test():
+    """The binary as the image ships it (SHIPPED_BIN, built by deploy/release-build) when there is one."""
+    for name in ("SHIPPED_BIN", "DRIVER_BIN"):
+        if os.path.exists(os.environ.get(name, "/nonexistent")):
+            return os.environ[name], name == "SHIPPED_BIN"
+    return None, False
+
+
+@pytest.mark.skipif(not (binary_under_test()[0] and shutil.which("dpkg")), reason="needs DRIVER_BIN or SHIPPED_BIN, and dpkg")
 def test_the_image_installs_every_library_the_binary_links():
+    binary, shipped = binary_under_test()
     needed = [line.split("[")[1].rstrip("]") for line in subprocess.run(
-        ["readelf", "-d", os.environ["DRIVER_BIN"]], capture_output=True, text=True, check=True).stdout.splitlines()
+        ["readelf", "-d", binary], capture_output=True, text=True, check=True).stdout.splitlines()
         if "(NEEDED)" in line]
+    if shipped:
+        linked_in_yet_shared = [library for library in needed if library.startswith(LINKED_IN)]
+        assert not linked_in_yet_shared, f"deploy/release-build no longer links {linked_in_yet_shared} in"
     resolved = dict(line.split(" => ") for line in (l.strip().split(" (")[0] for l in subprocess.run(
-        ["ldd", os.environ["DRIVER_BIN"]], capture_output=True, text=True, check=True).stdout.splitlines()) if " => " in line)
+        ["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines()) if " => " in line)
     # Loaded with dlopen at the first HTTP request (Sources/CCurl/loader.c), so readelf does not list it.
-    loaded_later = subprocess.run(["strings", os.environ["DRIVER_BIN"]], capture_output=True, text=True).stdout.splitlines()
+    loaded_later = subprocess.run(["strings", binary], capture_output=True, text=True).stdout.splitlines()
     assert "libcurl.so.4" in loaded_later, "the binary no longer names the libcurl it loads: update this test"
     for line in subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout.splitlines():
         if line.strip().startswith("libcurl.so.4 ") and "x86-64" in line:
@@ -238,8 +250,8 @@ def test_the_image_installs_every_library_the_binary_links():
     packages = runtime_packages()
     missing = []
     for library in needed:
-        if library.startswith(SWIFT_RUNTIME) or library.startswith("ld-linux"):
-            continue  # the Swift runtime is linked statically into the image's binary; ld.so is libc6's
+        if library.startswith(LINKED_IN) or library.startswith("ld-linux"):
+            continue  # linked into the image's binary; ld.so is libc6's
         package = owner_package(resolved[library])
         if package not in packages | ESSENTIAL:
             missing.append(f"{library} ({package or 'no package'})")
