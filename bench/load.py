@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def leak_check(url):
     # Proxmox would unplug one volume and plug another into the same device. The driver never asks that.
     swaps = [f"VM {s['vm']} {s['key']}: {s['held']} -> {s['new']}" for s in state["in_place_swaps"]]
     return ({"volumes": volumes, "copy_vms": copies, "attachments": attached, "locked_vms": locked, "storage_snapshots": snapshots},
-            state["double_attachments"], swaps[:20])
+            state["double_attachments"], swaps[:20], state)
 
 
 async def disturb_vms(sim_url, vms, stop):
@@ -359,7 +360,7 @@ def main():
         if args.faults:
             sim(sim_url, "/_sim/faults", "PUT", {"rules": "[]"})
         log_entries = sim(sim_url, "/_sim/log") or []
-        leaks, doubles, swaps = leak_check(sim_url)
+        leaks, doubles, swaps, final_state = leak_check(sim_url)
     finally:
         simulator.stdin.close()
         driver.stop()
@@ -436,6 +437,16 @@ def main():
     print(f"results: {out}")
     clean = (not failures and not any(leaks.values()) and not result["double_attachments"] and not swaps
              and not held_after_ok and not result["duplicate_copies"])
+    if not clean:
+        # What it takes to trace a leak or a double attachment afterwards: every Proxmox request
+        # (with its parameters), what Proxmox held at the end, and the driver's log.
+        evidence = out.with_suffix(".evidence")
+        evidence.mkdir(exist_ok=True)
+        (evidence / "proxmox-requests.json").write_text(json.dumps(log_entries, indent=0) + "\n")
+        (evidence / "proxmox-state.json").write_text(json.dumps(final_state, indent=1) + "\n")
+        driver.log.flush()
+        shutil.copy(work / "driver.log", evidence / "driver.log")
+        print(f"not clean: evidence in {evidence}")
     sys.exit(0 if clean else 1)
 
 
