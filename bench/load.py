@@ -324,6 +324,8 @@ def main():
     parser.add_argument("--resizer-workers", type=int, default=10)
     parser.add_argument("--faults", action="store_true", help="10%% 500/596 errors, lock holds and slow tasks")
     parser.add_argument("--crash", action="store_true", help="kill -9 the controller every 3-10 s and restart it")
+    parser.add_argument("--name-round-seconds", type=float, default=0.0,
+                        help="cluster resources name a new VM only after pvestatd's next round, this often (Proxmox: 10)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -332,7 +334,7 @@ def main():
     tasks = ",".join(f"{k}={v}" for k, v in TASKS.items())
     simulator = subprocess.Popen([sys.executable, "-m", "pvesim", "--listen", "127.0.0.1:0", "--port-file", str(work / "port"),
                                   "--scenario", str(work / "scenario.json"), "--task-seconds", tasks, "--exit-on-stdin-eof",
-                                  "--auth-failure-delay", "0.2"],
+                                  "--auth-failure-delay", "0.2", "--name-round-seconds", str(args.name_round_seconds)],
                                  cwd=ROOT / "simulator", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sim_url = f"http://127.0.0.1:{wait_for_text(work / 'port')}"
     (work / "config.yaml").write_text(f"clusters:\n  - name: sim\n    url: {sim_url}\n    tokenID: csi@pve!csi\n"
@@ -403,7 +405,7 @@ def main():
     result = {
         "lifecycles": args.lifecycles, "vms": args.vms, "storage": args.storage, "snapshot_lifecycles": snapshots,
         "expansion_lifecycles": expansions, "faults": args.faults,
-        "crash": args.crash, "controller_kills": driver.kills,
+        "crash": args.crash, "controller_kills": driver.kills, "name_round_seconds": args.name_round_seconds,
         "wall_seconds": round(wall, 2), "lower_bound_seconds": round(bound, 2),
         "ratio": round(wall / bound, 3) if bound else None,
         "unbatched_bound_seconds": unbatched_bound,
@@ -432,6 +434,7 @@ def main():
     Path(args.results).mkdir(parents=True, exist_ok=True)
     variant = ('-faults' if args.faults else '') + ('-crash' if args.crash else '') + ('-expand' if expansions else '')
     variant += '' if args.storage == "ceph" else f"-{args.storage}"
+    variant += f"-names{args.name_round_seconds:g}s" if args.name_round_seconds else ""
     out = Path(args.results) / f"load-n{args.lifecycles}-m{args.vms}{variant}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")

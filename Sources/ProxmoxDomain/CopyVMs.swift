@@ -187,7 +187,7 @@ extension ProxmoxVolumes {
             var vm = VMRef(cluster: cluster, node: resource.node, vmid: vmid, name: resource.name ?? "",
                            isTemplate: resource.template, lock: resource.lock)
             let driverTags = resource.tags.filter(Self.isDriverVMName)
-            let signature = "\(resource.node)|\(resource.lock ?? "")|\(resource.tags.joined(separator: ";"))"
+            let signature = Self.nameSignature(node: resource.node, lock: resource.lock, tags: resource.tags)
             if driverTags.isEmpty || driverTags == [vm.name] || ["create", "clone"].contains(resource.lock ?? "") {
                 settled.append(vm)
             } else if let known = namesRead.withLock({ $0[vm.key] }), known.signature == signature {
@@ -220,6 +220,19 @@ extension ProxmoxVolumes {
             for try await named in group { if let named { settled.append(named) } }
             return settled
         }
+    }
+
+    /// What a name read is kept under: the VM's node, lock and tags as cluster resources show them.
+    static func nameSignature(node: String, lock: String?, tags: [String]) -> String {
+        "\(node)|\(lock ?? "")|\(tags.joined(separator: ";"))"
+    }
+
+    /// The name this process just gave a VM it made, kept as a read of its config would
+    /// be: until pvestatd's next round names it in cluster resources (about 10 s), a
+    /// lookup by name then needs no read of what the driver itself wrote.
+    package func rememberName(_ name: String, cluster: String, node: String, vmid: Int, tags: [String]) {
+        let signature = Self.nameSignature(node: node, lock: nil, tags: tags)
+        namesRead.withLock { $0["\(cluster)/\(vmid)"] = (signature, name) }
     }
 
     /// Names the driver gives its own VMs (copies, records, snapshot sources).
@@ -333,6 +346,7 @@ extension ProxmoxVolumes {
         // The tag: a clone carries its source's until now (clone_vm copies the config), and lookups go by it.
         try await client.updateVMConfig(node: vm.node, vmid: vm.vmid, set: [("protection", "1"), ("tags", vm.name)], delete: ["scsi0"])
         invalidate(vm.cluster)
+        rememberName(vm.name, cluster: vm.cluster, node: vm.node, vmid: vm.vmid, tags: [vm.name])
         guard let settled = try await copyVM(vm) else {
             throw DomainError.inconsistent("the copy VM \(vm.vmid) for \(copy.csiName) vanished while it was being settled")
         }

@@ -41,6 +41,7 @@ extension ProxmoxVolumes {
         defer { creating.withLock { _ = $0.remove("\(cluster)/\(vmid)") } }
         if let upid { _ = try await client.waitForTask(upid) }
         invalidate(cluster)  // resources read during the create show it unnamed and untagged
+        rememberName(name, cluster: cluster, node: node, vmid: vmid, tags: [name])
         return vmid
     }
 

@@ -120,4 +120,44 @@ import Testing
         cloneAt90(scene, of: copy, named: "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
         #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == 90 }?.name == "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
     }
+
+    @Test func aVMThisProcessMadeIsKnownByNameBeforePvestatdNamesItWithoutAConfigRead() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        scene.fake.state.withLock { $0.resourceNames[copy.vm.vmid] = .some(nil) }
+        let reads = scene.fake.count(.config)
+        #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == copy.vm.vmid }?.name == copy.vm.name)
+        #expect(scene.fake.count(.config) == reads, "the name this process gave it, as a read would answer it")
+        // Another process did not make it: it reads the config, once.
+        let other = ProxmoxVolumes(clusters: [("main", scene.fake)], ownerVMID: 9999, taskTimeout: 60)
+        #expect(try await other.vmsByCurrentNames("main").first { $0.vmid == copy.vm.vmid }?.name == copy.vm.name)
+        #expect(scene.fake.count(.config) == reads + 1)
+    }
+
+    @Test func aNameThisProcessGaveCountsOnlyWhileTheVMStaysAsItMadeIt() async throws {
+        let scene = Scene()
+        scene.volume("pvc-a")
+        let copy = try await snapshotCopy(scene, name: "snap-1")
+        scene.fake.state.withLock { $0.resourceNames[copy.vm.vmid] = .some(nil) }
+        // Someone else retagged and renamed it since: the tags tell, and the config is read.
+        scene.fake.state.withLock { state in
+            state.vms[copy.vm.vmid]!.values["tags"] = "\(copy.vm.name);kept"
+            state.vms[copy.vm.vmid]!.values["name"] = "renamed"
+        }
+        let reads = scene.fake.count(.config)
+        #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == copy.vm.vmid }?.name == "renamed")
+        #expect(scene.fake.count(.config) == reads + 1)
+    }
+
+    @Test func aVMJustCreatedIsKnownByTheNameItWasCreatedWith() async throws {
+        let scene = Scene()
+        let name = SourceVM.prefix + "aaaaaaaaaaaaaaaaaaaaaaaa"
+        let vmid = try await scene.volumes.createVM(cluster: "main", node: "pve1", name: name, description: "", what: "a source VM")
+        scene.fake.state.withLock { $0.resourceNames[vmid] = .some(nil) }
+        let reads = scene.fake.count(.config)
+        #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == vmid }?.name == name)
+        #expect(scene.fake.count(.config) == reads)
+    }
 }
+
