@@ -189,8 +189,11 @@ extension ProxmoxVolumes {
             let driverTags = resource.tags.filter(Self.isDriverVMName)
             let signature = Self.nameSignature(node: resource.node, lock: resource.lock, tags: resource.tags)
             if driverTags.isEmpty || driverTags == [vm.name] || ["create", "clone"].contains(resource.lock ?? "") {
+                // Named in resources now: what was read or given of its name is not needed any more.
+                if driverTags == [vm.name] { namesRead.withLock { _ = $0.removeValue(forKey: vm.key) } }
                 settled.append(vm)
-            } else if let known = namesRead.withLock({ $0[vm.key] }), known.signature == signature {
+            } else if let known = namesRead.withLock({ $0[vm.key] }), known.signature == signature,
+                      ProcessInfo.processInfo.systemUptime - known.at < Self.nameKeptSeconds {
                 vm.name = known.name
                 settled.append(vm)
             } else {
@@ -209,7 +212,7 @@ extension ProxmoxVolumes {
                         var named = vm
                         named.name = config["name"] ?? vm.name
                         if let name = config["name"], self.vmidIncarnations.withLock({ $0[vm.key] ?? 0 }) == incarnation {
-                            self.namesRead.withLock { $0[vm.key] = (signature, name) }
+                            self.namesRead.withLock { $0[vm.key] = (signature, name, ProcessInfo.processInfo.systemUptime) }
                         }
                         return named
                     } catch ProxmoxError.notFound {
@@ -232,7 +235,7 @@ extension ProxmoxVolumes {
     /// lookup by name then needs no read of what the driver itself wrote.
     package func rememberName(_ name: String, cluster: String, node: String, vmid: Int, tags: [String]) {
         let signature = Self.nameSignature(node: node, lock: nil, tags: tags)
-        namesRead.withLock { $0["\(cluster)/\(vmid)"] = (signature, name) }
+        namesRead.withLock { $0["\(cluster)/\(vmid)"] = (signature, name, ProcessInfo.processInfo.systemUptime) }
     }
 
     /// Names the driver gives its own VMs (copies, records, snapshot sources).

@@ -59,9 +59,14 @@ public final class ProxmoxVolumes: Sendable {
     let snapshotScans = Mutex<(lists: [String: (at: Double, snapshots: [NativeSnapshot])], changes: [String: UInt64])>(([:], [:]))
     /// Clusters whose driver VMs all carry their name as a tag (`vmsAsConfigured`).
     let taggedClusters = Mutex<Set<String>>([])
-    /// Names read from the configs of VMs whose tag is not their resources name, by
-    /// VM key, with the node, lock and tags they were read under (`vmsByCurrentNames`).
-    let namesRead = Mutex<[String: (signature: String, name: String)]>([:])
+    /// Names read from the configs of VMs whose tag is not their resources name (or given
+    /// by this process to VMs it made), by VM key, with the node, lock and tags they were
+    /// read under and when (`vmsByCurrentNames`).
+    let namesRead = Mutex<[String: (signature: String, name: String, at: Double)]>([:])
+    /// How long such a name counts. pvestatd names a VM in cluster resources within about
+    /// 10 s; a name kept for good could outlive its vmid (another controller replica
+    /// destroys the VM and makes another under that vmid, with the same node and tags).
+    static let nameKeptSeconds = 60.0
     /// Those name reads in flight, by VM key, incarnation and signature.
     let nameReads = CoalescedReads<String, VMConfig>()
     /// Per VM key, how often this process made or destroyed a VM with that vmid: a

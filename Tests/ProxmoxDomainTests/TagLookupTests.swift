@@ -159,5 +159,19 @@ import Testing
         #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == vmid }?.name == name)
         #expect(scene.fake.count(.config) == reads)
     }
+
+    @Test func aGivenNameIsDroppedOncePvestatdNamedTheVMSoAReusedVMIDIsReadAgain() async throws {
+        let scene = Scene()
+        let name = SourceVM.prefix + "aaaaaaaaaaaaaaaaaaaaaaaa"
+        let vmid = try await scene.volumes.createVM(cluster: "main", node: "pve1", name: name, description: "", what: "a source VM")
+        #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == vmid }?.name == name)  // named in resources
+        // Another controller replica destroyed it and cloned a restore into the same vmid, which
+        // carries the source's tag until it settles; pvestatd has not named it yet.
+        scene.fake.state.withLock { state in
+            state.vms[vmid]!.values["name"] = "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb"
+            state.resourceNames[vmid] = .some(nil)
+        }
+        #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == vmid }?.name == "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
+    }
 }
 
