@@ -238,9 +238,9 @@ extension ProxmoxVolumes {
         namesRead.withLock { $0["\(cluster)/\(vmid)"] = (signature, name, ProcessInfo.processInfo.systemUptime) }
     }
 
-    /// Names the driver gives its own VMs (copies, records, snapshot sources).
+    /// Names the driver gives its own VMs (copies, records, snapshot sources, holders).
     package static func isDriverVMName(_ name: String) -> Bool {
-        [CopyVM.Kind.snapshot.rawValue, CopyVM.Kind.volume.rawValue, CopyVM.Kind.options.rawValue, SourceVM.prefix]
+        [CopyVM.Kind.snapshot.rawValue, CopyVM.Kind.volume.rawValue, CopyVM.Kind.options.rawValue, SourceVM.prefix, holderPrefix]
             .contains { name.hasPrefix($0) }
     }
 

@@ -173,5 +173,16 @@ import Testing
         }
         #expect(try await scene.volumes.vmsByCurrentNames("main").first { $0.vmid == vmid }?.name == "csi-vol-bbbbbbbbbbbbbbbbbbbbbbbb")
     }
+
+    @Test func aHolderMadeAMomentAgoIsNotMadeAgainBeforePvestatdNamesIt() async throws {
+        let scene = Scene()
+        let holder = try await scene.volumes.holder(cluster: "main", node: "pve1")
+        scene.fake.state.withLock { $0.resourceNames[holder.vmid] = .some(nil) }
+        #expect(try await scene.volumes.holder(cluster: "main", node: "pve1").vmid == holder.vmid)
+        // A new process finds it by its tag and a read of its config.
+        let other = ProxmoxVolumes(clusters: [("main", scene.fake)], ownerVMID: 9999, taskTimeout: 60)
+        #expect(try await other.holder(cluster: "main", node: "pve1").vmid == holder.vmid)
+        #expect(scene.fake.count(.createVM) == 1)
+    }
 }
 
