@@ -327,6 +327,8 @@ def main():
     parser.add_argument("--name-round-seconds", type=float, default=0.0,
                         help="cluster resources name a new VM only after pvestatd's next round, this often (Proxmox: 10)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--keep-evidence", action="store_true",
+                        help="keep the Proxmox requests, state and driver log of a clean run too (to trace where time goes)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="load-"))
@@ -440,7 +442,7 @@ def main():
     print(f"results: {out}")
     clean = (not failures and not any(leaks.values()) and not result["double_attachments"] and not swaps
              and not held_after_ok and not result["duplicate_copies"])
-    if not clean:
+    if not clean or args.keep_evidence:
         # What it takes to trace a leak or a double attachment afterwards: every Proxmox request
         # (with its parameters), what Proxmox held at the end, and the driver's log.
         evidence = out.with_suffix(".evidence")
@@ -449,7 +451,7 @@ def main():
         (evidence / "proxmox-state.json").write_text(json.dumps(final_state, indent=1) + "\n")
         driver.log.flush()
         shutil.copy(work / "driver.log", evidence / "driver.log")
-        print(f"not clean: evidence in {evidence}")
+        print(f"{'not clean: ' if not clean else ''}evidence in {evidence}")
     sys.exit(0 if clean else 1)
 
 

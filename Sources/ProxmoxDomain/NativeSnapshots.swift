@@ -58,8 +58,9 @@ public struct NativeSnapshot: Sendable, Equatable {
     /// `<cluster>/<source vmid>/csi<32 hex>`: three parts as a copy snapshot's id, told apart by its last.
     public var id: String { "\(source.vm.cluster)/\(source.vm.vmid)/\(snapname)" }
 
+    /// `csi` and 32 lowercase hex digits.
     package static func isSnapname(_ text: String) -> Bool {
-        text.wholeMatch(of: /csi[0-9a-f]{32}/) != nil
+        text.hasPrefix("csi") && text.utf8.count == 35 && text.utf8.dropFirst(3).allSatisfy(ASCII.isLowerHex)
     }
 }
 

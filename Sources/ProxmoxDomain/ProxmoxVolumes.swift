@@ -1,6 +1,7 @@
 import FoundationEssentials
 import ProxmoxAPI
 import Synchronization
+import TextSupport
 
 /// A VM as the controller needs it.
 public struct VMRef: Sendable, Hashable {
@@ -357,9 +358,12 @@ public final class ProxmoxVolumes: Sendable {
         return Array(Set(current + pending)).sorted()
     }
 
+    /// `scsi3`, `virtio0`, `unused1`: run for every key of every config a scan reads.
     package static func isDiskKey(_ key: String) -> Bool {
-        key.wholeMatch(of: /(scsi|virtio|sata|ide|unused)\d+/) != nil
+        diskKeyPrefixes.contains { key.isNumbered($0) }
     }
+
+    static let diskKeyPrefixes = ["scsi", "virtio", "sata", "ide", "unused"]
 
     package static func volid(of diskValue: String) -> String {
         String(diskValue.split(separator: ",", maxSplits: 1).first ?? "")

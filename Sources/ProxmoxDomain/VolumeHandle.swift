@@ -1,4 +1,5 @@
 import FoundationEssentials
+import TextSupport
 
 /// A CSI volume id: `<cluster>/<node-or-empty>/<storage>/<volume-name>`,
 /// the form sergelogvinov/proxmox-csi-plugin uses, so PVs it created keep
@@ -62,8 +63,11 @@ public struct VolumeHandle: Sendable, Hashable, CustomStringConvertible {
             ? "\(storage):\(ownerVMID ?? fallback)/\(volume)" : "\(storage):\(volume)"
     }
 
+    /// pve-storage's storage id format (`[a-z][a-z0-9\-_.]*[a-z0-9]`), checked by hand on every volume id parsed.
     package static func isStorageID(_ text: String) -> Bool {
-        text.wholeMatch(of: /[a-z][a-z0-9\-_.]*[a-z0-9]/) != nil
+        let bytes = Array(text.utf8)
+        guard bytes.count >= 2, ASCII.isLower(bytes[0]), ASCII.isLowerOrDigit(bytes[bytes.count - 1]) else { return false }
+        return bytes.dropFirst().dropLast().allSatisfy { ASCII.isLowerOrDigit($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") }
     }
 }
 
@@ -74,7 +78,10 @@ public enum VolumeNaming {
     /// csi-provisioner). Names Proxmox cannot take (uppercase, long, odd
     /// characters) become a hash of the name, still unique and stable.
     public static func volumeName(forCSIName name: String, ownerVMID: Int, storageType: String, format: String? = nil) -> String {
-        let plain = name.wholeMatch(of: /[a-z0-9][a-z0-9-]{0,62}/) != nil
+        // [a-z0-9][a-z0-9-]{0,62}
+        let bytes = Array(name.utf8)
+        let plain = (1...63).contains(bytes.count) && ASCII.isLowerOrDigit(bytes[0])
+            && bytes.allSatisfy { ASCII.isLowerOrDigit($0) || $0 == UInt8(ascii: "-") }
         let base = "vm-\(ownerVMID)-" + (plain ? name : "csi-" + String(sha256Hex(name).prefix(32)))
         guard isFileStorage(storageType) else { return base }
         return base + "." + (format ?? "raw")
