@@ -242,7 +242,8 @@ public final class ProxmoxClient: Sendable {
     // MARK: - Tasks
 
     /// Waits for a task: the first status read about when tasks of its type
-    /// lately ended (at once for a type not seen yet), then quick reads
+    /// lately ended (at once for a type not seen yet, by one wait at a time:
+    /// the others hold off until it learns the type), then quick reads
     /// backing off to at most `maxPollInterval` apart, up to `timeout`.
     /// `WARNINGS: N` counts as success. Returns the exit status.
     @discardableResult
@@ -252,7 +253,12 @@ public final class ProxmoxClient: Sendable {
         let path = "/nodes/\(FormEncoding.pathSegment(node))/tasks/\(FormEncoding.pathSegment(upid))/status"
         let started = now()
         let deadline = started + timeout
-        var wait = min(taskDurations.firstWait(type), timeout)
+        var scouting = taskDurations.startScouting(type)
+        defer { if scouting { taskDurations.endScouting(type) } }
+        if !scouting {
+            scouting = try await holdOff(type, started: started, limit: min(TaskDurations.longestFirstWait, timeout))
+        }
+        var wait = min(max(0, taskDurations.firstWait(type) - (now() - started)), timeout)
         var interval = taskDurations.interval(type)
         var lastRunning: Double?
         while true {
@@ -270,11 +276,38 @@ public final class ProxmoxClient: Sendable {
                 throw ProxmoxError.taskFailed(upid: upid, exitStatus: exit)
             }
             lastRunning = readAt
-            if now() + interval > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }
-            wait = interval
-            interval = min(interval * 2, maxPollInterval)
+            if scouting {
+                wait = Self.scoutInterval(after: wait, age: readAt, cap: maxPollInterval)
+            } else {
+                (wait, interval) = (interval, min(interval * 2, maxPollInterval))
+            }
+            if now() + wait > deadline { throw ProxmoxError.taskTimedOut(upid: upid) }
         }
     }
+
+    /// While another wait learns how long tasks of a new `type` take, this one
+    /// reads nothing, up to `limit` seconds from its task's start (its task may
+    /// be the quicker one). Returns true when it is to learn the type itself:
+    /// the wait that was learning it gave up without seeing its task end.
+    private func holdOff(_ type: String, started: Double, limit: Double) async throws -> Bool {
+        while taskDurations.expectedSeconds(type) == nil, now() - started < limit {
+            guard taskDurations.isBeingScouted(type) else { return taskDurations.startScouting(type) }
+            try await sleeper.sleep(seconds: Self.holdOffTick)
+        }
+        return false
+    }
+
+    /// The reads of the one task a new type is learned from: doubling from
+    /// 0.05 s to 0.25 s, then a quarter of the task's age apart, so its end
+    /// is known to within a quarter: the first wait of the tasks after it is
+    /// the middle of that span, and doubling reads (three seconds of task
+    /// seen done two seconds late) made it up to a second too long.
+    static func scoutInterval(after wait: Double, age: Double, cap: Double) -> Double {
+        min(max(min(max(wait * 2, 0.05), 0.25), age / 4), cap)
+    }
+
+    /// How often a wait holding off looks whether the type became known (no request: a lock and a lookup).
+    static let holdOffTick = 0.05
 
     /// For calls answering a UPID, or null when already done.
     func finish(_ data: JSONValue, timeout: Double = 600) async throws {

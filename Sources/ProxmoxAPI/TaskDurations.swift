@@ -11,13 +11,16 @@ public final class TaskDurations: Sendable {
     /// (a small clone after a large one) is never waited on much longer than this.
     static let longestFirstWait = 5.0
     /// After a task outlasted the first wait, the next first wait is the time it
-    /// was seen done plus this margin: tasks of one length are then read once.
+    /// was last seen running plus this margin: tasks of one length are then mostly read once.
     static let margin = 1.05
     /// Each task seen done at its first read brings the first wait down by this
     /// factor, so a type that got quicker is waited on less, and one of a steady
     /// length is read twice only every few tasks (when the wait dips under it).
     static let decay = 0.97
     private let expected = Mutex<[String: Double]>([:])
+    /// Types not known yet that one wait is reading the status of: the other
+    /// waits for tasks of that type hold off until it learns how long they take.
+    private let scouted = Mutex<Set<String>>([])
 
     public init() {}
 
@@ -33,16 +36,37 @@ public final class TaskDurations: Sendable {
         return min(max(seconds / 10, 0.05), 0.5)
     }
 
+    /// Whether the caller is to learn `type`: true for the first wait on a
+    /// type not known yet, which then reads its task on the quick schedule
+    /// and must call `endScouting`. The others hold off (`isBeingScouted`):
+    /// ten tasks of a new type started together are then not each read
+    /// six or seven times while none of them is known.
+    package func startScouting(_ type: String) -> Bool {
+        guard expected.withLock({ $0[type] }) == nil else { return false }
+        return scouted.withLock { $0.insert(type).inserted }
+    }
+
+    package func endScouting(_ type: String) {
+        _ = scouted.withLock { $0.remove(type) }
+    }
+
+    package func isBeingScouted(_ type: String) -> Bool { scouted.withLock { $0.contains(type) } }
+
     /// A task of `type` was seen stopped `elapsed` seconds after it started, and
     /// last seen running at `lastRunning` (nil: stopped at the first read, so it
     /// may have ended long before).
+    ///
+    /// A task seen running took longer than `lastRunning`, and that (not
+    /// `elapsed`, which carries the lateness of a coarse read) moves the first
+    /// wait up: tasks read together on the quick schedule of a new type, each
+    /// seen done up to a second late, once pushed a 3 s type's wait to the 5 s cap.
     package func record(_ type: String, elapsed: Double, lastRunning: Double?) {
         expected.withLock { known in
             switch (known[type], lastRunning) {
             case (nil, nil): known[type] = elapsed
             case let (nil, running?): known[type] = (running + elapsed) / 2  // the first one: the middle of what is known
             case let (old?, nil): known[type] = old * Self.decay
-            case (let old?, _?): known[type] = max(old, elapsed) * Self.margin
+            case let (old?, running?): known[type] = max(old, running * Self.margin)
             }
         }
     }

@@ -58,6 +58,69 @@ final class TimedTasks: HTTPTransport {
     }
 }
 
+/// A clock that moves only when every wait it serves is asleep: it then jumps
+/// to the earliest wake-up. Many concurrent waits see one consistent time.
+final class VirtualClock: Sleeper {
+    private struct Sleeping {
+        let wake: Double
+        let continuation: CheckedContinuation<Void, Never>
+    }
+    private let state = Mutex<(now: Double, sleeping: [Sleeping])>((0, []))
+
+    var now: Double { state.withLock { $0.now } }
+
+    func sleep(seconds: Double) async throws {
+        await withCheckedContinuation { continuation in
+            state.withLock { $0.sleeping.append(Sleeping(wake: $0.now + max(0, seconds), continuation: continuation)) }
+        }
+    }
+
+    /// Runs until `active()` is 0: whenever that many waits are asleep, wakes the earliest.
+    func run(active: @Sendable () -> Int) async {
+        while active() > 0 {
+            let due: [Sleeping] = state.withLock { state in
+                guard !state.sleeping.isEmpty, state.sleeping.count == active() else { return [] }
+                let wake = state.sleeping.map(\.wake).min()!
+                state.now = max(state.now, wake)
+                let due = state.sleeping.filter { $0.wake <= wake }
+                state.sleeping.removeAll { $0.wake <= wake }
+                return due
+            }
+            if due.isEmpty { try? await Task.sleep(nanoseconds: 200_000) } else { due.forEach { $0.continuation.resume() } }
+        }
+    }
+}
+
+/// Tasks that each run `duration` seconds of a virtual clock from when they were started.
+final class VirtualTasks: HTTPTransport {
+    let duration: Double
+    let clock: VirtualClock
+    let started = Mutex<[String: Double]>([:])
+    let reads = Mutex<[String: [Double]]>([:])
+
+    init(duration: Double, clock: VirtualClock) {
+        (self.duration, self.clock) = (duration, clock)
+    }
+
+    func start(_ n: Int) { started.withLock { $0["7770\(n)"] = clock.now } }
+
+    func send(_ request: HTTPRequest) async throws -> HTTPResponse {
+        let now = clock.now
+        let (id, start) = started.withLock { known in known.first { request.url.contains($0.key + "%3A") }! }
+        reads.withLock { $0[id, default: []].append(now - start) }
+        let body = now - start < duration ? #"{"data":{"status":"running"}}"# : #"{"data":{"status":"stopped","exitstatus":"OK"}}"#
+        return HTTPResponse(status: 200, reason: "OK", body: Array(body.utf8))
+    }
+}
+
+/// How many waits are still running, shared with the clock's loop.
+final class Running: Sendable {
+    private let count: Atomic<Int>
+    init(_ count: Int) { self.count = Atomic(count) }
+    var value: Int { count.load(ordering: .relaxed) }
+    func finished() { count.subtract(1, ordering: .relaxed) }
+}
+
 func taskID(_ type: String, _ n: Int) -> String { "UPID:pve1:7770\(n):00005678:6B000000:\(type):100:csi@pve!csi:" }
 
 let upid = "UPID:pve1:00001234:00005678:6B000000:qmconfig:100:csi@pve!csi:"
@@ -68,11 +131,19 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
 }
 
 @Suite struct TaskWaitTests {
-    @Test func pollsFastFirstThenBacksOffToTheCap() async throws {
+    @Test func aNewTypeIsReadQuicklyThenAQuarterOfItsAgeApartUpToTheCap() async throws {
         let sleeper = RecordingSleeper()
-        let exit = try await taskClient(ScriptedTasks(runningPolls: 8, exitStatus: "OK"), sleeper).waitForTask(upid, maxPollInterval: 1)
+        let exit = try await taskClient(ScriptedTasks(runningPolls: 16, exitStatus: "OK"), sleeper).waitForTask(upid, maxPollInterval: 1)
         #expect(exit == "OK")
-        #expect(sleeper.waits.withLock { $0 } == [0.05, 0.1, 0.2, 0.4, 0.8, 1, 1, 1])
+        let waits = sleeper.waits.withLock { $0 }
+        #expect(waits.prefix(5) == [0.05, 0.1, 0.2, 0.25, 0.25])
+        var age = 0.0
+        for (wait, next) in zip(waits, waits.dropFirst()) {
+            age += wait
+            #expect(next <= 1, "the cap")
+            if age >= 1 { #expect(next >= min(age / 4, 1) - 1e-9, "a quarter of the age \(age): \(next)") }
+        }
+        #expect(waits.last == 1)
     }
 
     @Test(arguments: ["OK", "WARNINGS: 3"])
@@ -159,5 +230,63 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         // The rule before (first read at 0.9 of the estimate) read every such task twice.
         #expect(perTask < 1.5, "\(perTask) status reads per task")
         #expect(lateness < 0.15, "seen done \(lateness) s after the end on average")
+    }
+
+    @Test func tasksOfANewTypeStartedTogetherAreLearnedFromOneOfThem() async throws {
+        let clock = VirtualClock()
+        let tasks = VirtualTasks(duration: 3, clock: clock)
+        let client = ProxmoxClient(endpoint: ClusterEndpoint(url: "https://pve:8006", credentials: .apiToken(id: "a@pve!b", secret: "s")),
+                                   transport: tasks, sleeper: clock, now: { clock.now })
+        let count = 10
+        let active = Running(count)
+        (1...count).forEach(tasks.start)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for n in 1...count {
+                group.addTask {
+                    defer { active.finished() }
+                    try await client.waitForTask(taskID("qmcreate", n))
+                }
+            }
+            group.addTask { await clock.run { active.value } }
+            try await group.waitForAll()
+        }
+        let reads = tasks.reads.withLock { $0 }
+        let total = reads.values.map(\.count).reduce(0, +)
+        // Each read on the quick schedule, as before: 10 tasks x 6 reads.
+        #expect(total <= 6 + 2 * (count - 1), "\(total) status reads: \(reads)")
+        for (id, times) in reads {
+            #expect(times.last! >= 3 && times.last! < 3.5, "task \(id) seen done at \(times.last!) s")
+        }
+    }
+
+    @Test func tasksSeenDoneLateDoNotPushTheFirstWaitPastWhenTheyWereLastSeenRunning() {
+        // 3 s tasks read on a new type's quick schedule, each seen done up to 1.7 s late.
+        let durations = TaskDurations()
+        for (lastRunning, elapsed) in [(1.94, 3.84), (2.93, 4.71), (2.28, 3.25), (2.59, 3.55), (2.48, 3.43), (2.69, 4.04)] {
+            durations.record("qmcreate", elapsed: elapsed, lastRunning: lastRunning)
+        }
+        let wait = durations.firstWait("qmcreate")
+        #expect(wait >= 2.8 && wait <= 3.1, "first wait \(wait) s for tasks of 3 s")
+    }
+
+    @Test func aWaitHoldingOffReadsItsOwnTaskWhenTheOneLearningTheTypeTakesLong() async throws {
+        let clock = VirtualClock()
+        let tasks = VirtualTasks(duration: 1, clock: clock)
+        let client = ProxmoxClient(endpoint: ClusterEndpoint(url: "https://pve:8006", credentials: .apiToken(id: "a@pve!b", secret: "s")),
+                                   transport: tasks, sleeper: clock, now: { clock.now })
+        // Another wait is learning qmclone (a long copy): this 1 s task is not held up past the longest first wait.
+        #expect(client.taskDurations.startScouting("qmclone"))
+        tasks.start(1)
+        let active = Running(1)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                defer { active.finished() }
+                try await client.waitForTask(taskID("qmclone", 1))
+            }
+            group.addTask { await clock.run { active.value } }
+            try await group.waitForAll()
+        }
+        let reads = tasks.reads.withLock { $0["77701"] ?? [] }
+        #expect(reads.count == 1 && reads[0] >= 5 && reads[0] < 5.2, "\(reads)")
     }
 }
