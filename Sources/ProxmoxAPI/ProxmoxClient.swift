@@ -258,6 +258,7 @@ public final class ProxmoxClient: Sendable {
         if !scouting {
             scouting = try await holdOff(type, started: started, limit: min(TaskDurations.longestFirstWait, timeout))
         }
+        let basis = taskDurations.expectedSeconds(type)
         var wait = min(max(0, taskDurations.firstWait(type) - (now() - started)), timeout)
         var interval = taskDurations.interval(type)
         var lastRunning: Double?
@@ -266,7 +267,7 @@ public final class ProxmoxClient: Sendable {
             let readAt = now() - started
             let status = try await call("GET", path)
             if status["status"].string == "stopped" {
-                taskDurations.record(type, elapsed: now() - started, lastRunning: lastRunning)
+                taskDurations.record(type, elapsed: now() - started, lastRunning: lastRunning, basis: basis)
                 let exit = status["exitstatus"].string ?? "unknown"
                 if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
                 // update_vm_api checks the digest again in its worker, under the

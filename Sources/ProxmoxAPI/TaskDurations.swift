@@ -60,12 +60,17 @@ public final class TaskDurations: Sendable {
     /// `elapsed`, which carries the lateness of a coarse read) moves the first
     /// wait up: tasks read together on the quick schedule of a new type, each
     /// seen done up to a second late, once pushed a 3 s type's wait to the 5 s cap.
-    package func record(_ type: String, elapsed: Double, lastRunning: Double?) {
+    ///
+    /// `basis`: the expected time the task's first wait came from. Tasks that
+    /// waited on one expectation together bring it down once, not each by
+    /// its own step: ten concurrent copies seen done at their first read
+    /// took a quarter off, and the next ten were each read three times.
+    package func record(_ type: String, elapsed: Double, lastRunning: Double?, basis: Double? = nil) {
         expected.withLock { known in
             switch (known[type], lastRunning) {
             case (nil, nil): known[type] = elapsed
             case let (nil, running?): known[type] = (running + elapsed) / 2  // the first one: the middle of what is known
-            case let (old?, nil): known[type] = old * Self.decay
+            case let (old?, nil): if basis.map({ abs($0 - old) < 1e-9 }) ?? true { known[type] = old * Self.decay }
             case let (old?, running?): known[type] = max(old, running * Self.margin)
             }
         }

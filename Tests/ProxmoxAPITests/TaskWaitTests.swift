@@ -289,4 +289,33 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         let reads = tasks.reads.withLock { $0["77701"] ?? [] }
         #expect(reads.count == 1 && reads[0] >= 5 && reads[0] < 5.2, "\(reads)")
     }
+
+    @Test func tasksWaitedOnTogetherBringTheFirstWaitDownOnceNotEachByItsStep() async throws {
+        let clock = VirtualClock()
+        let tasks = VirtualTasks(duration: 3, clock: clock)
+        let client = ProxmoxClient(endpoint: ClusterEndpoint(url: "https://pve:8006", credentials: .apiToken(id: "a@pve!b", secret: "s")),
+                                   transport: tasks, sleeper: clock, now: { clock.now })
+        client.taskDurations.record("qmcreate", elapsed: 3.1, lastRunning: 3.0)  // known: about 3 s
+        let (batches, size) = (8, 10)
+        for batch in 0..<batches {
+            let active = Running(size)
+            let ids = (0..<size).map { batch * size + $0 + 1 }
+            ids.forEach(tasks.start)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for n in ids {
+                    group.addTask {
+                        defer { active.finished() }
+                        try await client.waitForTask(taskID("qmcreate", n))
+                    }
+                }
+                group.addTask { await clock.run { active.value } }
+                try await group.waitForAll()
+            }
+        }
+        let reads = tasks.reads.withLock { $0 }
+        let perTask = Double(reads.values.map(\.count).reduce(0, +)) / Double(batches * size)
+        #expect(perTask < 1.4, "\(perTask) status reads per task")
+        let late = reads.values.map { $0.last! - 3 }.max()!
+        #expect(late < 0.35, "seen done up to \(late) s after the end")
+    }
 }
