@@ -86,7 +86,9 @@ class Sidecar:
                     # The driver's time: from the moment a sidecar worker sends the call.
                     sent = time.perf_counter()
                     response = await getattr(self.stub, name)(request, timeout=self.timeout)
-                    self.stats.setdefault(name, []).append(time.perf_counter() - sent)
+                    done = time.perf_counter()
+                    self.stats.setdefault(name, []).append(done - sent)
+                    self.stats.setdefault("_spans", []).append((name, sent, done))
                 # With the sidecar's queue for a worker and every retry: what the user waits.
                 self.stats.setdefault("_overall " + name, []).append(time.perf_counter() - started)
                 if attempts > 1:
@@ -449,6 +451,10 @@ def main():
         evidence.mkdir(exist_ok=True)
         (evidence / "proxmox-requests.json").write_text(json.dumps(log_entries, indent=0) + "\n")
         (evidence / "proxmox-state.json").write_text(json.dumps(final_state, indent=1) + "\n")
+        # Each successful call's send and answer, in seconds from the first: which sidecar pool was busy when.
+        first = min((s[1] for s in stats.get("_spans", [])), default=0)
+        (evidence / "rpc-spans.json").write_text(json.dumps([(n, round(a - first, 3), round(b - first, 3))
+                                                             for n, a, b in stats.get("_spans", [])]) + "\n")
         driver.log.flush()
         shutil.copy(work / "driver.log", evidence / "driver.log")
         print(f"{'not clean: ' if not clean else ''}evidence in {evidence}")

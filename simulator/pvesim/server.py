@@ -142,6 +142,12 @@ def _evaluate(check, caller, params):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # pve-http-server (src/PVE/APIServer/AnyEvent.pm, sub response) builds the
+    # status line, headers and content into one string and push_writes it once.
+    # Unbuffered, http.server writes the headers and the body apart, and the
+    # body then waits on the client's delayed ACK: 40 ms on every answer.
+    # Buffered, handle_one_request's flush sends each answer in one write.
+    wbufsize = 1 << 16
     server_version = "pve-api-daemon/3.0"
     sim: Simulator = None
 
