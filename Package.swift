@@ -95,7 +95,7 @@ let package = Package(
         .target(name: "FakeProxmox", dependencies: ["ProxmoxAPI", "ProxmoxDomain"], path: "Tests/FakeProxmox", swiftSettings: strict),
         .testTarget(name: "ProxmoxDomainTests", dependencies: ["ProxmoxDomain", "ProxmoxAPI", "FakeProxmox"], swiftSettings: strict),
         .testTarget(name: "ProxmoxAPITests", dependencies: ["ProxmoxAPI", "FakeProxmox"], swiftSettings: strict),
-        .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice"], swiftSettings: strict),
+        .testTarget(name: "BlockDeviceTests", dependencies: ["BlockDevice", "TextSupport"], swiftSettings: strict),
         .testTarget(name: "CSIProtoTests", dependencies: ["CSIProto"], swiftSettings: strict),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "UnaryGRPC"], swiftSettings: strict),
         .testTarget(

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import FoundationEssentials
+import TextSupport
 
 /// One line of /proc/self/mountinfo.
 public struct MountEntry: Sendable, Equatable {
@@ -101,7 +102,7 @@ public enum RequestPath {
     /// Absolute, no `..`, and inside one of `allowedRoots` when any are given.
     public static func check(_ path: String, allowedRoots: [String] = []) throws(Problem) {
         guard path.hasPrefix("/") else { throw .notAbsolute(path) }
-        guard !path.split(separator: "/").contains("..") else { throw .parentReference(path) }
+        guard !path.hasParentReference else { throw .parentReference(path) }
         guard allowedRoots.isEmpty || allowedRoots.contains(where: { path == $0 || path.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") })
         else { throw .outside(path, allowed: allowedRoots) }
     }

@@ -101,3 +101,21 @@ extension StringProtocol {
         return !digits.isEmpty && digits.allSatisfy(ASCII.isDigit)
     }
 }
+
+extension StringProtocol {
+    /// Whether a `/`-separated component is exactly `..`. By bytes: splitting the
+    /// string into Substrings cost a stats call a fifth of its time.
+    public var hasParentReference: Bool {
+        var run = 0  // dots since the last slash; -1 once anything else came
+        for byte in utf8 {
+            switch byte {
+            case UInt8(ascii: "/"):
+                if run == 2 { return true }
+                run = 0
+            case UInt8(ascii: "."): if run >= 0 { run += 1 }
+            default: run = -1
+            }
+        }
+        return run == 2
+    }
+}

@@ -160,10 +160,11 @@ final class Connection: @unchecked Sendable {
             guard let handler = router.handler(for: call.path) else { continue }
             let streamID = call.streamID
             let message = call.message
-            running[streamID] = Task {
+            let run: @Sendable () async -> Void = {
                 let result = await handler(message, context)
                 self.complete(streamID: streamID, result: result)
             }
+            running[streamID] = router.runsOnLoop(call.path) ? Task(executorPreference: loop, operation: run) : Task(operation: run)
         }
     }
 

@@ -18,6 +18,8 @@ final class EventLoop: @unchecked Sendable {
         var notified: Set<Int> = []
         var wakePending = false
         var stopping = false
+        /// Work of handler tasks that prefer this loop (`TaskExecutor`).
+        var jobs: [UnownedJob] = []
     }
 
     private static let wakeToken = UInt64.max
@@ -26,6 +28,11 @@ final class EventLoop: @unchecked Sendable {
     private let wake: WakeSignal
     private let inbox = Mutex(Inbox())
     private let logger: Logger
+    /// The loop's thread, once it runs: what it signals itself while taking its inbox needs no wake-up.
+    private let loopThread = Atomic<UInt>(0)
+    /// Owned by the loop's thread: from its events to the end of `takeInbox`, which
+    /// takes whatever the thread signals meanwhile (calls it starts, handlers it runs).
+    private var inboxTakenLater = false
     private let onClosed: @Sendable (Int) -> Void
     private var thread: pthread_t?
 
@@ -70,18 +77,22 @@ final class EventLoop: @unchecked Sendable {
         if let thread { pthread_join(thread, nil) }
     }
 
+    /// What the loop's thread signals from its events to the end of `takeInbox` (a call
+    /// started on the loop, a handler there finishing) is taken in `takeInbox`: no eventfd
+    /// write. Later (a cancellation in `settle` resumes a sleeping handler) it wakes itself.
     private func signal(_ change: (inout Inbox) -> Void) {
         let wakeNeeded = inbox.withLock { inbox -> Bool in
             change(&inbox)
             defer { inbox.wakePending = true }
             return !inbox.wakePending
         }
-        if wakeNeeded { wake.signal() }
+        if wakeNeeded, !(loopThread.load(ordering: .relaxed) == UInt(pthread_self()) && inboxTakenLater) { wake.signal() }
     }
 
     // MARK: - The loop's thread
 
     private func run() {
+        loopThread.store(UInt(pthread_self()), ordering: .relaxed)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
         defer { buffer.deallocate() }
         var tokens = [UInt64](repeating: 0, count: 64)
@@ -103,18 +114,20 @@ final class EventLoop: @unchecked Sendable {
                 continue
             }
             if count > 0 { busySinceTrim = true }
+            inboxTakenLater = true
             touched.removeAll(keepingCapacity: true)
             for index in 0..<Int(count) {
                 if tokens[index] == Self.wakeToken {
                     wake.drain()
-                    if takeInbox(into: &touched) {
-                        closeAll()
-                        return
-                    }
                 } else if let connection = connections[Int(tokens[index])] {
                     if flags[index] & 5 != 0 { connection.onReadable(buffer: buffer) }
                     touched.insert(connection.id)
                 }
+            }
+            // New connections, results, and the work of calls started above that run on this loop.
+            if takeInbox(into: &touched) {
+                closeAll()
+                return
             }
             let now = MonotonicInstant.now()
             for (id, connection) in connections where connection.hasDeadline(dueBy: now) { touched.insert(id) }
@@ -131,15 +144,28 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
-    /// Registers new connections and passes notifications on. True when the loop must stop.
+    /// Registers new connections, passes notifications on and runs queued
+    /// handler work, until a round brings no work. True when the loop must stop.
     private func takeInbox(into touched: inout Set<Int>) -> Bool {
-        let (added, notified, stopping) = inbox.withLock { inbox in
+        defer { inboxTakenLater = false }
+        while true {
+            let (jobs, stopping) = takeInboxOnce(into: &touched)
+            // Their results and further work come in the next round.
+            for job in jobs { job.runSynchronously(on: asUnownedTaskExecutor()) }
+            if stopping { return true }
+            if jobs.isEmpty { return false }
+        }
+    }
+
+    private func takeInboxOnce(into touched: inout Set<Int>) -> (jobs: [UnownedJob], stopping: Bool) {
+        let (added, notified, jobs, stopping) = inbox.withLock { inbox in
             defer {
                 inbox.added.removeAll()
                 inbox.notified.removeAll()
+                inbox.jobs.removeAll(keepingCapacity: true)
                 inbox.wakePending = false
             }
-            return (inbox.added, inbox.notified, inbox.stopping)
+            return (inbox.added, inbox.notified, inbox.jobs, inbox.stopping)
         }
         for connection in added {
             if CLinux_epoll_add(epoll, connection.fd, UInt64(connection.id), 0) == 0 {
@@ -156,7 +182,7 @@ final class EventLoop: @unchecked Sendable {
             connection.onNotified()
             touched.insert(id)
         }
-        return stopping
+        return (jobs, stopping)
     }
 
     private func watchWritability(_ connection: Connection) {
@@ -190,3 +216,14 @@ final class EventLoop: @unchecked Sendable {
         connections.removeAll()
     }
 }
+
+/// Handlers registered to run on the loop (`Router.registerOnLoop`) are tasks
+/// that prefer it: their work runs on the loop's thread between rounds of
+/// events, so a quick call costs no hop to Swift's pool and back.
+extension EventLoop: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        signal { $0.jobs.append(job) }
+    }
+}
+

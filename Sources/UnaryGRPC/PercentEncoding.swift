@@ -2,6 +2,8 @@
 /// (0x20–0x7E) and `%` itself travel as `%XX` of their UTF-8 bytes.
 public enum GRPCMessageEncoding {
     public static func encode(_ message: String) -> String {
+        // Most messages are plain ASCII text: they go as they are, with no copy.
+        if message.utf8.allSatisfy({ $0 >= 0x20 && $0 <= 0x7E && $0 != UInt8(ascii: "%") }) { return message }
         var out = [UInt8]()
         out.reserveCapacity(message.utf8.count)
         let hex = Array("0123456789ABCDEF".utf8)

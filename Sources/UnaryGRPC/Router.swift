@@ -41,6 +41,7 @@ public struct Router: Sendable {
 
     private var handlers: [String: RawHandler] = [:]
     private var immediateHandlers: [String: ImmediateHandler] = [:]
+    private var loopPaths: Set<String> = []
     private let observer: (any CallObserver)?
 
     public init(observer: (any CallObserver)? = nil) {
@@ -100,6 +101,23 @@ public struct Router: Sendable {
         immediateHandlers[path] = run
         handlers[path] = { bytes, context in run(bytes, context) }
     }
+
+    /// Registers a unary method whose handler does only quick local system
+    /// calls (stat, statvfs, sysfs and mountinfo reads) and otherwise awaits:
+    /// it runs on the connection's event loop thread, with no hop to Swift's
+    /// pool and back (NodeGetVolumeStats, which kubelet calls for every volume
+    /// every minute). While it runs, that loop's other connections wait, so
+    /// nothing that can take long (mkfs, mount, a lock another call holds) may go here.
+    public mutating func registerOnLoop<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        _ path: String,
+        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
+    ) {
+        register(path, handler)
+        loopPaths.insert(path)
+    }
+
+    /// Whether `path`'s handler runs on the event loop (`registerOnLoop`).
+    public func runsOnLoop(_ path: String) -> Bool { loopPaths.contains(path) }
 
     private static func decode<Request: SwiftProtobuf.Message>(_: Request.Type, _ bytes: [UInt8]) -> Result<Request, RPCError> {
         do {

@@ -1,6 +1,7 @@
 @testable import BlockDevice
 import Foundation
 import Testing
+import TextSupport
 
 func scratch(_ name: String) throws -> String {
     let path = NSTemporaryDirectory() + "blockdevice-\(name)-\(UUID().uuidString.prefix(8))"
@@ -139,6 +140,15 @@ func sparseFile(_ path: String, bytes: Int64) throws {
     @Test func acceptsPathsInsideTheRoots() throws {
         try RequestPath.check("/var/lib/kubelet/plugins/x/globalmount", allowedRoots: ["/var/lib/kubelet"])
         try RequestPath.check("/anything/absolute")
+    }
+
+    /// The byte scan against what it replaced: a `..` component among the `/`-separated parts.
+    @Test func aParentReferenceIsAComponentOfExactlyTwoDots() {
+        var paths = [""]
+        for _ in 0..<5 { paths = paths + paths.flatMap { path in ["/", ".", "a"].map { path + $0 } } }
+        for path in Set(paths + ["/a/../b", "/a/..", "..", "/...", "/..a", "/a..", "/.../", "/a/./b", "/\u{e9}../.."]) {
+            #expect(path.hasParentReference == path.split(separator: "/").contains(".."), "\(path)")
+        }
     }
 }
 

@@ -113,6 +113,36 @@ func isSocket(_ path: String) -> Bool {
         #expect(client.h2.responses[slow]?.closed != true)
     }
 
+    @Test func aHandlerOnTheLoopRunsThereAcrossItsAwaitsAndWaitingHoldsUpNoOne() throws {
+        let (server, bound) = try startServer(.unix(path: temporaryDirectory() + "/csi.sock"))
+        defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
+        let client = try SocketClient(bound)
+        let waiting = (0..<4).map { _ in client.h2.call("/test.Echo/WhereAmIOnLoop", message: milliseconds(300)) }
+        let quick = (0..<20).map { client.h2.call("/test.Echo/Echo", message: stringValue("q\($0)")) }
+        let elsewhere = client.h2.call("/test.Echo/WhereAmIAsync", message: stringValue(""))
+        #expect(client.exchange(until: SocketClient.closed(quick + [elsewhere])))
+        #expect(waiting.allSatisfy { client.h2.responses[$0]?.closed != true }, "the loop handlers still wait")
+        #expect(client.exchange(until: SocketClient.closed(waiting)))
+        for id in waiting {
+            let answer = decodeString(client.h2.responses[id]?.message) ?? "no answer"
+            let parts = answer.split(separator: "|").map(String.init)
+            #expect(parts.count == 3 && parts[0].hasPrefix("grpc-loop-") && parts[1] == parts[0] && !parts[2].hasPrefix("grpc-loop-"), "\(answer)")
+        }
+        #expect(decodeString(client.h2.responses[elsewhere]?.message)?.hasPrefix("grpc-loop-") == false)
+    }
+
+    @Test func aDeadlineCancelsAHandlerOnTheLoop() throws {
+        let probe = HandlerProbe()
+        let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)
+        defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
+        let client = try SocketClient(bound)
+        let call = client.h2.call("/test.Echo/WhereAmIOnLoop", message: milliseconds(30_000), headers: [("grpc-timeout", "100m")])
+        #expect(client.exchange(until: SocketClient.closed([call])))
+        #expect(client.h2.responses[call]?.grpcStatus == StatusCode.deadlineExceeded.rawValue)
+        for _ in 0..<100 where probe.cancellations.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        #expect(probe.cancellations.load(ordering: .relaxed) == 1)
+    }
+
     @Test func manyConnectionsAreServedWithoutAThreadEach() throws {
         let (server, bound) = try startServer(.unix(path: temporaryDirectory() + "/csi.sock"))
         defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }

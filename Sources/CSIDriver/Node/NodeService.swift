@@ -72,7 +72,9 @@ public struct NodeService: Sendable {
         router.register("/csi.v1.Node/NodePublishVolume") { request, _ in try await publish(request) }
         router.register("/csi.v1.Node/NodeUnpublishVolume") { request, _ in try await unpublish(request) }
         router.register("/csi.v1.Node/NodeExpandVolume") { request, _ in try await expand(request) }
-        router.register("/csi.v1.Node/NodeGetVolumeStats") { request, _ in try await volumeStats(request) }
+        // stat, statvfs, mountinfo and sysfs reads: on the event loop, no hop (a Proxmox
+        // lookup of an unrecorded volume's identity awaits there without holding the loop).
+        router.registerOnLoop("/csi.v1.Node/NodeGetVolumeStats") { request, _ in try await volumeStats(request) }
     }
 
     /// Runs `body` while no other call works on `volumeID`.

@@ -2,6 +2,7 @@ import BlockDevice
 import CSIProto
 import FoundationEssentials
 import ProxmoxDomain
+import TextSupport
 import UnaryGRPC
 
 /// The disk a volume id stands for, as the guest sees it: the serial (and
@@ -175,7 +176,7 @@ extension NodeService {
         // Only a path that is not there is NotFound: a filesystem that shut down
         // (XFS after its disk vanished under a writer) answers stat with EIO,
         // and that is the abnormal condition to report, not a missing volume.
-        guard path.hasPrefix("/"), !path.split(separator: "/").contains(".."), !DeviceFacts.isMissing(path) else {
+        guard path.hasPrefix("/"), !path.hasParentReference, !DeviceFacts.isMissing(path) else {
             throw RPCError(.notFound, "volume \(volumeID) is not at volume_path \"\(path)\": no such absolute path")
         }
         try checkPath(path, field: "volume_path")
