@@ -304,6 +304,20 @@ def disks_changed(params):
     return sum(1 for key in list(params) + deleted if DISK_KEY.match(key))
 
 
+def saturated_seconds(spans, names, workers):
+    """How long all of a sidecar pool's workers were in calls of `names` at once: time the
+    pool, not Proxmox or the driver, held the rest back (csi-snapshotter: 10 workers)."""
+    edges = sorted([(a, 1) for n, a, b in spans if n in names] + [(b, -1) for n, a, b in spans if n in names])
+    busy, since, total = 0, None, 0.0
+    for at, step in edges:
+        busy += step
+        if busy >= workers and since is None:
+            since = at
+        elif busy < workers and since is not None:
+            total, since = total + at - since, None
+    return round(total, 2)
+
+
 def percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -420,6 +434,9 @@ def main():
                        "idle_s": round(sum(gaps), 2), "last_change_ended_s": round(last_change_end, 2),
                        # After the busiest VM's last change: the snapshot → restore → delete chains still running.
                        "tail_s": round(wall - last_change_end, 2)},
+        # The tail's usual cause: every csi-snapshotter worker busy in a CreateSnapshot or DeleteSnapshot.
+        "snapshotter_all_workers_busy_s": saturated_seconds(stats.get("_spans", []), ("CreateSnapshot", "DeleteSnapshot"),
+                                                            args.snapshotter_workers),
         "failed_lifecycles": len(failures), "failures": failures[:20], "retries": sum(stats.get("_retries", [])),
         "errors_retried": stats.get("_errors", {}),
         "proxmox_calls": len(log_entries), "proxmox_calls_per_lifecycle": round(len(log_entries) / args.lifecycles, 1),
