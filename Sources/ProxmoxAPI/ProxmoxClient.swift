@@ -259,7 +259,10 @@ public final class ProxmoxClient: Sendable {
             scouting = try await holdOff(type, started: started, limit: min(TaskDurations.longestFirstWait, timeout))
         }
         let basis = taskDurations.expectedSeconds(type)
-        var wait = min(max(0, taskDurations.firstWait(type) - (now() - started)), timeout)
+        // What a task says about its type's length: the one learning it, or one whose first
+        // wait came from what is known (not one that held off and then read at once).
+        let teaches = scouting || basis != nil
+        var wait = min(max(0, taskDurations.firstWait(type) - (now() - started)), max(0, deadline - now()))
         var interval = taskDurations.interval(type)
         var lastRunning: Double?
         while true {
@@ -267,9 +270,12 @@ public final class ProxmoxClient: Sendable {
             let readAt = now() - started
             let status = try await call("GET", path)
             if status["status"].string == "stopped" {
-                taskDurations.record(type, elapsed: now() - started, lastRunning: lastRunning, basis: basis)
                 let exit = status["exitstatus"].string ?? "unknown"
-                if exit == "OK" || exit.hasPrefix("WARNINGS") { return exit }
+                if exit == "OK" || exit.hasPrefix("WARNINGS") {
+                    // A failed task (a lock, a bad option) may end at once: no measure of the type.
+                    if teaches { taskDurations.record(type, elapsed: now() - started, lastRunning: lastRunning, basis: basis) }
+                    return exit
+                }
                 // update_vm_api checks the digest again in its worker, under the
                 // VM's lock: a change made after the call was accepted fails the
                 // task, and the caller decides again as on an early mismatch.
@@ -292,7 +298,8 @@ public final class ProxmoxClient: Sendable {
     /// the wait that was learning it gave up without seeing its task end.
     private func holdOff(_ type: String, started: Double, limit: Double) async throws -> Bool {
         while taskDurations.expectedSeconds(type) == nil, now() - started < limit {
-            guard taskDurations.isBeingScouted(type) else { return taskDurations.startScouting(type) }
+            // Another follower may take over first: then go on holding off.
+            if !taskDurations.isBeingScouted(type), taskDurations.startScouting(type) { return true }
             try await sleeper.sleep(seconds: Self.holdOffTick)
         }
         return false

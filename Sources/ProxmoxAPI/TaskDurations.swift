@@ -70,7 +70,10 @@ public final class TaskDurations: Sendable {
             switch (known[type], lastRunning) {
             case (nil, nil): known[type] = elapsed
             case let (nil, running?): known[type] = (running + elapsed) / 2  // the first one: the middle of what is known
-            case let (old?, nil): if basis.map({ abs($0 - old) < 1e-9 }) ?? true { known[type] = old * Self.decay }
+            case let (old?, nil): if basis.map({ abs($0 - old) < 1e-9 }) ?? true {
+                // From the cap: a wait never took longer, so neither did the task.
+                known[type] = min(old, Self.longestFirstWait) * Self.decay
+            }
             case let (old?, running?): known[type] = max(old, running * Self.margin)
             }
         }

@@ -20,6 +20,8 @@ final class EventLoop: @unchecked Sendable {
         var stopping = false
         /// Work of handler tasks that prefer this loop (`TaskExecutor`).
         var jobs: [UnownedJob] = []
+        /// The thread has ended: work still coming goes to Swift's pool.
+        var ended = false
     }
 
     private static let wakeToken = UInt64.max
@@ -105,6 +107,7 @@ final class EventLoop: @unchecked Sendable {
                 if errno == EINTR { continue }
                 logger.error("event loop stopped", metadata: ["error": "\(SystemCallError(call: "epoll_wait", errno: errno))"])
                 closeAll()
+                retire()
                 return
             }
             if count == 0, busySinceTrim, connections.values.allSatisfy({ $0.nextDeadline() == nil }) {
@@ -127,6 +130,7 @@ final class EventLoop: @unchecked Sendable {
             // New connections, results, and the work of calls started above that run on this loop.
             if takeInbox(into: &touched) {
                 closeAll()
+                retire()
                 return
             }
             let now = MonotonicInstant.now()
@@ -146,15 +150,39 @@ final class EventLoop: @unchecked Sendable {
 
     /// Registers new connections, passes notifications on and runs queued
     /// handler work, until a round brings no work. True when the loop must stop.
+    /// After `maxJobRounds` rounds with work the rest waits for the next turn,
+    /// so work that keeps coming cannot keep the sockets from being read and written.
     private func takeInbox(into touched: inout Set<Int>) -> Bool {
         defer { inboxTakenLater = false }
-        while true {
+        for _ in 0..<Self.maxJobRounds {
             let (jobs, stopping) = takeInboxOnce(into: &touched)
             // Their results and further work come in the next round.
             for job in jobs { job.runSynchronously(on: asUnownedTaskExecutor()) }
             if stopping { return true }
             if jobs.isEmpty { return false }
         }
+        // What the last round queued was signalled without a wake-up: wake now.
+        let wakeNeeded = inbox.withLock { inbox -> Bool in
+            let waiting = !inbox.jobs.isEmpty || !inbox.notified.isEmpty || !inbox.added.isEmpty
+            if waiting { inbox.wakePending = true }
+            return waiting
+        }
+        if wakeNeeded { wake.signal() }
+        return false
+    }
+
+    static let maxJobRounds = 16
+
+    /// The thread ends: handler work queued for it, and any that comes later
+    /// (a cancelled handler resuming), runs on Swift's pool instead of never.
+    private func retire() {
+        loopThread.store(0, ordering: .relaxed)
+        let orphans = inbox.withLock { inbox -> [UnownedJob] in
+            inbox.ended = true
+            defer { inbox.jobs.removeAll() }
+            return inbox.jobs
+        }
+        orphans.forEach { globalConcurrentExecutor.enqueue(ExecutorJob($0)) }
     }
 
     private func takeInboxOnce(into touched: inout Set<Int>) -> (jobs: [UnownedJob], stopping: Bool) {
@@ -223,7 +251,11 @@ final class EventLoop: @unchecked Sendable {
 extension EventLoop: TaskExecutor {
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        signal { $0.jobs.append(job) }
+        var ended = false
+        signal { inbox in
+            if inbox.ended { ended = true } else { inbox.jobs.append(job) }
+        }
+        if ended { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
 }
 

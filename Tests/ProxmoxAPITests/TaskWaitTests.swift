@@ -318,4 +318,10 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         let late = reads.values.map { $0.last! - 3 }.max()!
         #expect(late < 0.35, "seen done up to \(late) s after the end")
     }
+
+    @Test func aTaskThatFailedTeachesNothingAboutItsType() async {
+        let client = taskClient(ScriptedTasks(runningPolls: 0, exitStatus: "VM is locked (backup)"), RecordingSleeper())
+        await #expect(throws: ProxmoxError.self) { try await client.waitForTask(upid) }
+        #expect(client.taskDurations.expectedSeconds("qmconfig") == nil, "a lock error ends a task at once")
+    }
 }
