@@ -121,6 +121,21 @@ final class Running: Sendable {
     func finished() { count.subtract(1, ordering: .relaxed) }
 }
 
+/// Waits for each of `tasks` (type and number) at once, the virtual clock moving whenever all are asleep.
+func waitTogether(_ client: ProxmoxClient, _ clock: VirtualClock, _ tasks: [(String, Int)]) async throws {
+    let active = Running(tasks.count)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for (type, n) in tasks {
+            group.addTask {
+                defer { active.finished() }
+                try await client.waitForTask(taskID(type, n))
+            }
+        }
+        group.addTask { await clock.run { active.value } }
+        try await group.waitForAll()
+    }
+}
+
 func taskID(_ type: String, _ n: Int) -> String { "UPID:pve1:7770\(n):00005678:6B000000:\(type):100:csi@pve!csi:" }
 
 let upid = "UPID:pve1:00001234:00005678:6B000000:qmconfig:100:csi@pve!csi:"
@@ -238,18 +253,8 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         let client = ProxmoxClient(endpoint: ClusterEndpoint(url: "https://pve:8006", credentials: .apiToken(id: "a@pve!b", secret: "s")),
                                    transport: tasks, sleeper: clock, now: { clock.now })
         let count = 10
-        let active = Running(count)
         (1...count).forEach(tasks.start)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for n in 1...count {
-                group.addTask {
-                    defer { active.finished() }
-                    try await client.waitForTask(taskID("qmcreate", n))
-                }
-            }
-            group.addTask { await clock.run { active.value } }
-            try await group.waitForAll()
-        }
+        try await waitTogether(client, clock, (1...count).map { ("qmcreate", $0) })
         let reads = tasks.reads.withLock { $0 }
         let total = reads.values.map(\.count).reduce(0, +)
         // Each read on the quick schedule, as before: 10 tasks x 6 reads.
@@ -277,15 +282,7 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         // Another wait is learning qmclone (a long copy): this 1 s task is not held up past the longest first wait.
         #expect(client.taskDurations.startScouting("qmclone"))
         tasks.start(1)
-        let active = Running(1)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                defer { active.finished() }
-                try await client.waitForTask(taskID("qmclone", 1))
-            }
-            group.addTask { await clock.run { active.value } }
-            try await group.waitForAll()
-        }
+        try await waitTogether(client, clock, [("qmclone", 1)])
         let reads = tasks.reads.withLock { $0["77701"] ?? [] }
         #expect(reads.count == 1 && reads[0] >= 5 && reads[0] < 5.2, "\(reads)")
     }
@@ -298,19 +295,9 @@ func taskClient(_ transport: ScriptedTasks, _ sleeper: RecordingSleeper) -> Prox
         client.taskDurations.record("qmcreate", elapsed: 3.1, lastRunning: 3.0)  // known: about 3 s
         let (batches, size) = (8, 10)
         for batch in 0..<batches {
-            let active = Running(size)
             let ids = (0..<size).map { batch * size + $0 + 1 }
             ids.forEach(tasks.start)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for n in ids {
-                    group.addTask {
-                        defer { active.finished() }
-                        try await client.waitForTask(taskID("qmcreate", n))
-                    }
-                }
-                group.addTask { await clock.run { active.value } }
-                try await group.waitForAll()
-            }
+            try await waitTogether(client, clock, ids.map { ("qmcreate", $0) })
         }
         let reads = tasks.reads.withLock { $0 }
         let perTask = Double(reads.values.map(\.count).reduce(0, +)) / Double(batches * size)
