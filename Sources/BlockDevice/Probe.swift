@@ -1,4 +1,7 @@
 import CBlkid
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What libblkid finds on a device: a filesystem, a partition table, or nothing.
 public struct ProbeResult: Sendable, Equatable {
@@ -26,10 +29,16 @@ public enum BlockProbe {
     /// Probes superblocks and partition tables (libblkid's safe probe, which
     /// reports ambiguous signatures instead of guessing).
     public static func probe(_ path: String) throws(Failure) -> ProbeResult {
-        guard let probe = blkid_new_probe_from_filename(path) else {
-            throw Failure(description: "cannot open \(path) for probing")
-        }
+        // The device is opened here, not by libblkid, so the areas it reads can be asked for first (see prefetch).
+        let device = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard device >= 0 else { throw Failure(description: "cannot open \(path) for probing") }
+        defer { close(device) }
+        guard let probe = blkid_new_probe() else { throw Failure(description: "cannot probe \(path): out of memory") }
         defer { blkid_free_probe(probe) }
+        guard blkid_probe_set_device(probe, device, 0, 0) == 0 else {
+            throw Failure(description: "cannot probe \(path): its size cannot be read")
+        }
+        prefetch(device, size: Int(blkid_probe_get_size(probe)))
         blkid_probe_enable_superblocks(probe, 1)
         blkid_probe_set_superblocks_flags(probe, Int32(BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL))
         blkid_probe_enable_partitions(probe, 1)
@@ -44,6 +53,22 @@ public enum BlockProbe {
             return ProbeResult(type: "ambivalent", partitionTable: nil)
         default:
             throw Failure(description: "probing \(path) failed")
+        }
+    }
+
+    /// The probers read some fifty small pieces of the device one after the
+    /// other, each a round trip to the disk (a VM exit and a Ceph read on
+    /// Proxmox). Asking for the areas they read at once, before they start,
+    /// makes most of those reads hits in the page cache. The areas are the ones
+    /// libblkid 2.38's superblock and partition probers were seen reading
+    /// (strace of `blkid -p`): the first 512 KiB, the last 512 KiB and single
+    /// pages at 1, 2 and 4 MiB. An area missed is only read when asked, as before.
+    private static func prefetch(_ device: Int32, size: Int) {
+        let edge = 512 << 10
+        guard size > 2 * edge else { return }
+        let areas = [(0, edge), (size - edge, edge), (1 << 20, 4096), (2 << 20, 4096), (4 << 20, 4096)]
+        for (offset, length) in areas where offset + length <= size {
+            _ = posix_fadvise(device, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
         }
     }
 
