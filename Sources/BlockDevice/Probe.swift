@@ -36,7 +36,7 @@ public enum BlockProbe {
         guard let probe = blkid_new_probe() else { throw Failure(description: "cannot probe \(path): out of memory") }
         defer { blkid_free_probe(probe) }
         guard blkid_probe_set_device(probe, device, 0, 0) == 0 else {
-            throw Failure(description: "cannot probe \(path): its size cannot be read")
+            throw Failure(description: "cannot probe \(path): libblkid cannot read it")
         }
         prefetch(device, size: Int(blkid_probe_get_size(probe)))
         blkid_probe_enable_superblocks(probe, 1)
