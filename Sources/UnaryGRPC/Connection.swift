@@ -150,21 +150,25 @@ final class Connection: @unchecked Sendable {
     private func startReadyCalls(from session: HTTP2ServerSession) {
         for call in session.takeReadyCalls() {
             let context = CallContext(method: call.path, deadline: call.deadline, logger: logger)
+            let streamID = call.streamID
             if let immediate = router.immediateHandler(for: call.path) {
-                let result = immediate(call.message, context)
-                // As for a task: an answer that comes after the deadline is DEADLINE_EXCEEDED.
-                session.respond(streamID: call.streamID, result: context.deadlinePassed
-                    ? .failure(RPCError(.deadlineExceeded, "deadline exceeded before the call finished")) : result)
+                switch immediate(call.message, context) {
+                case let .done(result):
+                    // As for a task: an answer that comes after the deadline is DEADLINE_EXCEEDED.
+                    session.respond(streamID: streamID, result: context.deadlinePassed
+                        ? .failure(RPCError(.deadlineExceeded, "deadline exceeded before the call finished")) : result)
+                case let .later(work):
+                    running[streamID] = Task(executorPreference: loop) {
+                        self.complete(streamID: streamID, result: await work())
+                    }
+                }
                 continue
             }
             guard let handler = router.handler(for: call.path) else { continue }
-            let streamID = call.streamID
             let message = call.message
-            let run: @Sendable () async -> Void = {
-                let result = await handler(message, context)
-                self.complete(streamID: streamID, result: result)
+            running[streamID] = Task {
+                self.complete(streamID: streamID, result: await handler(message, context))
             }
-            running[streamID] = router.runsOnLoop(call.path) ? Task(executorPreference: loop, operation: run) : Task(operation: run)
         }
     }
 

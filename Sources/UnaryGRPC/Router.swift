@@ -33,15 +33,35 @@ public protocol CallObserver: Sendable {
     func callFinished(method: String, code: StatusCode, seconds: Double)
 }
 
+/// What a handler on the event loop answers: the response now, or the work
+/// that needs an await (a Proxmox lookup), run as a task preferring the loop.
+public enum Answer<Response: Sendable>: Sendable {
+    case now(Response)
+    case later(@Sendable () async throws -> Response)
+
+    /// The response, awaiting the work when there is some (tests, `Router.handle`).
+    public func value() async throws -> Response {
+        switch self {
+        case let .now(response): response
+        case let .later(work): try await work()
+        }
+    }
+}
+
 /// Maps method paths to handlers. Handlers are plain async functions, so the
 /// services can be exercised with no socket at all (`Router.handle`).
 public struct Router: Sendable {
     public typealias RawHandler = @Sendable ([UInt8], CallContext) async -> Result<[UInt8], RPCError>
-    public typealias ImmediateHandler = @Sendable ([UInt8], CallContext) -> Result<[UInt8], RPCError>
+    /// A handler the loop runs as the request arrives: its result, or the rest to await.
+    public typealias ImmediateHandler = @Sendable ([UInt8], CallContext) -> ImmediateOutcome
+
+    public enum ImmediateOutcome: Sendable {
+        case done(Result<[UInt8], RPCError>)
+        case later(@Sendable () async -> Result<[UInt8], RPCError>)
+    }
 
     private var handlers: [String: RawHandler] = [:]
     private var immediateHandlers: [String: ImmediateHandler] = [:]
-    private var loopPaths: Set<String> = []
     private let observer: (any CallObserver)?
 
     public init(observer: (any CallObserver)? = nil) {
@@ -81,6 +101,21 @@ public struct Router: Sendable {
         _ path: String,
         _ handler: @escaping @Sendable (Request, CallContext) throws -> Response
     ) {
+        registerOnLoop(path) { request, context in .now(try handler(request, context)) }
+    }
+
+    /// Registers a unary method whose handler does only quick local system
+    /// calls (stat, statvfs, sysfs and mountinfo reads) and answers at once
+    /// when it can: it runs on the connection's event loop as the request
+    /// arrives (NodeGetVolumeStats, which kubelet calls for every volume every
+    /// minute). When the answer needs an await, the handler returns it as
+    /// `.later`, and that runs as a task preferring the loop: no hop to Swift's
+    /// pool. While either runs, the loop's other connections wait, so nothing
+    /// that can take long (mkfs, mount, a lock another call holds) may go here.
+    public mutating func registerOnLoop<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        _ path: String,
+        _ handler: @escaping @Sendable (Request, CallContext) throws -> Answer<Response>
+    ) {
         precondition(handlers[path] == nil, "method \(path) registered twice")
         let observer = observer
         let run: ImmediateHandler = { bytes, context in
@@ -88,36 +123,38 @@ public struct Router: Sendable {
             let request: Request
             switch Self.decode(Request.self, bytes) {
             case let .success(decoded): request = decoded
-            case let .failure(error): return Self.finish(path, observer, context, started, .failure(error), request: nil)
+            case let .failure(error): return .done(Self.finish(path, observer, context, started, .failure(error), request: nil))
             }
-            let result: Result<[UInt8], RPCError>
+            let failed = { @Sendable (error: any Error) -> Result<[UInt8], RPCError> in
+                .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+            }
+            let answer: Answer<Response>
             do {
-                result = .success(try handler(request, context).serializedBytes())
+                answer = try handler(request, context)
             } catch {
-                result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+                return .done(Self.finish(path, observer, context, started, failed(error), request: request))
             }
-            return Self.finish(path, observer, context, started, result, request: request)
+            switch answer {
+            case let .now(response):
+                let result: Result<[UInt8], RPCError>
+                do { result = .success(try response.serializedBytes()) } catch { result = failed(error) }
+                return .done(Self.finish(path, observer, context, started, result, request: request))
+            case let .later(work):
+                return .later {
+                    let result: Result<[UInt8], RPCError>
+                    do { result = .success(try await work().serializedBytes()) } catch { result = failed(error) }
+                    return Self.finish(path, observer, context, started, result, request: request)
+                }
+            }
         }
         immediateHandlers[path] = run
-        handlers[path] = { bytes, context in run(bytes, context) }
+        handlers[path] = { bytes, context in
+            switch run(bytes, context) {
+            case let .done(result): result
+            case let .later(work): await work()
+            }
+        }
     }
-
-    /// Registers a unary method whose handler does only quick local system
-    /// calls (stat, statvfs, sysfs and mountinfo reads) and otherwise awaits:
-    /// it runs on the connection's event loop thread, with no hop to Swift's
-    /// pool and back (NodeGetVolumeStats, which kubelet calls for every volume
-    /// every minute). While it runs, that loop's other connections wait, so
-    /// nothing that can take long (mkfs, mount, a lock another call holds) may go here.
-    public mutating func registerOnLoop<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
-        _ path: String,
-        _ handler: @escaping @Sendable (Request, CallContext) async throws -> Response
-    ) {
-        register(path, handler)
-        loopPaths.insert(path)
-    }
-
-    /// Whether `path`'s handler runs on the event loop (`registerOnLoop`).
-    public func runsOnLoop(_ path: String) -> Bool { loopPaths.contains(path) }
 
     private static func decode<Request: SwiftProtobuf.Message>(_: Request.Type, _ bytes: [UInt8]) -> Result<Request, RPCError> {
         do {
@@ -141,7 +178,7 @@ public struct Router: Sendable {
         return result
     }
 
-    /// The handler to run inline for `path`, when it was registered immediate.
+    /// The handler to run inline for `path`, when it was registered immediate or on the loop.
     public func immediateHandler(for path: String) -> ImmediateHandler? { immediateHandlers[path] }
 
     public func handler(for path: String) -> RawHandler? { handlers[path] }

@@ -175,7 +175,7 @@ final class NodeFixture {
     }
 
     func stats(_ disk: AttachedDisk, path: String? = nil) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
-        try await service.volumeStats(.with { $0.volumeID = disk.volumeID; $0.volumePath = path ?? target(disk) })
+        try await service.volumeStats(.with { $0.volumeID = disk.volumeID; $0.volumePath = path ?? target(disk) }).value()
     }
 
     func mounted(at path: String) throws -> MountEntry? {
@@ -620,7 +620,7 @@ struct NodeServiceLoopTests {
                 $0.volumeID = "a/b/c/d"; $0.targetPath = node.kubelet + "/t"; $0.volumeCapability = NodeFixture.mount("ext4")
             })
         }
-        await expectCode(.invalidArgument, "volume_path") { _ = try await node.service.volumeStats(.with { $0.volumeID = "a/b/c/d" }) }
+        await expectCode(.invalidArgument, "volume_path") { _ = try await node.service.volumeStats(.with { $0.volumeID = "a/b/c/d" }).value() }
         await expectCode(.invalidArgument, "volume_path") { _ = try await node.service.expand(.with { $0.volumeID = "a/b/c/d" }) }
         await expectCode(.invalidArgument, "fs_type") {
             _ = try await node.service.stage(.with {
@@ -654,9 +654,9 @@ struct NodeServiceLoopTests {
     }
 
     @Test func volumesThatCannotBeThereAreNotFound() async {
-        await expectCode(.notFound) { _ = try await node.service.volumeStats(.with { $0.volumeID = "x"; $0.volumePath = "some/path" }) }
+        await expectCode(.notFound) { _ = try await node.service.volumeStats(.with { $0.volumeID = "x"; $0.volumePath = "some/path" }).value() }
         await expectCode(.notFound) {
-            _ = try await node.service.volumeStats(.with { $0.volumeID = "a/b/c/d"; $0.volumePath = node.kubelet + "/missing" })
+            _ = try await node.service.volumeStats(.with { $0.volumeID = "a/b/c/d"; $0.volumePath = node.kubelet + "/missing" }).value()
         }
         await expectCode(.notFound) { _ = try await node.service.expand(.with { $0.volumeID = "x"; $0.volumePath = "some/path" }) }
     }

@@ -119,14 +119,17 @@ func isSocket(_ path: String) -> Bool {
         let client = try SocketClient(bound)
         let waiting = (0..<4).map { _ in client.h2.call("/test.Echo/WhereAmIOnLoop", message: milliseconds(300)) }
         let quick = (0..<20).map { client.h2.call("/test.Echo/Echo", message: stringValue("q\($0)")) }
+        let now = client.h2.call("/test.Echo/WhereAmIOnLoop", message: milliseconds(0))
         let elsewhere = client.h2.call("/test.Echo/WhereAmIAsync", message: stringValue(""))
-        #expect(client.exchange(until: SocketClient.closed(quick + [elsewhere])))
+        #expect(client.exchange(until: SocketClient.closed(quick + [now, elsewhere])))
         #expect(waiting.allSatisfy { client.h2.responses[$0]?.closed != true }, "the loop handlers still wait")
+        #expect(decodeString(client.h2.responses[now]?.message)?.hasPrefix("grpc-loop-") == true)
         #expect(client.exchange(until: SocketClient.closed(waiting)))
         for id in waiting {
             let answer = decodeString(client.h2.responses[id]?.message) ?? "no answer"
             let parts = answer.split(separator: "|").map(String.init)
-            #expect(parts.count == 3 && parts[0].hasPrefix("grpc-loop-") && parts[1] == parts[0] && !parts[2].hasPrefix("grpc-loop-"), "\(answer)")
+            #expect(parts.count == 4 && parts[0].hasPrefix("grpc-loop-") && parts[1] == parts[0] && parts[2] == parts[0]
+                && !parts[3].hasPrefix("grpc-loop-"), "\(answer)")
         }
         #expect(decodeString(client.h2.responses[elsewhere]?.message)?.hasPrefix("grpc-loop-") == false)
     }

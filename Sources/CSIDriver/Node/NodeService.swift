@@ -72,9 +72,9 @@ public struct NodeService: Sendable {
         router.register("/csi.v1.Node/NodePublishVolume") { request, _ in try await publish(request) }
         router.register("/csi.v1.Node/NodeUnpublishVolume") { request, _ in try await unpublish(request) }
         router.register("/csi.v1.Node/NodeExpandVolume") { request, _ in try await expand(request) }
-        // stat, statvfs, mountinfo and sysfs reads: on the event loop, no hop (a Proxmox
+        // stat, statvfs, mountinfo and sysfs reads: on the event loop, no task (a Proxmox
         // lookup of an unrecorded volume's identity awaits there without holding the loop).
-        router.registerOnLoop("/csi.v1.Node/NodeGetVolumeStats") { request, _ in try await volumeStats(request) }
+        router.registerOnLoop("/csi.v1.Node/NodeGetVolumeStats") { request, _ in try volumeStats(request) }
     }
 
     /// Runs `body` while no other call works on `volumeID`.

@@ -103,12 +103,19 @@ extension NodeService {
     /// was staged with; for one staged before this plugin ran (by proxmox-csi-plugin,
     /// before the switch), by the identity its line in this VM's config carries.
     func knownVolume(_ volumeID: String) async throws(RPCError) -> NodeVolume {
-        if let staged = identities.identity(of: volumeID) { return try NodeVolume(id: volumeID, staged: staged) }
+        if let recorded = try recordedVolume(volumeID) { return recorded }
         guard let context = await attachedIdentity(of: volumeID) else { return try NodeVolume(id: volumeID) }
         let volume = try NodeVolume(id: volumeID, publishContext: context)
         // Asked once: kept as a stage's would be, so later calls and a restart know it.
         try? identities.record(volume.identity)
         return volume
+    }
+
+    /// The volume as this node recorded it when staging it (or when it was last
+    /// asked of Proxmox); nil when nothing is recorded.
+    func recordedVolume(_ volumeID: String) throws(RPCError) -> NodeVolume? {
+        guard let staged = identities.identity(of: volumeID) else { return nil }
+        return try NodeVolume(id: volumeID, staged: staged)
     }
 
     /// The serial and WWN of the disk that holds the volume in this VM's config,

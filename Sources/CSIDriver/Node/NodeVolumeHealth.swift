@@ -6,11 +6,18 @@ import UnaryGRPC
 extension NodeService {
     /// Bytes and inodes of a mounted volume, the size of a block one, and
     /// whether it is healthy: mounted, its disk present, its filesystem writable.
-    func volumeStats(_ request: Csi_V1_NodeGetVolumeStatsRequest) async throws -> Csi_V1_NodeGetVolumeStatsResponse {
+    /// Answered at once, on the event loop, unless the volume's identity was
+    /// never recorded here: then it is asked of Proxmox, awaited on the loop.
+    func volumeStats(_ request: Csi_V1_NodeGetVolumeStatsRequest) throws -> Answer<Csi_V1_NodeGetVolumeStatsResponse> {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkVolumePath(request.volumePath, of: request.volumeID)
-        let volume = try await knownVolume(request.volumeID)
-        let path = request.volumePath
+        if let volume = try recordedVolume(request.volumeID) {
+            return .now(try volumeStats(of: volume, at: request.volumePath))
+        }
+        return .later { try await self.volumeStats(of: self.knownVolume(request.volumeID), at: request.volumePath) }
+    }
+
+    private func volumeStats(of volume: NodeVolume, at path: String) throws -> Csi_V1_NodeGetVolumeStatsResponse {
         let mounted = try inspect(path)
         if let disk = mounted.disk, !volume.isOn(disk) {
             throw RPCError(.notFound, "volume \(volume.id) is not at volume_path \(path): it holds \(mounted.summary)")

@@ -39,18 +39,24 @@ func makeTestRouter(probe: HandlerProbe = HandlerProbe(), logger: Logger = silen
         probe.calls.add(1, ordering: .relaxed)
         return Google_Protobuf_StringValue(threadName())
     }
-    // Where a handler on the loop runs: before and after awaiting work on Swift's pool, "before|after".
-    router.registerOnLoop("/test.Echo/WhereAmIOnLoop") { (request: Google_Protobuf_Int64Value, _) -> Google_Protobuf_StringValue in
+    // Where a handler on the loop runs: as the request arrives, then before and after the
+    // work it left for later awaited something on Swift's pool, "arrived|before|after";
+    // asked to wait 0 ms it answers at once, "arrived".
+    router.registerOnLoop("/test.Echo/WhereAmIOnLoop") { (request: Google_Protobuf_Int64Value, _) -> Answer<Google_Protobuf_StringValue> in
         probe.calls.add(1, ordering: .relaxed)
-        let before = threadName()
-        let elsewhere = await Task.detached { threadName() }.value
-        do {
-            try await Task.sleep(nanoseconds: UInt64(request.value) * 1_000_000)
-        } catch {
-            probe.cancellations.add(1, ordering: .relaxed)
-            throw error
+        let arrived = threadName()
+        guard request.value > 0 else { return .now(Google_Protobuf_StringValue(arrived)) }
+        return .later {
+            let before = threadName()
+            let elsewhere = await Task.detached { threadName() }.value
+            do {
+                try await Task.sleep(nanoseconds: UInt64(request.value) * 1_000_000)
+            } catch {
+                probe.cancellations.add(1, ordering: .relaxed)
+                throw error
+            }
+            return Google_Protobuf_StringValue("\(arrived)|\(before)|\(threadName())|\(elsewhere)")
         }
-        return Google_Protobuf_StringValue("\(before)|\(threadName())|\(elsewhere)")
     }
     router.register("/test.Echo/WhereAmIAsync") { (_: Google_Protobuf_StringValue, _) -> Google_Protobuf_StringValue in
         Google_Protobuf_StringValue(threadName())
