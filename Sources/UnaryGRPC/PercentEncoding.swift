@@ -3,12 +3,15 @@
 public enum GRPCMessageEncoding {
     public static func encode(_ message: String) -> String {
         // Most messages are plain ASCII text: they go as they are, with no copy.
-        if message.utf8.allSatisfy({ $0 >= 0x20 && $0 <= 0x7E && $0 != UInt8(ascii: "%") }) { return message }
+        // (Checked over the contiguous bytes: walking String.UTF8View byte by
+        // byte was 7% of an error answer.)
+        let plain = message.utf8.withContiguousStorageIfAvailable { $0.allSatisfy(travelsAsIs) }
+        if plain ?? message.utf8.allSatisfy(travelsAsIs) { return message }
         var out = [UInt8]()
         out.reserveCapacity(message.utf8.count)
         let hex = Array("0123456789ABCDEF".utf8)
         for byte in message.utf8 {
-            if byte >= 0x20, byte <= 0x7E, byte != UInt8(ascii: "%") {
+            if travelsAsIs(byte) {
                 out.append(byte)
             } else {
                 out.append(UInt8(ascii: "%"))
@@ -36,6 +39,10 @@ public enum GRPCMessageEncoding {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func travelsAsIs(_ byte: UInt8) -> Bool {
+        byte >= 0x20 && byte <= 0x7E && byte != UInt8(ascii: "%")
     }
 
     private static func hexValue(_ byte: UInt8) -> UInt8? {
