@@ -76,7 +76,7 @@ class Sidecar:
         self.stub, self.timeout, self.stats = stub, timeout, stats
         self.pools = {name: asyncio.Semaphore(count) for name, count in workers.items()}
 
-    async def call(self, name, request):
+    async def call(self, name, request, trace=None):
         delay, attempts = 0.5, 0
         started = time.perf_counter()
         while True:
@@ -91,6 +91,8 @@ class Sidecar:
                     self.stats.setdefault("_spans", []).append((name, sent, done))
                 # With the sidecar's queue for a worker and every retry: what the user waits.
                 self.stats.setdefault("_overall " + name, []).append(time.perf_counter() - started)
+                if trace is not None:  # the lifecycle's own timeline: asked, sent (a worker free), answered
+                    trace.append((name, started, sent, done))
                 if attempts > 1:
                     self.stats.setdefault("_retries", []).append(attempts - 1)
                 return response
@@ -115,19 +117,19 @@ def placement(storage, index, vms):
     return csi_pb2.TopologyRequirement(requisite=[topology], preferred=[topology])
 
 
-async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion, failures, node_slots, sim_url, held_after_ok):
+async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion, failures, node_slots, sim_url, held_after_ok, trace):
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
     where = placement(storage, index, vms)
     try:
-        volume = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
+        volume = (await sidecar.call("CreateVolume", trace=trace, request=csi_pb2.CreateVolumeRequest(
             name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
             parameters={"storage": storage}, accessibility_requirements=where))).volume
         # The scheduler places no more volumes on a node than its CSINode limit.
         async with node_slots[index % vms]:
-            await sidecar.call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
+            await sidecar.call("ControllerPublishVolume", trace=trace, request=csi_pb2.ControllerPublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
-            await sidecar.call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
+            await sidecar.call("ControllerUnpublishVolume", trace=trace, request=csi_pb2.ControllerUnpublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node))
             # OK must mean detached: no VM's current config or pending change holds the disk.
             volid = f"{storage}:" + volume.volume_id.split("/")[-1]
@@ -137,23 +139,23 @@ async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion,
                 held_after_ok.append({"volume": volid, "vms": holders})
         if with_expansion:
             # Detached: the driver grows it through the node's holder VM.
-            await sidecar.call("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest(
+            await sidecar.call("ControllerExpandVolume", trace=trace, request=csi_pb2.ControllerExpandVolumeRequest(
                 volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GiB), volume_capability=WRITER))
         if with_snapshot:
             # csi-snapshotter calls CreateSnapshot again until the snapshot is ready to use.
             while True:
-                snapshot = (await sidecar.call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
+                snapshot = (await sidecar.call("CreateSnapshot", trace=trace, request=csi_pb2.CreateSnapshotRequest(
                     name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
                 if snapshot.ready_to_use:
                     break
                 await asyncio.sleep(2)
-            restored = (await sidecar.call("CreateVolume", csi_pb2.CreateVolumeRequest(
+            restored = (await sidecar.call("CreateVolume", trace=trace, request=csi_pb2.CreateVolumeRequest(
                 name=f"restore-{name}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
                 parameters={"storage": storage}, accessibility_requirements=where, volume_content_source=csi_pb2.VolumeContentSource(
                     snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot.snapshot_id))))).volume
-            await sidecar.call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
-            await sidecar.call("DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
-        await sidecar.call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
+            await sidecar.call("DeleteVolume", trace=trace, request=csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
+            await sidecar.call("DeleteSnapshot", trace=trace, request=csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
+        await sidecar.call("DeleteVolume", trace=trace, request=csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
     except aio.AioRpcError as error:
         failures.append(f"lifecycle {index} ({name}): {error.code().name}: {error.details()}")
 
@@ -277,15 +279,30 @@ async def run(args, endpoint, sim_url, driver):
         expansions = set(random.Random(11).sample(range(args.lifecycles), int(args.lifecycles * args.expand_share)))
         # max_volumes_per_node as NodeGetInfo reports it for these VMs (scsi0 is their own disk).
         node_slots = [asyncio.Semaphore(30) for _ in range(args.vms)]
+        traces = {i: [] for i in range(args.lifecycles)}
         await asyncio.gather(*(lifecycle(i, sidecar, args.vms, args.storage, i in snapshots, i in expansions, failures, node_slots,
-                                         sim_url, held_after_ok)
+                                         sim_url, held_after_ok, traces[i])
                                for i in range(args.lifecycles)))
         wall = time.perf_counter() - started
+        stats["_last"] = last_lifecycle(traces, started)
     stop.set()
     for helper in (locker, disturber, crasher):
         if helper:
             await helper
     return wall, stats, failures, len(snapshots), len(expansions), held_after_ok
+
+
+def last_lifecycle(traces, started):
+    """The lifecycle that ended last, call by call: where the run's tail went. `queued`
+    is the wait for a free sidecar worker, `driver` the call itself, `between` the gap
+    since the lifecycle's previous answer (the snapshotter's poll for ready_to_use)."""
+    index, trace = max(((i, t) for i, t in traces.items() if t), key=lambda it: it[1][-1][3], default=(None, []))
+    calls, previous = [], None
+    for name, asked, sent, done in trace:
+        calls.append({"rpc": name, "at_s": round(asked - started, 2), "between_s": round(asked - previous, 2) if previous else 0,
+                      "queued_s": round(sent - asked, 2), "driver_s": round(done - sent, 2)})
+        previous = done
+    return {"index": index, "calls": calls}
 
 
 def template(path):
@@ -434,6 +451,7 @@ def main():
                        "idle_s": round(sum(gaps), 2), "last_change_ended_s": round(last_change_end, 2),
                        # After the busiest VM's last change: the snapshot → restore → delete chains still running.
                        "tail_s": round(wall - last_change_end, 2)},
+        "last_lifecycle": stats.get("_last"),
         # The tail's usual cause: every csi-snapshotter worker busy in a CreateSnapshot or DeleteSnapshot.
         "snapshotter_all_workers_busy_s": saturated_seconds(stats.get("_spans", []), ("CreateSnapshot", "DeleteSnapshot"),
                                                             args.snapshotter_workers),
