@@ -7,8 +7,9 @@ import Synchronization
 /// One accepted client connection, served by the event loop it was given.
 ///
 /// The loop's thread owns the socket and the nghttp2 session and calls the
-/// `on…` methods and `settle`. Handlers run as tasks on Swift's pool and hand
-/// their results back through `complete`, which queues them and tells the
+/// `on…` methods and `settle`. Immediate and on-loop handlers answer there and
+/// then; the others (and an on-loop handler's `.later` part) run as tasks and
+/// hand their results back through `complete`, which queues them and tells the
 /// loop; the loop delivers them and writes all pending frames with one `send`.
 final class Connection: @unchecked Sendable {
     private struct Inbox {
@@ -154,9 +155,7 @@ final class Connection: @unchecked Sendable {
             if let immediate = router.immediateHandler(for: call.path) {
                 switch immediate(call.message, context) {
                 case let .done(result):
-                    // As for a task: an answer that comes after the deadline is DEADLINE_EXCEEDED.
-                    session.respond(streamID: streamID, result: context.deadlinePassed
-                        ? .failure(RPCError(.deadlineExceeded, "deadline exceeded before the call finished")) : result)
+                    session.respond(streamID: streamID, result: result)  // (past its deadline: the router said so)
                 case let .later(work):
                     running[streamID] = Task(executorPreference: loop) {
                         self.complete(streamID: streamID, result: await work())

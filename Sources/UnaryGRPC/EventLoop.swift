@@ -245,9 +245,9 @@ final class EventLoop: @unchecked Sendable {
     }
 }
 
-/// Handlers registered to run on the loop (`Router.registerOnLoop`) are tasks
-/// that prefer it: their work runs on the loop's thread between rounds of
-/// events, so a quick call costs no hop to Swift's pool and back.
+/// The `.later` part of a handler registered on the loop (`Router.registerOnLoop`)
+/// is a task that prefers it: its work runs on the loop's thread between rounds
+/// of events, so a quick await costs no hop to Swift's pool and back.
 extension EventLoop: TaskExecutor {
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)

@@ -416,7 +416,7 @@ func withHeaderList<R>(_ fields: [(String, String)], _ body: (UnsafePointer<nght
 }
 
 private extension [UInt8] {
-    /// A string's UTF-8 bytes as one copy (appending its UTF8View went byte by byte).
+    /// A string's UTF-8 bytes, copied as one block into the capacity reserved above.
     mutating func appendBytes(of text: String) {
         var text = text
         text.withUTF8 { append(contentsOf: $0) }

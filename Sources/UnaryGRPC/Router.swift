@@ -123,7 +123,7 @@ public struct Router: Sendable {
             let request: Request
             switch Self.decode(Request.self, bytes) {
             case let .success(decoded): request = decoded
-            case let .failure(error): return .done(Self.finish(path, observer, context, started, .failure(error), request: nil))
+            case let .failure(error): return .done(Self.finish(path, observer, context, started, Self.onTime(.failure(error), context), request: nil))
             }
             let failed = { @Sendable (error: any Error) -> Result<[UInt8], RPCError> in
                 .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
@@ -132,13 +132,13 @@ public struct Router: Sendable {
             do {
                 answer = try handler(request, context)
             } catch {
-                return .done(Self.finish(path, observer, context, started, failed(error), request: request))
+                return .done(Self.finish(path, observer, context, started, Self.onTime(failed(error), context), request: request))
             }
             switch answer {
             case let .now(response):
                 let result: Result<[UInt8], RPCError>
                 do { result = .success(try response.serializedBytes()) } catch { result = failed(error) }
-                return .done(Self.finish(path, observer, context, started, result, request: request))
+                return .done(Self.finish(path, observer, context, started, Self.onTime(result, context), request: request))
             case let .later(work):
                 return .later {
                     let result: Result<[UInt8], RPCError>
@@ -154,6 +154,12 @@ public struct Router: Sendable {
             case let .later(work): await work()
             }
         }
+    }
+
+    /// An answer ready only after the call's deadline is DEADLINE_EXCEEDED, as a
+    /// task's would be; decided before the log line, so it says what the client got.
+    private static func onTime(_ result: Result<[UInt8], RPCError>, _ context: CallContext) -> Result<[UInt8], RPCError> {
+        context.deadlinePassed ? .failure(RPCError(.deadlineExceeded, "deadline exceeded before the call finished")) : result
     }
 
     private static func decode<Request: SwiftProtobuf.Message>(_: Request.Type, _ bytes: [UInt8]) -> Result<Request, RPCError> {

@@ -134,7 +134,7 @@ func isSocket(_ path: String) -> Bool {
         #expect(decodeString(client.h2.responses[elsewhere]?.message)?.hasPrefix("grpc-loop-") == false)
     }
 
-    @Test func aDeadlineCancelsAHandlerOnTheLoop() throws {
+    @Test func aDeadlineCancelsAHandlerOnTheLoop() async throws {
         let probe = HandlerProbe()
         let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)
         defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
@@ -142,7 +142,7 @@ func isSocket(_ path: String) -> Bool {
         let call = client.h2.call("/test.Echo/WhereAmIOnLoop", message: milliseconds(30_000), headers: [("grpc-timeout", "100m")])
         #expect(client.exchange(until: SocketClient.closed([call])))
         #expect(client.h2.responses[call]?.grpcStatus == StatusCode.deadlineExceeded.rawValue)
-        for _ in 0..<100 where probe.cancellations.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        try await waitForCancellation(probe)
         #expect(probe.cancellations.load(ordering: .relaxed) == 1)
     }
 
@@ -161,7 +161,7 @@ func isSocket(_ path: String) -> Bool {
         #expect(threadCount() - before < 30, "threads \(before) -> \(threadCount())")
     }
 
-    @Test func deadlineCancelsTheHandlerAndAnswersDeadlineExceeded() throws {
+    @Test func deadlineCancelsTheHandlerAndAnswersDeadlineExceeded() async throws {
         let probe = HandlerProbe()
         let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)
         defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
@@ -170,11 +170,11 @@ func isSocket(_ path: String) -> Bool {
         #expect(client.exchange(until: SocketClient.closed([id])))
         #expect(client.h2.responses[id]?.grpcStatus == StatusCode.deadlineExceeded.rawValue)
         // The handler sees its cancellation shortly after.
-        for _ in 0..<100 where probe.cancellations.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        try await waitForCancellation(probe)
         #expect(probe.cancellations.load(ordering: .relaxed) == 1)
     }
 
-    @Test func clientCancellationCancelsTheHandler() throws {
+    @Test func clientCancellationCancelsTheHandler() async throws {
         let probe = HandlerProbe()
         let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)
         defer { server.shutdown(gracePeriodNanoseconds: 100_000_000) }
@@ -183,7 +183,7 @@ func isSocket(_ path: String) -> Bool {
         client.exchange(timeoutMilliseconds: 200) { _ in probe.calls.load(ordering: .relaxed) == 1 }
         client.h2.reset(id)
         client.exchange(timeoutMilliseconds: 100) { _ in false }
-        for _ in 0..<100 where probe.cancellations.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        try await waitForCancellation(probe)
         #expect(probe.cancellations.load(ordering: .relaxed) == 1)
     }
 
@@ -208,7 +208,7 @@ func isSocket(_ path: String) -> Bool {
         #expect(throws: SystemCallError.self) { _ = try SocketClient(bound) }
     }
 
-    @Test func shutdownCancelsCallsThatOutliveTheGracePeriod() throws {
+    @Test func shutdownCancelsCallsThatOutliveTheGracePeriod() async throws {
         let probe = HandlerProbe()
         let (server, bound) = try startServer(.tcp(host: "127.0.0.1", port: 0), probe: probe)
         let client = try SocketClient(bound)
@@ -216,7 +216,7 @@ func isSocket(_ path: String) -> Bool {
         client.exchange(timeoutMilliseconds: 500) { _ in probe.calls.load(ordering: .relaxed) == 1 }
         server.shutdown(gracePeriodNanoseconds: 100_000_000)
         #expect(server.openConnectionCount == 0)
-        for _ in 0..<100 where probe.cancellations.load(ordering: .relaxed) == 0 { usleep(10_000) }
+        try await waitForCancellation(probe)
         #expect(probe.cancellations.load(ordering: .relaxed) == 1)
     }
 }
@@ -225,4 +225,13 @@ final class ManagedFlag: Sendable {
     private let value = Atomic<Bool>(false)
     func set() { value.store(true, ordering: .relaxed) }
     var isSet: Bool { value.load(ordering: .relaxed) }
+}
+
+/// Waits up to 10 s for the handler's cancellation to show, sleeping as a task: a
+/// blocking wait would hold one of the few cooperative threads the cancelled handler
+/// may need to get to its cancellation point (suites run side by side).
+private func waitForCancellation(_ probe: HandlerProbe) async throws {
+    for _ in 0..<1_000 where probe.cancellations.load(ordering: .relaxed) == 0 {
+        try await Task.sleep(nanoseconds: 10_000_000)
+    }
 }

@@ -104,6 +104,12 @@ extension NodeService {
     /// before the switch), by the identity its line in this VM's config carries.
     func knownVolume(_ volumeID: String) async throws(RPCError) -> NodeVolume {
         if let recorded = try recordedVolume(volumeID) { return recorded }
+        return try await unrecordedVolume(volumeID)
+    }
+
+    /// A volume with no recorded identity: as its disk's line in this VM's config
+    /// says (then recorded), or derived from its id without Proxmox access.
+    func unrecordedVolume(_ volumeID: String) async throws(RPCError) -> NodeVolume {
         guard let context = await attachedIdentity(of: volumeID) else { return try NodeVolume(id: volumeID) }
         let volume = try NodeVolume(id: volumeID, publishContext: context)
         // Asked once: kept as a stage's would be, so later calls and a restart know it.

@@ -7,14 +7,17 @@ extension NodeService {
     /// Bytes and inodes of a mounted volume, the size of a block one, and
     /// whether it is healthy: mounted, its disk present, its filesystem writable.
     /// Answered at once, on the event loop, unless the volume's identity was
-    /// never recorded here: then it is asked of Proxmox, awaited on the loop.
+    /// never recorded here and Proxmox can be asked: then that is awaited on the loop.
     func volumeStats(_ request: Csi_V1_NodeGetVolumeStatsRequest) throws -> Answer<Csi_V1_NodeGetVolumeStatsResponse> {
         guard !request.volumeID.isEmpty else { throw RPCError(.invalidArgument, "volume_id is required") }
         try checkVolumePath(request.volumePath, of: request.volumeID)
         if let volume = try recordedVolume(request.volumeID) {
             return .now(try volumeStats(of: volume, at: request.volumePath))
         }
-        return .later { try await self.volumeStats(of: self.knownVolume(request.volumeID), at: request.volumePath) }
+        guard volumes != nil else {
+            return .now(try volumeStats(of: NodeVolume(id: request.volumeID), at: request.volumePath))
+        }
+        return .later { try await self.volumeStats(of: self.unrecordedVolume(request.volumeID), at: request.volumePath) }
     }
 
     private func volumeStats(of volume: NodeVolume, at path: String) throws -> Csi_V1_NodeGetVolumeStatsResponse {
