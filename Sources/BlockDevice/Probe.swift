@@ -38,9 +38,13 @@ public enum BlockProbe {
         guard blkid_probe_set_device(probe, device, 0, 0) == 0 else {
             throw Failure(description: "cannot probe \(path): libblkid cannot read it")
         }
-        prefetch(device, size: Int(blkid_probe_get_size(probe)))
+        let size = Int(blkid_probe_get_size(probe))
+        prefetch(device, size: size)
         blkid_probe_enable_superblocks(probe, 1)
         blkid_probe_set_superblocks_flags(probe, Int32(BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL))
+        if ZFSLabels.areZero(device, size: size), !skipType("zfs_member", in: probe) {
+            throw Failure(description: "cannot probe \(path): libblkid refused the type filter")
+        }
         blkid_probe_enable_partitions(probe, 1)
         blkid_probe_set_partitions_flags(probe, Int32(BLKID_PARTS_MAGIC))
         switch blkid_do_safeprobe(probe) {
@@ -72,10 +76,39 @@ public enum BlockProbe {
         }
     }
 
+    private static func skipType(_ type: String, in probe: blkid_probe) -> Bool {
+        var names: [UnsafeMutablePointer<CChar>?] = [strdup(type), nil]
+        defer { free(names[0]) }
+        return blkid_probe_filter_superblocks_type(probe, Int32(BLKID_FLTR_NOTIN), &names) == 0
+    }
+
     private static func value(_ probe: blkid_probe, _ name: String) -> String? {
         var data: UnsafePointer<CChar>?
         var length = 0
         guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
         return String(cString: data)
+    }
+}
+
+/// Where a ZFS pool member keeps its labels: four of 256 KiB, two at the start of
+/// the device and two at the end of its size rounded down to 256 KiB (OpenZFS
+/// vdev_label_offset; libblkid's zfs prober reads the same four). libblkid's
+/// prober is most of a probe (1.8 of 2.5 ms on a blank 1 GiB disk, CPU, not I/O);
+/// a label is never all zeros, so where all four areas are, it has nothing to find
+/// and is skipped. Anything else in them and it runs as before.
+enum ZFSLabels {
+    static let labelBytes = 256 << 10
+
+    static func areZero(_ device: Int32, size: Int) -> Bool {
+        let aligned = size & ~(labelBytes - 1)
+        guard aligned >= 4 * labelBytes else { return false }
+        let span = 2 * labelBytes
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: span, alignment: 4096)
+        defer { buffer.deallocate() }
+        for offset in [0, aligned - span] {
+            guard pread(device, buffer.baseAddress, span, off_t(offset)) == span,
+                  buffer.bindMemory(to: UInt64.self).allSatisfy({ $0 == 0 }) else { return false }
+        }
+        return true
     }
 }

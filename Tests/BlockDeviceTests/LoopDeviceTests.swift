@@ -69,6 +69,23 @@ struct LoopDeviceTests {
         #expect(text == "ext4 data")
     }
 
+    /// A ZFS pool member (its four labels' uberblocks, as libblkid 2.38 looks for them) is
+    /// refused for either filesystem and left byte for byte, though the probe skips
+    /// libblkid's ZFS prober on disks whose label areas are zero (ZFSLabels); mkfs.ext4
+    /// alone would format it.
+    @Test(arguments: ["xfs", "ext4"])
+    func aZFSMemberIsNeverFormatted(fsType: String) async throws {
+        let bytes: Int64 = 64 << 20
+        let loop = try LoopDevice(megabytes: bytes >> 20)
+        try writeZFSUberblocks(loop.device, deviceBytes: bytes)
+        #expect(try BlockProbe.probe(loop.device).type == "zfs_member")
+        let before = try Data(contentsOf: URL(fileURLWithPath: loop.file))
+        await #expect(throws: SafeFormat.Failure.holdsData(device: loop.device, found: "a zfs_member filesystem", wanted: fsType)) {
+            try await format.ensureFilesystem(loop.device, fsType: fsType)
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: loop.file)) == before)  // (the loop device writes through to its file)
+    }
+
     @Test func aPartitionTableIsRefused() async throws {
         let loop = try LoopDevice(megabytes: 64)
         let layout = try scratch("layout") + "/gpt"
@@ -94,4 +111,25 @@ struct LoopDeviceTests {
         #expect(!FileManager.default.createFile(atPath: target + "/nope", contents: Data("x".utf8)))
         #expect(try MountTable.mount(at: target, in: MountTable.read())?.options.contains("ro") == true)
     }
+}
+
+/// 128 uberblocks (magic 0x00bab10c, little-endian) in each of the four ZFS labels:
+/// two at the start of the device, two at its end, 256 KiB each, uberblocks from 128 KiB in.
+func writeZFSUberblocks(_ device: String, deviceBytes: Int64) throws {
+    guard let handle = FileHandle(forWritingAtPath: device) else { throw ProbeSetupError(command: "open \(device)") }
+    defer { try? handle.close() }
+    let label: Int64 = 256 << 10
+    for start in [0, label, deviceBytes - 2 * label, deviceBytes - label] {
+        for index in 0..<Int64(128) {
+            var block = Data(count: 24)
+            block.withUnsafeMutableBytes { raw in
+                raw.storeBytes(of: UInt64(0x00ba_b10c).littleEndian, toByteOffset: 0, as: UInt64.self)
+                raw.storeBytes(of: UInt64(5000).littleEndian, toByteOffset: 8, as: UInt64.self)  // ub_version
+                raw.storeBytes(of: UInt64(1000 + index).littleEndian, toByteOffset: 16, as: UInt64.self)  // ub_txg
+            }
+            try handle.seek(toOffset: UInt64(start + (128 << 10) + index * 1024))
+            handle.write(block)
+        }
+    }
+    try handle.synchronize()
 }
