@@ -121,15 +121,19 @@ async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion,
     node = f"k8s-node-{index % vms + 1}"
     name = f"pvc-{uuid.uuid4()}"
     where = placement(storage, index, vms)
+
+    async def call(name, request):  # each call also goes on this lifecycle's timeline
+        return await sidecar.call(name, request, trace)
+
     try:
-        volume = (await sidecar.call("CreateVolume", trace=trace, request=csi_pb2.CreateVolumeRequest(
+        volume = (await call("CreateVolume", csi_pb2.CreateVolumeRequest(
             name=name, capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
             parameters={"storage": storage}, accessibility_requirements=where))).volume
         # The scheduler places no more volumes on a node than its CSINode limit.
         async with node_slots[index % vms]:
-            await sidecar.call("ControllerPublishVolume", trace=trace, request=csi_pb2.ControllerPublishVolumeRequest(
+            await call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node, volume_capability=WRITER, volume_context=volume.volume_context))
-            await sidecar.call("ControllerUnpublishVolume", trace=trace, request=csi_pb2.ControllerUnpublishVolumeRequest(
+            await call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
                 volume_id=volume.volume_id, node_id=node))
             # OK must mean detached: no VM's current config or pending change holds the disk.
             volid = f"{storage}:" + volume.volume_id.split("/")[-1]
@@ -139,23 +143,23 @@ async def lifecycle(index, sidecar, vms, storage, with_snapshot, with_expansion,
                 held_after_ok.append({"volume": volid, "vms": holders})
         if with_expansion:
             # Detached: the driver grows it through the node's holder VM.
-            await sidecar.call("ControllerExpandVolume", trace=trace, request=csi_pb2.ControllerExpandVolumeRequest(
+            await call("ControllerExpandVolume", csi_pb2.ControllerExpandVolumeRequest(
                 volume_id=volume.volume_id, capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GiB), volume_capability=WRITER))
         if with_snapshot:
             # csi-snapshotter calls CreateSnapshot again until the snapshot is ready to use.
             while True:
-                snapshot = (await sidecar.call("CreateSnapshot", trace=trace, request=csi_pb2.CreateSnapshotRequest(
+                snapshot = (await call("CreateSnapshot", csi_pb2.CreateSnapshotRequest(
                     name=f"snap-{name}", source_volume_id=volume.volume_id))).snapshot
                 if snapshot.ready_to_use:
                     break
                 await asyncio.sleep(2)
-            restored = (await sidecar.call("CreateVolume", trace=trace, request=csi_pb2.CreateVolumeRequest(
+            restored = (await call("CreateVolume", csi_pb2.CreateVolumeRequest(
                 name=f"restore-{name}", capacity_range=csi_pb2.CapacityRange(required_bytes=GiB), volume_capabilities=[WRITER],
                 parameters={"storage": storage}, accessibility_requirements=where, volume_content_source=csi_pb2.VolumeContentSource(
                     snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=snapshot.snapshot_id))))).volume
-            await sidecar.call("DeleteVolume", trace=trace, request=csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
-            await sidecar.call("DeleteSnapshot", trace=trace, request=csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
-        await sidecar.call("DeleteVolume", trace=trace, request=csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
+            await call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=restored.volume_id))
+            await call("DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot_id))
+        await call("DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=volume.volume_id))
     except aio.AioRpcError as error:
         failures.append(f"lifecycle {index} ({name}): {error.code().name}: {error.details()}")
 

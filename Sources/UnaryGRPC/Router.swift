@@ -87,7 +87,7 @@ public struct Router: Sendable {
             do {
                 result = .success(try await handler(request, context).serializedBytes())
             } catch {
-                result = .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+                result = Self.failure(error, context)
             }
             return Self.finish(path, observer, context, started, result, request: request)
         }
@@ -120,29 +120,27 @@ public struct Router: Sendable {
         let observer = observer
         let run: ImmediateHandler = { bytes, context in
             let started = MonotonicInstant.now()
+            func done(_ result: Result<[UInt8], RPCError>, _ request: Request?) -> ImmediateOutcome {
+                .done(Self.finish(path, observer, context, started, Self.onTime(result, context), request: request))
+            }
             let request: Request
             switch Self.decode(Request.self, bytes) {
             case let .success(decoded): request = decoded
-            case let .failure(error): return .done(Self.finish(path, observer, context, started, Self.onTime(.failure(error), context), request: nil))
-            }
-            let failed = { @Sendable (error: any Error) -> Result<[UInt8], RPCError> in
-                .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
+            case let .failure(error): return done(.failure(error), nil)
             }
             let answer: Answer<Response>
             do {
                 answer = try handler(request, context)
             } catch {
-                return .done(Self.finish(path, observer, context, started, Self.onTime(failed(error), context), request: request))
+                return done(Self.failure(error, context), request)
             }
             switch answer {
             case let .now(response):
-                let result: Result<[UInt8], RPCError>
-                do { result = .success(try response.serializedBytes()) } catch { result = failed(error) }
-                return .done(Self.finish(path, observer, context, started, Self.onTime(result, context), request: request))
+                do { return done(.success(try response.serializedBytes()), request) } catch { return done(Self.failure(error, context), request) }
             case let .later(work):
                 return .later {
                     let result: Result<[UInt8], RPCError>
-                    do { result = .success(try await work().serializedBytes()) } catch { result = failed(error) }
+                    do { result = .success(try await work().serializedBytes()) } catch { result = Self.failure(error, context) }
                     return Self.finish(path, observer, context, started, result, request: request)
                 }
             }
@@ -154,6 +152,10 @@ public struct Router: Sendable {
             case let .later(work): await work()
             }
         }
+    }
+
+    private static func failure(_ error: any Error, _ context: CallContext) -> Result<[UInt8], RPCError> {
+        .failure(RPCError(from: error, deadlinePassed: context.deadlinePassed))
     }
 
     /// An answer ready only after the call's deadline is DEADLINE_EXCEEDED, as a
