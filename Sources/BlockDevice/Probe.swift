@@ -63,15 +63,20 @@ public enum BlockProbe {
     /// The probers read some fifty small pieces of the device one after the
     /// other, each a round trip to the disk (a VM exit and a Ceph read on
     /// Proxmox). Asking for the areas they read at once, before they start,
-    /// makes most of those reads hits in the page cache. The areas are the ones
-    /// libblkid 2.38's superblock and partition probers were seen reading
-    /// (strace of `blkid -p`): the first 512 KiB, the last 512 KiB and single
-    /// pages at 1, 2 and 4 MiB. An area missed is only read when asked, as before.
+    /// makes those reads hits in the page cache. The areas are the pages
+    /// libblkid 2.38's superblock and partition probers read on a blank disk of
+    /// 1, 10 and 100 GiB (strace of `blkid -p`): the first and the last 512 KiB,
+    /// single pages at 512 KiB, 1, 2 and 4 MiB, and the page 3087 sectors before
+    /// the end (Promise FastTrack's farthest metadata copy). Each page missed
+    /// cost a synchronous read of about 0.4 ms on a loop device and more on a
+    /// virtio disk; an area missed is still read when asked, only later.
     private static func prefetch(_ device: Int32, size: Int) {
-        let edge = 512 << 10
-        guard size > 2 * edge else { return }
-        let areas = [(0, edge), (size - edge, edge), (1 << 20, 4096), (2 << 20, 4096), (4 << 20, 4096)]
-        for (offset, length) in areas where offset + length <= size {
+        let edge = 512 << 10, page = 4096
+        guard size > 2 * edge + (4 << 20) else { return }
+        let promiseFastTrack = (size - 3087 * 512) & ~(page - 1)
+        let areas = [(0, edge), (size - edge, edge), (promiseFastTrack, page),
+                     (edge, page), (1 << 20, page), (2 << 20, page), (4 << 20, page)]
+        for (offset, length) in areas {
             _ = posix_fadvise(device, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
         }
     }

@@ -129,6 +129,49 @@ func sparseFile(_ path: String, bytes: Int64) throws {
     @Test func readsThisProcesssTable() throws {
         #expect(try MountTable.read().contains { $0.mountPoint == "/" })
     }
+
+    /// The byte scan against the split-based parser it replaced, on this machine's
+    /// table and on lines with escapes, several optional fields, no superoptions,
+    /// runs of spaces, blank lines and lines too short to be entries.
+    @Test func theByteScanReadsWhatSplittingDid() throws {
+        func bySplitting(_ text: String) -> [MountEntry] {
+            text.split(separator: "\n").compactMap { line in
+                let fields = line.split(separator: " ").map(String.init)
+                guard fields.count >= 10, let separator = fields.firstIndex(of: "-"), separator + 2 < fields.count else { return nil }
+                func unescape(_ field: String) -> String {
+                    var out = [UInt8](), bytes = Array(field.utf8), i = 0
+                    while i < bytes.count {
+                        if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
+                           let value = UInt8(String(decoding: bytes[i + 1...i + 3], as: UTF8.self), radix: 8) {
+                            out.append(value)
+                            i += 4
+                        } else {
+                            out.append(bytes[i])
+                            i += 1
+                        }
+                    }
+                    return String(decoding: out, as: UTF8.self)
+                }
+                return MountEntry(mountPoint: unescape(fields[4]), source: unescape(fields[separator + 2]), fsType: fields[separator + 1],
+                                  options: fields[5].split(separator: ",").map(String.init), device: fields[2],
+                                  superOptions: separator + 3 < fields.count ? fields[separator + 3].split(separator: ",").map(String.init) : [])
+            }
+        }
+        let made = """
+        36 35 98:0 /mnt1 /mnt/my\\040volume\\011tab rw,noatime master:1 shared:7 propagate_from:2 - ext4 /dev/vdb rw,errors=continue
+
+        41 22 0:42 / /a\\134b  ro,,relatime shared:3 - tmpfs tmpfs
+        42 22 0:43 / /odd\\9x rw - xfs /dev/my\\040disk rw
+        43 22 0:44 / /short rw - xfs
+        44 22 0:45 / /end\\04 rw - xfs /dev/sdz rw
+        """
+        for text in [made, try KernelFile.text("/proc/self/mountinfo")] {
+            let entries = MountTable.parse(text)
+            #expect(entries == bySplitting(text))
+            #expect(!entries.isEmpty)
+        }
+        #expect(MountTable.parse(made).map(\.mountPoint) == ["/mnt/my volume\ttab", "/a\\b", "/odd\\9x", "/end\\04"])
+    }
 }
 
 @Suite struct RequestPathTests {
